@@ -1,0 +1,267 @@
+"""Fake quantizers: BatchQuant and the baselines (MinMax-EMA, LSQ) for activations, LSQ for weights.
+
+Pure layers, independent of any network. Each quantizer module serves ONE layer at ONE
+bitwidth; :class:`QuantBank` holds one per bitwidth (and per kernel size for depthwise) over a
+shared latent weight, as the QFA release does. Everything stays on the device: no quantizer
+reads a value back to the host during a training step.
+
+Calibration protocol: between :meth:`Calibrated.begin_calibration` and
+:meth:`Calibrated.end_calibration` a module normalises/quantizes with batch statistics and
+accumulates them (weighted by batch size); ``end_calibration`` writes the averages into its
+running buffers. BatchNorm layers follow the same protocol (see ``qfa.elastic.ops``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .space import FP
+
+__all__ = [
+    "round_ste", "grad_scale", "qrange", "batch_range", "affine_fake_quant",
+    "Calibrated", "BatchQuant", "MinMaxQuant", "LSQActQuant", "LSQWeight", "QuantBank",
+    "ACT_QUANTIZERS", "make_act_quantizer",
+]
+
+_EPS = torch.finfo(torch.float32).eps
+_LN2 = math.log(2.0)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round with a straight-through gradient."""
+    return (x.round() - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``g`` (LSQ's step-size gradient scale)."""
+    return (x - x * g).detach() + x * g
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range of a ``bits``-bit grid: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchQuant's range: per-channel min/max over (N, H, W), averaged over channels, detached."""
+    xd = x.detach()
+    dims = (0,) if xd.dim() == 2 else (0, *range(2, xd.dim()))
+    return xd.amin(dim=dims).mean(), xd.amax(dim=dims).mean()
+
+
+def affine_fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor,
+                      offset: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """BatchQuant's fake quantization of ``x`` on the range [lo, hi] (widened to include 0).
+
+    q = round_ste(clamp(alpha*x/s + z + o)), x^ = (q - z - o) * s / alpha, with
+    s = (hi - lo)/(qmax - qmin) and integer z = clamp(qmin - round(lo/s)).
+    """
+    lo = lo.clamp(max=0.0)
+    hi = hi.clamp(min=0.0)
+    s = ((hi - lo) / (qmax - qmin)).clamp(min=_EPS)
+    z = (qmin - torch.round(lo / s)).clamp(qmin, qmax)
+    v = torch.clamp(alpha * x / s + z + offset, qmin, qmax)
+    return (round_ste(v) - z - offset) * s / alpha
+
+
+class Calibrated(nn.Module):
+    """A module whose eval-time statistics are set per subnet by averaging over batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calib: dict[str, torch.Tensor] | None = None
+
+    @property
+    def calibrating(self) -> bool:
+        return self._calib is not None
+
+    def begin_calibration(self) -> None:
+        self._calib = {}
+
+    def _accumulate(self, n: int, **stats: torch.Tensor) -> None:
+        acc = self._calib
+        acc["n"] = acc.get("n", 0) + n
+        for k, v in stats.items():
+            v = v.detach().double() * n
+            acc[k] = acc[k] + v if k in acc else v
+
+    def end_calibration(self) -> None:
+        acc, self._calib = self._calib, None
+        if acc and acc.get("n", 0) > 0:
+            self._finish({k: (v / acc["n"]) for k, v in acc.items() if k != "n"})
+
+    def _finish(self, means: dict[str, torch.Tensor]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _ActQuant(Calibrated):
+    """Common state of activation quantizers: bitwidth, signedness, calibrated range."""
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__()
+        self.bits, self.signed = bits, signed
+        self.qmin, self.qmax = qrange(bits, signed)
+        self.register_buffer("running_min", torch.tensor(float("nan")))
+        self.register_buffer("running_max", torch.tensor(float("nan")))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
+
+    def _finish(self, means: dict[str, torch.Tensor]) -> None:
+        self.running_min.copy_(means["lo"].to(self.running_min))
+        self.running_max.copy_(means["hi"].to(self.running_max))
+
+    def _range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training or self.calibrating:
+            lo, hi = batch_range(x)
+            if self.calibrating:
+                self._accumulate(x.shape[0], lo=lo, hi=hi)
+            return lo, hi
+        return self.running_min, self.running_max
+
+
+class BatchQuant(_ActQuant):
+    """BatchQuant (Bai et al. 2021): batch-derived range, learnable softplus scale and offset.
+
+    alpha = log2(1 + 2^theta) (softplus with beta = ln 2, so alpha = 1 at theta = 0); the
+    range is the current batch's in training, the calibrated running range in eval.
+    """
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__(bits, signed)
+        self.theta = nn.Parameter(torch.zeros(()))
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return F.softplus(self.theta, beta=_LN2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self._range(x)
+        return affine_fake_quant(x, lo, hi, self.alpha, self.offset, self.qmin, self.qmax)
+
+
+class MinMaxQuant(_ActQuant):
+    """Ablation baseline: global min/max tracked by EMA (momentum 0.01) while training, no
+    learnable parameters; per-subnet calibration re-estimates the range like BatchQuant's."""
+
+    momentum = 0.01
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__(bits, signed)
+        self.register_buffer("one", torch.ones(()), persistent=False)
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            lo, hi = self._range(x)
+        elif self.training:
+            xd = x.detach()
+            blo, bhi = xd.amin(), xd.amax()
+            first = torch.isnan(self.running_min)  # no host sync: where() instead of if
+            self.running_min.copy_(torch.where(first, blo, torch.lerp(self.running_min, blo, self.momentum)))
+            self.running_max.copy_(torch.where(first, bhi, torch.lerp(self.running_max, bhi, self.momentum)))
+            lo, hi = self.running_min, self.running_max
+        else:
+            lo, hi = self.running_min, self.running_max
+        return affine_fake_quant(x, lo, hi, self.one, self.zero, self.qmin, self.qmax)
+
+
+class LSQActQuant(_ActQuant):
+    """Ablation baseline: LSQ+ activations (learned step and offset, initialised once from the
+    first training batch's min/max). Calibration has nothing to set: the range is learned."""
+
+    def __init__(self, bits: int, signed: bool) -> None:
+        super().__init__(bits, signed)
+        self.step = nn.Parameter(torch.ones(()))
+        self.beta = nn.Parameter(torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    def _init_from(self, x: torch.Tensor) -> None:
+        if self._ready or bool(self.initialized):  # one host read, before the first init only
+            self._ready = True
+            return
+        lo, hi = batch_range(x)
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        with torch.no_grad():
+            self.step.copy_(((hi - lo) / (self.qmax - self.qmin)).clamp(min=1e-4))
+            self.beta.copy_(lo - self.qmin * self.step)
+            self.initialized.fill_(True)
+        self._ready = True
+
+    def begin_calibration(self) -> None:  # nothing to calibrate
+        self._calib = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self._init_from(x)
+        g = 1.0 / math.sqrt(x[0].numel() * self.qmax)
+        s = grad_scale(self.step, g).abs().clamp(min=_EPS)
+        b = grad_scale(self.beta, g)
+        return round_ste(torch.clamp((x - b) / s, self.qmin, self.qmax)) * s + b
+
+
+ACT_QUANTIZERS: dict[str, type[_ActQuant]] = {"bq": BatchQuant, "minmax": MinMaxQuant, "lsq": LSQActQuant}
+
+
+def make_act_quantizer(kind: str) -> Callable[[int, bool], nn.Module]:
+    if kind not in ACT_QUANTIZERS:
+        raise ValueError(f"unknown activation quantizer {kind!r}; choose from {sorted(ACT_QUANTIZERS)}")
+    return ACT_QUANTIZERS[kind]
+
+
+class LSQWeight(nn.Module):
+    """LSQ weight quantizer: signed, symmetric, per-tensor step; gradient scale uses the element
+    count of the FULL (max-size) latent weight, as in the QFA release."""
+
+    def __init__(self, bits: int, numel_full: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.qmin, self.qmax = qrange(bits, signed=True)
+        self.g = 1.0 / math.sqrt(numel_full * self.qmax)
+        self.step = nn.Parameter(torch.ones(()))
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+    @torch.no_grad()
+    def init_from(self, w: torch.Tensor) -> None:
+        """LSQ's initial step 2*mean|w|/sqrt(Qp), from the full latent weight."""
+        self.step.copy_((2 * w.abs().mean() / math.sqrt(self.qmax)).clamp(min=1e-8))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        s = grad_scale(self.step, self.g).abs().clamp(min=_EPS)
+        return round_ste(torch.clamp(w / s, self.qmin, self.qmax)) * s
+
+
+class QuantBank(nn.Module):
+    """One quantizer per key (bitwidth, or ``k<kernel>_<bits>`` for depthwise); FP = identity."""
+
+    def __init__(self, make: Callable[[int, int | None], nn.Module], bits: tuple[int, ...],
+                 kernels: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.q = nn.ModuleDict()
+        for b in bits:
+            if b == FP:
+                continue
+            for k in (kernels or (None,)):
+                self.q[self.key(b, k)] = make(b, k)
+
+    @staticmethod
+    def key(bits: int, kernel: int | None = None) -> str:
+        return f"b{bits}" if kernel is None else f"k{kernel}_b{bits}"
+
+    def get(self, bits: int, kernel: int | None = None) -> nn.Module | None:
+        """The quantizer for (bits, kernel), or None for full precision."""
+        return None if bits == FP else self.q[self.key(bits, kernel)]
+
+    def forward(self, x: torch.Tensor, bits: int, kernel: int | None = None) -> torch.Tensor:
+        q = self.get(bits, kernel)
+        return x if q is None else q(x)

@@ -1,0 +1,508 @@
+"""Search spaces and the subnet spec: the one currency of the toolkit.
+
+A :class:`SearchSpace` owns every choice set (kernels, expand ratios, depths, resolutions,
+bitwidths) exactly once. A :class:`SubnetSpec` is an immutable, validated value naming one
+subnet of one space: its architecture and the precision of every searchable conv. Training,
+latency tables, search and export all take and give specs.
+
+Compact text form (``str(spec)``, parsed by :meth:`SearchSpace.parse`)::
+
+    r28 b0=w4a4-w4a4 s1=k5e4_w4a4-w3a3-w2a2,k3e3_w8a8-w8a8-w8a8 s2=... head=w4a4-w4a4
+
+``rR`` is the input resolution; ``b0`` the precision of the fixed first block (depthwise,
+project); ``sN`` the active blocks of stage N (its depth is how many are listed), each
+``k<kernel>e<expand>_`` then one ``w<bits>a<bits>`` per conv (expand, depthwise, project);
+``head`` the final-expand and feature-mix convs. ``f`` stands for full precision (32 bits).
+
+Bits are ``(w, a)`` pairs. Full precision is all-or-nothing per conv: a conv is either FP in
+both weight and activation or in neither (QFA's stage-0 pairing rule made into a constraint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "FP", "QBits", "StageDef", "BlockSpec", "SubnetSpec", "SearchSpace", "SpecError",
+    "make_divisible", "mid_channels", "get_space", "list_spaces",
+]
+
+FP = 32  # "bitwidth" that means full precision (float32, no quantizer)
+
+
+class SpecError(ValueError):
+    """A spec or space that is malformed or does not belong to the space it claims."""
+
+
+class QBits(NamedTuple):
+    """Precision of one conv: weight bits and input-activation bits (32 = full precision)."""
+    w: int
+    a: int
+
+    def __str__(self) -> str:
+        return f"w{_bit_str(self.w)}a{_bit_str(self.a)}"
+
+
+def _bit_str(b: int) -> str:
+    return "f" if b == FP else str(b)
+
+
+def _canon_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(_canon_json(obj).encode()).hexdigest()[:16]
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round channels to a multiple of ``divisor`` without dropping below 90% (MobileNet rule)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def mid_channels(in_channels: int, expand: int) -> int:
+    """Channels inside an MBConv block (OFA: make_divisible(round(C_in * e), 8))."""
+    return make_divisible(round(in_channels * expand), 8)
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One stage of MBConv blocks: output width, stride of its first block, activation, SE."""
+    width: int
+    stride: int
+    act: str  # "relu" | "hswish"
+    se: bool
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSpec:
+    """One active MBConv block: kernel, expand ratio and one QBits per conv it holds.
+
+    A block with ``expand == 1`` has no expand conv, so it holds two QBits (depthwise,
+    project); otherwise three (expand, depthwise, project).
+    """
+    kernel: int
+    expand: int
+    bits: tuple[QBits, ...]
+
+    def __str__(self) -> str:
+        return f"k{self.kernel}e{self.expand}_" + "-".join(map(str, self.bits))
+
+    def to_json(self) -> dict:
+        return {"kernel": self.kernel, "expand": self.expand, "bits": [list(b) for b in self.bits]}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockSpec) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(_canon_json(self.to_json()))
+
+
+@dataclass(frozen=True, eq=False)
+class SubnetSpec:
+    """One subnet of ``space``: validated on construction, immutable, JSON round-trip, hashable.
+
+    Equality and ``hash`` are by content (the space hash included); :attr:`hash` is a stable
+    16-hex-digit content hash usable in file names and across processes.
+    """
+    space: "SearchSpace"
+    resolution: int
+    first: tuple[QBits, ...]                # fixed first block: depthwise, project
+    stages: tuple[tuple[BlockSpec, ...], ...]  # active blocks only; depth = len
+    head: tuple[QBits, ...]                 # final expand, feature mix
+    hash: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Normalise nested lists/tuples to the canonical immutable types, then validate.
+        first = tuple(QBits(*b) for b in self.first)
+        stages = tuple(tuple(b if isinstance(b, BlockSpec) else BlockSpec(*b) for b in st)
+                       for st in self.stages)
+        stages = tuple(tuple(BlockSpec(b.kernel, b.expand, tuple(QBits(*q) for q in b.bits))
+                             for b in st) for st in stages)
+        object.__setattr__(self, "first", first)
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "head", tuple(QBits(*b) for b in self.head))
+        self.space.validate(self)
+        object.__setattr__(self, "hash", _short_hash(self.to_json()))
+
+    # ---- views ------------------------------------------------------------------------
+    @property
+    def depths(self) -> tuple[int, ...]:
+        return tuple(len(st) for st in self.stages)
+
+    @property
+    def blocks(self) -> list[BlockSpec]:
+        """Active MBConv blocks in network order (the fixed first block excluded)."""
+        return [b for st in self.stages for b in st]
+
+    def all_bits(self) -> list[QBits]:
+        """Every searchable conv's precision, in network order."""
+        return [*self.first, *(q for b in self.blocks for q in b.bits), *self.head]
+
+    def replace(self, **changes: Any) -> "SubnetSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ---- serialisation ----------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "space": self.space.name,
+            "space_hash": self.space.hash,
+            "resolution": self.resolution,
+            "first": [list(b) for b in self.first],
+            "stages": [[b.to_json() for b in st] for st in self.stages],
+            "head": [list(b) for b in self.head],
+        }
+
+    def dumps(self) -> str:
+        return _canon_json(self.to_json())
+
+    def __str__(self) -> str:
+        parts = [f"r{self.resolution}", "b0=" + "-".join(map(str, self.first))]
+        parts += [f"s{i + 1}=" + ",".join(map(str, st)) for i, st in enumerate(self.stages)]
+        parts.append("head=" + "-".join(map(str, self.head)))
+        return " ".join(parts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SubnetSpec) and self.hash == other.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A MobileNetV3-family weight-sharing space with per-conv mixed precision.
+
+    Fixed parts: the stem conv (``stem_bits``, FP by default as in the paper), a first block
+    (3x3 depthwise, expand 1, ReLU, identity shortcut), the classifier (``classifier_bits``,
+    >= 8 bits) and the SE convs (``se_bits``). Searched: per stage depth, per block kernel,
+    expand and three QBits, the first block's and the head's QBits, and the resolution.
+    """
+    name: str
+    in_channels: int
+    num_classes: int
+    stem_width: int
+    stem_stride: int
+    first_width: int
+    stages: tuple[StageDef, ...]
+    final_expand_width: int
+    feature_mix_width: int
+    kernels: tuple[int, ...] = (3, 5, 7)
+    expands: tuple[int, ...] = (3, 4, 6)
+    depths: tuple[int, ...] = (2, 3, 4)
+    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))
+    bits: tuple[int, ...] = (2, 3, 4)
+    stem_bits: QBits = QBits(FP, FP)
+    se_bits: QBits = QBits(FP, FP)
+    classifier_bits: QBits = QBits(8, 8)
+
+    def __post_init__(self) -> None:
+        for name in ("kernels", "expands", "depths", "resolutions", "bits"):
+            vals = tuple(getattr(self, name))
+            if not vals or list(vals) != sorted(set(vals)):
+                raise SpecError(f"space {self.name!r}: {name} must be a non-empty sorted set, got {vals}")
+            object.__setattr__(self, name, vals)
+        object.__setattr__(self, "stages", tuple(StageDef(**s) if isinstance(s, dict) else s
+                                                 for s in self.stages))
+        for name in ("stem_bits", "se_bits", "classifier_bits"):
+            object.__setattr__(self, name, QBits(*getattr(self, name)))
+        bad = [b for b in self.bits if b not in (2, 3, 4, 5, 6, 7, 8, FP)]
+        if bad:
+            raise SpecError(f"space {self.name!r}: unsupported bitwidths {bad}; allowed 2..8 and {FP} (FP)")
+        if self.classifier_bits.w < 8 or self.classifier_bits.a < 8:
+            raise SpecError(f"space {self.name!r}: classifier_bits must be >= 8 bits, got {self.classifier_bits}")
+
+    # ---- identity ---------------------------------------------------------------------
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        for k in ("stem_bits", "se_bits", "classifier_bits"):
+            d[k] = list(getattr(self, k))
+        for k in ("kernels", "expands", "depths", "resolutions", "bits"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SearchSpace":
+        d = dict(d)
+        d["stages"] = tuple(StageDef(**s) for s in d["stages"])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    @property
+    def hash(self) -> str:
+        return _short_hash(self.to_json())
+
+    def with_bits(self, bits: Iterable[int]) -> "SearchSpace":
+        """The same architecture with another bit choice set (e.g. adding FP for stage 0)."""
+        return dataclasses.replace(self, bits=tuple(sorted(set(bits))))
+
+    # ---- derived structure ------------------------------------------------------------
+    @property
+    def bit_pairs(self) -> tuple[QBits, ...]:
+        """Allowed (w, a) pairs of one searchable conv (FP pairs only with FP)."""
+        return tuple(QBits(w, a) for w in self.bits for a in self.bits if (w == FP) == (a == FP))
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.stages) * max(self.depths)
+
+    def stage_in_channels(self) -> list[int]:
+        return [self.first_width] + [s.width for s in self.stages[:-1]]
+
+    # ---- validation -------------------------------------------------------------------
+    def _check_bits(self, where: str, q: QBits, allowed: Sequence[int]) -> None:
+        for part, b in (("w", q.w), ("a", q.a)):
+            if b not in allowed:
+                raise SpecError(f"{where}.{part}={b} not in allowed bits {tuple(allowed)}")
+        if (q.w == FP) != (q.a == FP):
+            raise SpecError(f"{where}={tuple(q)}: full precision ({FP}) must be used for both w and a")
+
+    def validate(self, spec: SubnetSpec, bits: Sequence[int] | None = None) -> None:
+        """Raise :class:`SpecError` naming the first offending field and its allowed values."""
+        bits = self.bits if bits is None else bits
+        if spec.space.hash != self.hash:
+            raise SpecError(f"spec belongs to space {spec.space.name!r} ({spec.space.hash}), "
+                            f"not {self.name!r} ({self.hash})")
+        if spec.resolution not in self.resolutions:
+            raise SpecError(f"resolution={spec.resolution} not in allowed {self.resolutions}")
+        if len(spec.first) != 2:
+            raise SpecError(f"first must hold 2 QBits (depthwise, project), got {len(spec.first)}")
+        for i, q in enumerate(spec.first):
+            self._check_bits(f"first[{i}]", q, bits)
+        if len(spec.head) != 2:
+            raise SpecError(f"head must hold 2 QBits (final expand, feature mix), got {len(spec.head)}")
+        for i, q in enumerate(spec.head):
+            self._check_bits(f"head[{i}]", q, bits)
+        if len(spec.stages) != len(self.stages):
+            raise SpecError(f"stages has {len(spec.stages)} entries; space {self.name!r} has {len(self.stages)}")
+        for si, st in enumerate(spec.stages):
+            if len(st) not in self.depths:
+                raise SpecError(f"stages[{si}] depth={len(st)} not in allowed {self.depths}")
+            for bi, b in enumerate(st):
+                where = f"stages[{si}][{bi}]"
+                if b.kernel not in self.kernels:
+                    raise SpecError(f"{where}.kernel={b.kernel} not in allowed {self.kernels}")
+                if b.expand not in self.expands:
+                    raise SpecError(f"{where}.expand={b.expand} not in allowed {self.expands}")
+                if len(b.bits) != 3:
+                    raise SpecError(f"{where}.bits must hold 3 QBits (expand, depthwise, project), got {len(b.bits)}")
+                for qi, q in enumerate(b.bits):
+                    self._check_bits(f"{where}.bits[{qi}]", q, bits)
+
+    # ---- construction -----------------------------------------------------------------
+    def spec_from_json(self, data: dict | str) -> SubnetSpec:
+        """Build a spec from its JSON (dict or text); the space name and hash must match."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as e:
+                raise SpecError(f"malformed spec JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"spec JSON must be an object, got {type(data).__name__}")
+        missing = [k for k in ("resolution", "first", "stages", "head") if k not in data]
+        if missing:
+            raise SpecError(f"spec JSON lacks field(s) {missing}")
+        name, h = data.get("space", self.name), data.get("space_hash", self.hash)
+        if name != self.name or h != self.hash:
+            raise SpecError(f"spec belongs to space {name!r} ({h}), not {self.name!r} ({self.hash})")
+        try:
+            stages = tuple(tuple(BlockSpec(int(b["kernel"]), int(b["expand"]),
+                                           tuple(QBits(*map(int, q)) for q in b["bits"]))
+                                 for b in st) for st in data["stages"])
+            return SubnetSpec(self, int(data["resolution"]),
+                              tuple(QBits(*map(int, q)) for q in data["first"]), stages,
+                              tuple(QBits(*map(int, q)) for q in data["head"]))
+        except SpecError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpecError(f"malformed spec JSON: {type(e).__name__}: {e}") from None
+
+    _QB = re.compile(r"^w(\d+|f)a(\d+|f)$")
+    _BLK = re.compile(r"^k(\d+)e(\d+)_(.+)$")
+
+    def _parse_bits(self, text: str, where: str) -> tuple[QBits, ...]:
+        out = []
+        for tok in text.split("-"):
+            m = self._QB.match(tok)
+            if not m:
+                raise SpecError(f"{where}: cannot read precision {tok!r}; expected like 'w4a4' or 'wfaf'")
+            out.append(QBits(*(FP if g == "f" else int(g) for g in m.groups())))
+        return tuple(out)
+
+    def parse(self, text: str) -> SubnetSpec:
+        """Parse a spec from JSON text or from the compact form (see module docstring)."""
+        text = text.strip()
+        if text.startswith("{"):
+            return self.spec_from_json(text)
+        fields = dict.fromkeys(["r", "b0", "head"])
+        stages: dict[int, str] = {}
+        for tok in text.split():
+            if re.match(r"^r\d+$", tok):
+                fields["r"] = tok[1:]
+                continue
+            key, sep, val = tok.partition("=")
+            if not sep:
+                raise SpecError(f"cannot read {tok!r} in compact spec; expected rR, b0=, sN= or head=")
+            if re.match(r"^s\d+$", key):
+                stages[int(key[1:])] = val
+            elif key in ("b0", "head"):
+                fields[key] = val
+            else:
+                raise SpecError(f"unknown key {key!r} in compact spec; expected b0, s1..s{len(self.stages)}, head")
+        for k, v in fields.items():
+            if v is None:
+                raise SpecError(f"compact spec lacks '{k}'")
+        if sorted(stages) != list(range(1, len(self.stages) + 1)):
+            raise SpecError(f"compact spec must list stages s1..s{len(self.stages)}, got {sorted(stages)}")
+        blocks = []
+        for si in sorted(stages):
+            st = []
+            for bt in stages[si].split(","):
+                m = self._BLK.match(bt)
+                if not m:
+                    raise SpecError(f"s{si}: cannot read block {bt!r}; expected like 'k5e4_w4a4-w4a4-w4a4'")
+                st.append(BlockSpec(int(m[1]), int(m[2]), self._parse_bits(m[3], f"s{si}")))
+            blocks.append(tuple(st))
+        return SubnetSpec(self, int(fields["r"]), self._parse_bits(fields["b0"], "b0"), tuple(blocks),
+                          self._parse_bits(fields["head"], "head"))
+
+    # ---- sampling ---------------------------------------------------------------------
+    def _bits_subset(self, bits: Sequence[int] | None) -> tuple[QBits, ...]:
+        if bits is None:
+            return self.bit_pairs
+        extra = sorted(set(bits) - set(self.bits))
+        if extra:
+            raise SpecError(f"bits {extra} not in the space's bits {self.bits}")
+        return tuple(q for q in self.bit_pairs if q.w in bits and q.a in bits)
+
+    def uniform(self, *, depth: int, kernel: int, expand: int, bits: int,
+                resolution: int) -> SubnetSpec:
+        """A spec with the same choice everywhere (sandwich min/max, uniform-precision checks)."""
+        q = QBits(bits, bits)
+        stages = tuple(tuple(BlockSpec(kernel, expand, (q, q, q)) for _ in range(depth))
+                       for _ in self.stages)
+        return SubnetSpec(self, resolution, (q, q), stages, (q, q))
+
+    def max_spec(self, bits: int | None = None, kernel: int | None = None) -> SubnetSpec:
+        """Largest subnet: max depth, expand, resolution; kernel and bits default to the max."""
+        return self.uniform(depth=self.depths[-1], kernel=kernel or self.kernels[-1],
+                            expand=self.expands[-1], bits=bits or self.bits[-1],
+                            resolution=self.resolutions[-1])
+
+    def min_spec(self, bits: int | None = None, kernel: int | None = None) -> SubnetSpec:
+        """Smallest subnet: min depth, expand, resolution; kernel and bits default to the min."""
+        return self.uniform(depth=self.depths[0], kernel=kernel or self.kernels[0],
+                            expand=self.expands[0], bits=bits or self.bits[0],
+                            resolution=self.resolutions[0])
+
+    def sample(self, rng: np.random.Generator, bits: Sequence[int] | None = None) -> SubnetSpec:
+        """One subnet with every gene drawn uniformly and independently (as OFA/QFA sample).
+
+        ``bits`` restricts precisions to a subset of the space's bits (e.g. stage 1 of training).
+        """
+        pairs = self._bits_subset(bits)
+
+        def q() -> QBits:
+            return pairs[rng.integers(len(pairs))]
+
+        stages = []
+        for _ in self.stages:
+            d = self.depths[rng.integers(len(self.depths))]
+            stages.append(tuple(BlockSpec(int(self.kernels[rng.integers(len(self.kernels))]),
+                                          int(self.expands[rng.integers(len(self.expands))]),
+                                          (q(), q(), q())) for _ in range(d)))
+        return SubnetSpec(self, int(self.resolutions[rng.integers(len(self.resolutions))]),
+                          (q(), q()), tuple(stages), (q(), q()))
+
+    def sandwich(self, rng: np.random.Generator, n_random: int = 4,
+                 bits: Sequence[int] | None = None) -> list[SubnetSpec]:
+        """The paper's sandwich: max and min subnet, each with one random kernel and one random
+        uniform bitwidth for the whole net, then ``n_random`` independently sampled subnets."""
+        allowed = sorted({q.w for q in self._bits_subset(bits)})
+        out = []
+        for make in (self.max_spec, self.min_spec):
+            k = int(self.kernels[rng.integers(len(self.kernels))])
+            b = int(allowed[rng.integers(len(allowed))])
+            out.append(make(bits=b, kernel=k))
+        out += [self.sample(rng, bits) for _ in range(n_random)]
+        return out
+
+    # ---- counting ---------------------------------------------------------------------
+    def count(self, full: bool = False) -> int:
+        """Exact number of subnets.
+
+        ``full=False`` counts the MBConv stages only (the paper's (6561^2+6561^3+6561^4)^5 for
+        the paper preset); ``full=True`` also counts resolution, first-block and head precision.
+        """
+        p = len(self.bit_pairs)
+        per_block = len(self.kernels) * len(self.expands) * p ** 3
+        per_stage = sum(per_block ** d for d in self.depths)
+        n = per_stage ** len(self.stages)
+        if full:
+            n *= len(self.resolutions) * p ** 2 * p ** 2
+        return n
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "hash": self.hash,
+            "stages": [dataclasses.asdict(s) for s in self.stages],
+            "kernels": list(self.kernels), "expands": list(self.expands),
+            "depths": list(self.depths), "resolutions": list(self.resolutions),
+            "bits": list(self.bits), "bit_pairs_per_conv": len(self.bit_pairs),
+            "stem_bits": list(self.stem_bits), "se_bits": list(self.se_bits),
+            "classifier_bits": list(self.classifier_bits),
+            "count_blocks": self.count(), "count_full": self.count(full=True),
+        }
+
+
+# ---- presets --------------------------------------------------------------------------
+def _paper() -> SearchSpace:
+    # OFA MobileNetV3 at width 1.2 (QFA_FACTS.md section 2).
+    return SearchSpace(
+        name="paper", in_channels=3, num_classes=1000, stem_width=24, stem_stride=2,
+        first_width=24,
+        stages=(StageDef(32, 2, "relu", False), StageDef(48, 2, "relu", True),
+                StageDef(96, 2, "hswish", False), StageDef(136, 1, "hswish", True),
+                StageDef(192, 2, "hswish", True)),
+        final_expand_width=1152, feature_mix_width=1536,
+    )
+
+
+def _fmnist() -> SearchSpace:
+    # Same family, sized for 24-32 px grey images on 2 CPU cores: stride-1 stem, 3 stages,
+    # depth 1..3, 8-bit and FP (stage 0 of training) among the bit choices.
+    return SearchSpace(
+        name="fmnist", in_channels=1, num_classes=10, stem_width=16, stem_stride=1,
+        first_width=16,
+        stages=(StageDef(24, 2, "relu", False), StageDef(40, 2, "hswish", True),
+                StageDef(64, 2, "hswish", True)),
+        final_expand_width=384, feature_mix_width=512,
+        depths=(1, 2, 3), resolutions=(24, 28, 32), bits=(2, 3, 4, 8, FP),
+        se_bits=QBits(8, 8),
+    )
+
+
+_PRESETS = {"paper": _paper, "fmnist": _fmnist}
+
+
+def list_spaces() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_space(name: str, bits: Iterable[int] | None = None) -> SearchSpace:
+    """A preset space by name, optionally with another bit choice set."""
+    if name not in _PRESETS:
+        raise SpecError(f"unknown space {name!r}; available: {', '.join(list_spaces())}")
+    space = _PRESETS[name]()
+    return space.with_bits(bits) if bits is not None else space
