@@ -20,6 +20,7 @@ both weight and activation or in neither (QFA's stage-0 pairing rule made into a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -239,16 +240,25 @@ class SearchSpace:
         d["stages"] = tuple(StageDef(**s) for s in d["stages"])
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
         return _short_hash(self.to_json())
+
+    @functools.cached_property
+    def _index(self) -> dict[str, dict]:
+        """Choice -> gene index maps (encode is on the search's hot path)."""
+        return {"r": {v: i for i, v in enumerate(self.resolutions)},
+                "d": {v: i for i, v in enumerate(self.depths)},
+                "k": {v: i for i, v in enumerate(self.kernels)},
+                "e": {v: i for i, v in enumerate(self.expands)},
+                "q": {v: i for i, v in enumerate(self.bit_pairs)}}
 
     def with_bits(self, bits: Iterable[int]) -> "SearchSpace":
         """The same architecture with another bit choice set (e.g. adding FP for stage 0)."""
         return dataclasses.replace(self, bits=tuple(sorted(set(bits))))
 
     # ---- derived structure ------------------------------------------------------------
-    @property
+    @functools.cached_property
     def bit_pairs(self) -> tuple[QBits, ...]:
         """Allowed (w, a) pairs of one searchable conv (FP pairs only with FP)."""
         return tuple(QBits(w, a) for w in self.bits for a in self.bits if (w == FP) == (a == FP))
@@ -437,6 +447,65 @@ class SearchSpace:
             out.append(make(bits=b, kernel=k))
         out += [self.sample(rng, bits) for _ in range(n_random)]
         return out
+
+    # ---- integer genome (pymoo, predictor, vectorised costs) ----------------------------
+    # Layout: [resolution, depth per stage, per block slot (kernel, expand, 3 bit pairs),
+    # first block's 2 bit pairs, head's 2 bit pairs]; each gene indexes its choice tuple.
+    # Slots beyond a stage's depth are canonicalised to 0, so equal subnets have equal genomes.
+    SLOT_GENES = 5
+
+    @property
+    def genome_len(self) -> int:
+        return 1 + len(self.stages) + self.n_slots * self.SLOT_GENES + 4
+
+    def genome_upper(self) -> np.ndarray:
+        """Number of choices of each gene (genes range over 0..upper-1)."""
+        p = len(self.bit_pairs)
+        slot = [len(self.kernels), len(self.expands), p, p, p]
+        return np.array([len(self.resolutions)] + [len(self.depths)] * len(self.stages)
+                        + slot * self.n_slots + [p] * 4, dtype=np.int64)
+
+    def encode(self, spec: SubnetSpec) -> np.ndarray:
+        if spec.space.hash != self.hash:
+            raise SpecError(f"spec belongs to space {spec.space.name!r} ({spec.space.hash}), not {self.name!r}")
+        ix = self._index
+        pidx, dmax, ns = ix["q"], max(self.depths), len(self.stages)
+        g = [0] * self.genome_len
+        g[0] = ix["r"][spec.resolution]
+        for si, st in enumerate(spec.stages):
+            g[1 + si] = ix["d"][len(st)]
+            o = 1 + ns + si * dmax * self.SLOT_GENES
+            for b in st:
+                g[o:o + 5] = (ix["k"][b.kernel], ix["e"][b.expand], pidx[b.bits[0]], pidx[b.bits[1]], pidx[b.bits[2]])
+                o += self.SLOT_GENES
+        g[-4:] = [pidx[q] for q in (*spec.first, *spec.head)]
+        return np.array(g, dtype=np.int64)
+
+    def canonical(self, genomes: np.ndarray) -> np.ndarray:
+        """Zero the genes of inactive block slots (vectorised over rows)."""
+        g = np.array(genomes, dtype=np.int64, copy=True).reshape(-1, self.genome_len)
+        depth = np.asarray(self.depths)[g[:, 1:1 + len(self.stages)]]  # (N, S)
+        dmax = max(self.depths)
+        active = np.arange(dmax)[None, None, :] < depth[:, :, None]  # (N, S, D)
+        slots = g[:, 1 + len(self.stages):-4].reshape(len(g), len(self.stages), dmax, self.SLOT_GENES)
+        slots *= active[..., None]
+        return g
+
+    def decode(self, genome: Sequence[int]) -> SubnetSpec:
+        g = np.asarray(genome, dtype=np.int64)
+        if g.shape != (self.genome_len,) or (g < 0).any() or (g >= self.genome_upper()).any():
+            raise SpecError(f"genome must hold {self.genome_len} genes within {self.genome_upper().tolist()}")
+        pairs, dmax = self.bit_pairs, max(self.depths)
+        stages = []
+        for si in range(len(self.stages)):
+            blocks = []
+            for bi in range(self.depths[g[1 + si]]):
+                o = 1 + len(self.stages) + (si * dmax + bi) * self.SLOT_GENES
+                k, e, *b = g[o:o + 5]
+                blocks.append(BlockSpec(self.kernels[k], self.expands[e], tuple(pairs[i] for i in b)))
+            stages.append(tuple(blocks))
+        return SubnetSpec(self, self.resolutions[g[0]], (pairs[g[-4]], pairs[g[-3]]), tuple(stages),
+                          (pairs[g[-2]], pairs[g[-1]]))
 
     # ---- counting ---------------------------------------------------------------------
     def count(self, full: bool = False) -> int:
