@@ -106,6 +106,92 @@ def cmd_run(args: argparse.Namespace) -> None:
     _emit(args, result, lambda: None)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train.config import ConfigError, load_config
+    from .train.loop import Trainer
+    overrides = list(args.set or [])
+    for flag, key in (("act_quant", "act_quant"), ("data", "data"), ("device", "device"), ("max_steps", "max_steps"),
+                      ("batch_size", "batch_size"), ("seed", "seed"), ("workers", "workers")):
+        v = getattr(args, flag)
+        if v is not None:
+            overrides.append(f"{key}={v}")
+    if args.amp:
+        overrides.append("amp=true")
+    if args.channels_last:
+        overrides.append("channels_last=true")
+    try:
+        out = Path(args.out)
+        if args.resume and not (out / "last.pt").exists():
+            raise CLIError(f"--resume: no checkpoint in {out} (expected {out / 'last.pt'})", 2)
+        if not args.resume and (out / "last.pt").exists():
+            raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out", 2)
+        cfg = load_config(args.config, overrides)
+        trainer = Trainer(cfg, out, resume=args.resume, init_float=args.init_float, progress=not args.json)
+        result = trainer.run()
+    except (ConfigError, DataError) as e:
+        raise CLIError(str(e), 2) from None
+    except CheckpointError as e:
+        raise CLIError(str(e), 1) from None
+    if trainer.dist.main:
+        _emit(args, result, lambda: print(f"trained {result['step']}/{result['total_steps']} steps; "
+                                          f"checkpoint {result['checkpoint']}"))
+
+
+def _sample_specs(space: SearchSpace, text: str, seed: int) -> list[SubnetSpec]:
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    specs = []
+    for part in text.split(","):
+        name, _, n = part.strip().partition(":")
+        if name == "max":
+            specs.append(space.max_spec(bits=int(n) if n else max(b for b in space.bits if b != 32)))
+        elif name == "min":
+            specs.append(space.min_spec(bits=int(n) if n else None))
+        elif name == "random":
+            bits = [b for b in space.bits if b != 32]
+            specs += [space.sample(rng, bits=bits) for _ in range(int(n or 1))]
+        else:
+            raise CLIError(f"--sample: cannot read {part!r}; use e.g. max,min,random:5 or max:4,min:2", 2)
+    return specs
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import CheckpointError
+    from .data import DataError, make_datasets
+    from .evaluate import evaluate_specs
+    from .supernet import Supernet
+    try:
+        net = Supernet.from_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise CLIError(str(e), 2) from None
+    space = net.space
+    specs = [load_spec(space, s) for s in args.spec or []]
+    if args.sample:
+        try:
+            specs += _sample_specs(space, args.sample, args.seed)
+        except SpecError as e:
+            raise CLIError(f"--sample: {e}", 2) from None
+    if not specs:
+        raise CLIError("nothing to evaluate: give --spec and/or --sample", 2)
+    try:
+        data = make_datasets(args.data, space.resolutions[-1])
+    except DataError as e:
+        raise CLIError(str(e), 2) from None
+
+    def show(row: dict) -> None:
+        if not args.json:
+            print(f"{row['top1']:6.2f}%  {row['hash']}  {row['spec']}", flush=True)
+    if not args.json:
+        print(f"{'top1':>7s}  {'hash':16s}  spec   (test set: {args.test_images or len(data['test'])} images, "
+              f"calibration: {args.calib_images} training images)")
+    rows = evaluate_specs(net, specs, data["train"], data["test"], args.calib_images, args.test_images,
+                          progress=show)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "results": rows}))
+
+
 # ---- parser ------------------------------------------------------------------------------
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
@@ -138,6 +224,44 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--spec", required=True, help="spec as a JSON file, JSON text or compact text")
     cp.add_argument("--per-layer", action="store_true", help="also list every conv")
     cp.set_defaults(func=cmd_cost)
+
+    tp = sub.add_parser("train", help="train the mixed-precision supernet (float stage, then stage 0 and 1)",
+                        description="Train a supernet with the QFA recipe. Single process, or under torchrun:\n"
+                                    "  qfa train fmnist --out runs/fmnist\n"
+                                    "  qfa train fmnist --out runs/fmnist --resume\n"
+                                    "  torchrun --nproc_per_node=8 -m qfa train paper --data /data/imagenet --out runs/paper --amp",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tp.add_argument("config", nargs="?", default="fmnist", help="config file (YAML/TOML) or preset: fmnist, paper")
+    tp.add_argument("--out", required=True, help="run folder (checkpoint last.pt, metrics.csv, config.json)")
+    tp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tp.add_argument("--init-float", metavar="CKPT", help="start the precision stages from this float supernet")
+    tp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable), "
+                    "e.g. batch_size=32 or stage1.epochs=2")
+    tp.add_argument("--act-quant", choices=["bq", "minmax", "lsq"], help="activation quantizer (ablation)")
+    tp.add_argument("--data", help="ImageFolder root with train/ and val/ (default: Fashion-MNIST)")
+    tp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    tp.add_argument("--batch-size", type=int)
+    tp.add_argument("--seed", type=int)
+    tp.add_argument("--workers", type=int, help="data-loader worker processes")
+    tp.add_argument("--max-steps", type=int, help="stop after this many steps (a checkpoint is written)")
+    tp.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    tp.add_argument("--channels-last", action="store_true", help="channels-last memory format (GPU)")
+    tp.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    tp.set_defaults(func=cmd_train)
+
+    ep = sub.add_parser("eval", help="calibrate and evaluate subnets of a trained supernet on the test set",
+                        description="examples:\n  qfa eval --checkpoint runs/fmnist --sample max,min,random:5\n"
+                                    "  qfa eval --checkpoint runs/fmnist/last.pt --spec spec.json --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ep.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    ep.add_argument("--spec", action="append", help="spec (JSON file, JSON text or compact text); repeatable")
+    ep.add_argument("--sample", help="specs to sample: max[:bits], min[:bits], random:N, comma-separated")
+    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    ep.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")
+    ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
+    ep.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    ep.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser("run", help="the main job (currently a smoke run of the supernet pipeline)",
                         description="Smoke run on Fashion-MNIST: build the fmnist supernet, calibrate sampled "

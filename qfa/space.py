@@ -151,6 +151,13 @@ class SubnetSpec:
         """Every searchable conv's precision, in network order."""
         return [*self.first, *(q for b in self.blocks for q in b.bits), *self.head]
 
+    def with_bits(self, bits: int) -> "SubnetSpec":
+        """The same architecture with every searchable conv at ``bits`` (e.g. 32: its float twin)."""
+        q = QBits(bits, bits)
+        return self.replace(first=(q,) * len(self.first), head=(q,) * len(self.head),
+                            stages=tuple(tuple(BlockSpec(b.kernel, b.expand, (q,) * len(b.bits)) for b in st)
+                                         for st in self.stages))
+
     def replace(self, **changes: Any) -> "SubnetSpec":
         return dataclasses.replace(self, **changes)
 

@@ -154,6 +154,20 @@ class Supernet(QFANet):
                                      "before evaluating it")
         return self._forward(x, spec)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Supernet":
+        """The supernet of a training checkpoint (``qfa train``'s ``last.pt`` or its run folder)."""
+        from .checkpoint import CheckpointError, load_checkpoint
+        state = load_checkpoint(path)
+        try:
+            space = SearchSpace.from_json(json.loads(state["space_json"]))
+            net = cls(space, state["act_quant"], float(state.get("dropout", 0.1)))
+            net.load_state_dict(state["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: checkpoint does not hold a usable supernet ({str(e).splitlines()[0][:160]})") from None
+        net.trained_step = int(state.get("step", 0))
+        return net.to(device)
+
     @torch.no_grad()
     def sort_channels(self) -> None:
         """Reorder expand channels by importance in every block (call after float training)."""

@@ -1,0 +1,51 @@
+"""Atomic, pickle-free training checkpoints.
+
+Written as temp file + fsync + rename, so a crash or SIGKILL leaves the previous checkpoint
+whole; loaded with ``torch.load(weights_only=True)``, which refuses arbitrary pickled code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
+
+FORMAT = "qfa-ckpt/1"
+
+
+class CheckpointError(RuntimeError):
+    """Missing, corrupt or foreign checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated / foreign / pickled files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable qfa checkpoint ({msg[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a qfa checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    return state

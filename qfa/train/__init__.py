@@ -1,0 +1,1 @@
+"""Supernet training: config, checkpoints, the QFA step and the run loop."""
