@@ -50,7 +50,7 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 
 def batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """BatchQuant's range: per-channel min/max over (N, H, W), averaged over channels, detached."""
-    xd = x.detach()
+    xd = x.detach().float()  # statistics in float32 even under bf16 autocast
     if xd.dim() > 2:  # reduce the contiguous spatial dims first: faster than one (0, 2, 3) reduction
         sp = tuple(range(2, xd.dim()))
         return xd.amin(dim=sp).amin(0).mean(), xd.amax(dim=sp).amax(0).mean()

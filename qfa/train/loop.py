@@ -197,6 +197,12 @@ class Trainer:
         if self.dist.main:
             save_checkpoint(self.run_dir / "last.pt", self.state())
 
+    def _link_last(self) -> Path:
+        tmp = self.run_dir / ".stage.tmp"
+        tmp.unlink(missing_ok=True)
+        os.link(self.run_dir / "last.pt", tmp)
+        return tmp
+
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("space_hash") != self.space.hash:
             raise CheckpointError("checkpoint space does not match its own config")
@@ -304,6 +310,8 @@ class Trainer:
                     at_epoch_end = self.step % self.steps_per_epoch == 0
                     if self.step % self.cfg.ckpt_every == 0 or self.step == stage_end or at_epoch_end:
                         self.save()
+                    if self.step == int(self.bounds[idx + 1]) and self.dist.main:  # keep each stage's result
+                        os.replace(self._link_last(), self.run_dir / f"stage_{self.cfg.stages[idx].name}.pt")
                     if at_epoch_end or self.step == stage_end:
                         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                "stage": self.cfg.stages[idx].name, "lr": self.scheduler.get_last_lr()[0],
