@@ -254,8 +254,22 @@ class Trainer:
             os.fsync(f.fileno())
 
     def evaluate_stage(self) -> dict[str, float]:
-        """Calibrated held-out top-1 of the min and max subnet at the stage's lowest/highest bits."""
-        bits = [b for b in self._stage_bits(self.stage_idx)]
+        """Calibrated held-out top-1 of the min and max subnet at the stage's lowest/highest bits.
+
+        Buffers are restored afterwards: calibration must not leak into training state (the
+        MinMax quantizer's EMA ranges are training state), or a resumed run would differ."""
+        saved = {k: v.clone() for k, v in self.net.named_buffers()}
+        try:
+            return self._evaluate_stage()
+        finally:
+            with torch.no_grad():
+                for k, v in self.net.named_buffers():
+                    v.copy_(saved[k])
+            self.net.calibrated_for = None
+            self.net.train()
+
+    def _evaluate_stage(self) -> dict[str, float]:
+        bits = self._stage_bits(self.stage_idx)
         out = {}
         for name, spec in (("max", self.space.max_spec(bits=max(bits))), ("min", self.space.min_spec(bits=min(bits)))):
             calibrate(self.net, spec, calib_batches(self.data["train"], self.cfg.calib_images), self.cfg.calib_images)
@@ -263,7 +277,6 @@ class Trainer:
             with self.net.active(spec):
                 out[f"{name}_top1"] = accuracy(self.net, self.data["holdout"], spec.resolution,
                                                self.cfg.eval_images, self.device)
-        self.net.train()
         return out
 
     def run(self) -> dict[str, Any]:
@@ -334,5 +347,19 @@ class Trainer:
             bar.close()
         self.save()
         return {"run_dir": str(self.run_dir), "step": self.step, "total_steps": self.total_steps,
-                "checkpoint": str(self.run_dir / "last.pt")}
+                "checkpoint": str(self.run_dir / "last.pt"), "world": self.dist.world,
+                "replica_fingerprints": self.replica_fingerprints()}
+
+    def replica_fingerprints(self) -> list[str]:
+        """SHA-256 of every process's parameters and buffers: all equal when replicas agree."""
+        import hashlib
+        h = hashlib.sha256()
+        for _, t in sorted(self.net.state_dict().items()):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        mine = h.hexdigest()
+        if self.dist.world == 1:
+            return [mine]
+        out: list[Any] = [None] * self.dist.world
+        dist.all_gather_object(out, mine)
+        return out
 
