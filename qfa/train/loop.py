@@ -96,6 +96,7 @@ class Trainer:
         self.step = 0
         self.teacher: Subnet | None = None
         self.stage_idx = -1
+        self._tb = None  # TensorBoard writer, made on first log if tensorboard is installed
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         if state is not None:
@@ -252,6 +253,18 @@ class Trainer:
             w.writerow(row)
             f.flush()
             os.fsync(f.fileno())
+        if self._tb is None:
+            try:
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorboard may pull in TensorFlow
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:  # TensorBoard is optional
+                self._tb = False
+        if self._tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, row["step"])
+            self._tb.flush()
 
     def evaluate_stage(self) -> dict[str, float]:
         """Calibrated held-out top-1 of the min and max subnet at the stage's lowest/highest bits.
