@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .elastic.blocks import se_channels
-from .space import FP, QBits, SearchSpace, SubnetSpec, mid_channels
+from .space import QBits, SearchSpace, SubnetSpec, mid_channels
 
 __all__ = ["ConvLayer", "spec_layers", "layer_costs", "total_costs", "CostModel", "COST_KEYS"]
 

@@ -18,17 +18,13 @@ import torch.nn as nn
 
 from .elastic.blocks import ElasticMBConv
 from .elastic.ops import ElasticConv2d
-from .space import FP, BlockSpec, SearchSpace, SpecError, SubnetSpec, mid_channels
+from .space import BlockSpec, SearchSpace, SpecError, SubnetSpec, mid_channels
 
 __all__ = ["QFANet", "Supernet", "Subnet", "extract", "NotCalibratedError"]
 
 
 class NotCalibratedError(RuntimeError):
     """Evaluating a subnet whose BatchNorm/quantizer statistics were not calibrated for it."""
-
-
-def _qbits(bits: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return bits, bits
 
 
 class QFANet(nn.Module):
@@ -46,10 +42,9 @@ class QFANet(nn.Module):
         super().__init__()
         self.space, self.act_quant = space, act_quant
         s = space
-        all_bits = _qbits(s.bits)
-
         def conv_bits(q) -> tuple[tuple[int, ...], tuple[int, ...]]:
-            return all_bits if spec is None else ((q.w,), (q.a,))
+            """(weight bits, activation bits) a conv's quantizer banks serve."""
+            return (s.bits, s.bits) if spec is None else ((q.w,), (q.a,))
 
         self.stem = ElasticConv2d(s.in_channels, s.stem_width, (3,), s.stem_stride,
                                   w_bits=(s.stem_bits.w,), a_bits=(s.stem_bits.a,), act_signed=True,

@@ -27,7 +27,7 @@ from ..evaluate import accuracy, calib_batches
 from ..space import FP, get_space
 from ..supernet import Subnet, Supernet, extract
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, StageCfg, TrainConfig
+from .config import ConfigError, TrainConfig
 from .step import SandwichStep, param_groups
 
 __all__ = ["Trainer", "Dist"]
