@@ -140,20 +140,30 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _sample_specs(space: SearchSpace, text: str, seed: int) -> list[SubnetSpec]:
+    """``max[:B]``, ``min[:B]``, ``random:N`` (mixed precision) or ``random:N:B`` (all convs at B);
+    random architectures depend only on the seed, so ``random:5:8`` and ``random:5:2`` are the
+    same 5 subnets at two precisions."""
     import numpy as np
-    rng = np.random.default_rng(seed)
+    deployable = [b for b in space.bits if b != 32]
     specs = []
     for part in text.split(","):
-        name, _, n = part.strip().partition(":")
+        name, *args = part.strip().split(":")
+        try:
+            nums = [int(a) for a in args]
+        except ValueError:
+            nums = None
+        if nums is None or (name in ("max", "min") and len(nums) > 1) or (name == "random" and len(nums) > 2) \
+                or name not in ("max", "min", "random"):
+            raise CLIError(f"--sample: cannot read {part!r}; use e.g. max:4,min:2,random:5 or random:5:4", 2)
         if name == "max":
-            specs.append(space.max_spec(bits=int(n) if n else max(b for b in space.bits if b != 32)))
+            specs.append(space.max_spec(bits=nums[0] if nums else max(deployable)))
         elif name == "min":
-            specs.append(space.min_spec(bits=int(n) if n else None))
-        elif name == "random":
-            bits = [b for b in space.bits if b != 32]
-            specs += [space.sample(rng, bits=bits) for _ in range(int(n or 1))]
+            specs.append(space.min_spec(bits=nums[0] if nums else None))
         else:
-            raise CLIError(f"--sample: cannot read {part!r}; use e.g. max,min,random:5 or max:4,min:2", 2)
+            rng = np.random.default_rng(seed)
+            for _ in range(nums[0] if nums else 1):
+                spec = space.sample(rng, bits=deployable)
+                specs.append(spec.with_bits(nums[1]) if len(nums) == 2 else spec)
     return specs
 
 
@@ -255,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ep.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
     ep.add_argument("--spec", action="append", help="spec (JSON file, JSON text or compact text); repeatable")
-    ep.add_argument("--sample", help="specs to sample: max[:bits], min[:bits], random:N, comma-separated")
+    ep.add_argument("--sample", help="specs to sample, comma-separated: max[:B], min[:B], random:N (mixed "
+                    "precision) or random:N:B (every conv at B bits)")
     ep.add_argument("--seed", type=int, default=0)
     ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     ep.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")

@@ -284,6 +284,12 @@ class SearchSpace:
         if (q.w == FP) != (q.a == FP):
             raise SpecError(f"{where}={tuple(q)}: full precision ({FP}) must be used for both w and a")
 
+    def _check_group(self, where: str, qs: Sequence[QBits], convs: Sequence[str], allowed: Sequence[int]) -> None:
+        if len(qs) != len(convs):
+            raise SpecError(f"{where} must hold {len(convs)} QBits ({', '.join(convs)}), got {len(qs)}")
+        for i, q in enumerate(qs):
+            self._check_bits(f"{where}[{i}]", q, allowed)
+
     def validate(self, spec: SubnetSpec, bits: Sequence[int] | None = None) -> None:
         """Raise :class:`SpecError` naming the first offending field and its allowed values."""
         bits = self.bits if bits is None else bits
@@ -292,14 +298,8 @@ class SearchSpace:
                             f"not {self.name!r} ({self.hash})")
         if spec.resolution not in self.resolutions:
             raise SpecError(f"resolution={spec.resolution} not in allowed {self.resolutions}")
-        if len(spec.first) != 2:
-            raise SpecError(f"first must hold 2 QBits (depthwise, project), got {len(spec.first)}")
-        for i, q in enumerate(spec.first):
-            self._check_bits(f"first[{i}]", q, bits)
-        if len(spec.head) != 2:
-            raise SpecError(f"head must hold 2 QBits (final expand, feature mix), got {len(spec.head)}")
-        for i, q in enumerate(spec.head):
-            self._check_bits(f"head[{i}]", q, bits)
+        self._check_group("first", spec.first, ("depthwise", "project"), bits)
+        self._check_group("head", spec.head, ("final expand", "feature mix"), bits)
         if len(spec.stages) != len(self.stages):
             raise SpecError(f"stages has {len(spec.stages)} entries; space {self.name!r} has {len(self.stages)}")
         for si, st in enumerate(spec.stages):
@@ -311,10 +311,7 @@ class SearchSpace:
                     raise SpecError(f"{where}.kernel={b.kernel} not in allowed {self.kernels}")
                 if b.expand not in self.expands:
                     raise SpecError(f"{where}.expand={b.expand} not in allowed {self.expands}")
-                if len(b.bits) != 3:
-                    raise SpecError(f"{where}.bits must hold 3 QBits (expand, depthwise, project), got {len(b.bits)}")
-                for qi, q in enumerate(b.bits):
-                    self._check_bits(f"{where}.bits[{qi}]", q, bits)
+                self._check_group(f"{where}.bits", b.bits, ("expand", "depthwise", "project"), bits)
 
     # ---- construction -----------------------------------------------------------------
     def spec_from_json(self, data: dict | str) -> SubnetSpec:
