@@ -170,7 +170,15 @@ class Trainer:
         if state.get("space_hash") != self.space.hash:
             raise CheckpointError(f"{path}: float checkpoint of space {state.get('space')!r} "
                                   f"({state.get('space_hash')}), not {self.space.name!r} ({self.space.hash})")
-        self.net.load_state_dict(state["model"])
+        # Float weights only: quantizer parameters start afresh in the precision stages, so a float
+        # supernet trained with any activation quantizer kind (or by another tool) can seed them.
+        def is_quant(k: str) -> bool:
+            return ".aq." in k or ".wq." in k
+        float_state = {k: v for k, v in state["model"].items() if not is_quant(k)}
+        missing, unexpected = self.net.load_state_dict(float_state, strict=False)
+        missing = [k for k in missing if not is_quant(k)]
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: does not fit this supernet (missing {missing[:3]}, unexpected {unexpected[:3]})")
         first_q = next((i for i in range(len(self.cfg.stages)) if not self._is_float(i)), None)
         if first_q is None:
             raise ConfigError("--init-float given but the config has no precision stage")
