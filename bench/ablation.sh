@@ -14,4 +14,4 @@ for q in bq minmax lsq; do
     --set "stage0.epochs=$e0" --set "stage1.epochs=$e1" --set eval_images=0
 done
 python bench/supernet_accuracy.py runs/ablation_bq_${e0}_${e1} runs/ablation_minmax_${e0}_${e1} \
-  runs/ablation_lsq_${e0}_${e1} --random 0
+  runs/ablation_lsq_${e0}_${e1} --random 0 --bits 3,2

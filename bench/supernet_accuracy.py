@@ -19,7 +19,7 @@ from qfa.supernet import Supernet
 BITS = (8, 4, 3, 2)
 
 
-def table(checkpoint: str, n_random: int, calib: int, test: int | None, seed: int) -> dict:
+def table(checkpoint: str, n_random: int, calib: int, test: int | None, seed: int, bits=BITS) -> dict:
     net = Supernet.from_checkpoint(checkpoint)
     space = net.space
     data = make_datasets(None, space.resolutions[-1])
@@ -29,10 +29,10 @@ def table(checkpoint: str, n_random: int, calib: int, test: int | None, seed: in
     archs.update({f"random{i + 1}": space.sample(rng, bits=deployable) for i in range(n_random)})
     rows = {}
     for name, arch in archs.items():
-        specs = [arch.with_bits(b) for b in BITS if b in space.bits]
-        res = evaluate_specs(net, specs, data["train"], data["test"], calib, test)
-        rows[name] = {"arch": str(arch.with_bits(8)), **{f"W{b}A{b}": r["top1"] for b, r in zip(BITS, res)}}
-        print(f"  {name:8s} " + "  ".join(f"W{b}A{b} {rows[name][f'W{b}A{b}']:6.2f}" for b in BITS), flush=True)
+        bits = [b for b in bits if b in space.bits]
+        res = evaluate_specs(net, [arch.with_bits(b) for b in bits], data["train"], data["test"], calib, test)
+        rows[name] = {"arch": str(arch.with_bits(8)), **{f"W{b}A{b}": r["top1"] for b, r in zip(bits, res)}}
+        print(f"  {name:8s} " + "  ".join(f"W{b}A{b} {rows[name][f'W{b}A{b}']:6.2f}" for b in bits), flush=True)
     return {"checkpoint": checkpoint, "act_quant": net.act_quant, "rows": rows}
 
 
@@ -43,13 +43,15 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=2000)
     ap.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bits", default="8,4,3,2", help="uniform precisions to evaluate (default 8,4,3,2)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out = []
     for ck in args.checkpoints:
         t = time.time()
         print(f"{ck}:", flush=True)
-        out.append(table(ck, args.random, args.calib_images, args.test_images, args.seed))
+        out.append(table(ck, args.random, args.calib_images, args.test_images, args.seed,
+                         tuple(int(b) for b in args.bits.split(","))))
         print(f"  ({time.time() - t:.0f} s)", flush=True)
     if len(out) > 1:
         print("ablation (test top-1, same recipe and budget):")
