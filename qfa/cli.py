@@ -101,8 +101,12 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from .smoke import smoke_run
-    result = smoke_run(n_random=args.n_random, calib_images=args.calib_images, test_images=args.test_images,
-                       seed=args.seed, progress=not args.json)
+    from .checkpoint import CheckpointError
+    try:
+        result = smoke_run(n_random=args.n_random, calib_images=args.calib_images, test_images=args.test_images,
+                           seed=args.seed, progress=not args.json, checkpoint=args.checkpoint)
+    except CheckpointError as e:
+        raise CLIError(str(e), 2) from None
     _emit(args, result, lambda: None)
 
 
@@ -281,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")
     rp.add_argument("--test-images", type=int, default=10000, help="test images to evaluate (default 10000)")
     rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--checkpoint", help="a trained fmnist run (default: untrained weights)")
     rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     rp.set_defaults(func=cmd_run)
     return p
