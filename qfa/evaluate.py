@@ -30,8 +30,10 @@ def calib_batches(train: ImageSet, n_images: int, batch: int = 64, seed: int = C
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: int | None = None,
-             device: str | torch.device = "cpu", batch: int = 500, workers: int = 0) -> float:
-    """Top-1 (%) of ``model`` (eval mode, calibrated) on the first ``n_images`` of ``data``."""
+             device: str | torch.device = "cpu", batch: int = 128, workers: int = 0) -> float:
+    """Top-1 (%) of ``model`` (eval mode, calibrated) on the first ``n_images`` of ``data``.
+
+    Batch 128: measured 1.6x faster than 500 on 2 CPU cores (fewer page faults from big buffers)."""
     if n_images is not None and n_images < len(data):
         data = data.subset(np.arange(n_images))
     correct = total = 0
