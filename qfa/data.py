@@ -129,8 +129,7 @@ class FashionMNIST(ImageSet):
             img = np.pad(img, 2)[dy:dy + 28, dx:dx + 28]
             if rng.random() < 0.5:
                 img = img[:, ::-1]
-        x = torch.from_numpy(img.astype(np.float32) / 255.0).unsqueeze(0)
-        return (x - FMNIST_MEAN) / FMNIST_STD, int(self.targets[i])
+        return to_tensor(img[None])[0], int(self.targets[i])
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -125,12 +125,10 @@ class SubnetSpec:
 
     def __post_init__(self) -> None:
         # Normalise nested lists/tuples to the canonical immutable types, then validate.
-        first = tuple(QBits(*b) for b in self.first)
-        stages = tuple(tuple(b if isinstance(b, BlockSpec) else BlockSpec(*b) for b in st)
-                       for st in self.stages)
-        stages = tuple(tuple(BlockSpec(b.kernel, b.expand, tuple(QBits(*q) for q in b.bits))
-                             for b in st) for st in stages)
-        object.__setattr__(self, "first", first)
+        blocks = (tuple(b if isinstance(b, BlockSpec) else BlockSpec(*b) for b in st) for st in self.stages)
+        stages = tuple(tuple(BlockSpec(b.kernel, b.expand, tuple(QBits(*q) for q in b.bits)) for b in st)
+                       for st in blocks)
+        object.__setattr__(self, "first", tuple(QBits(*b) for b in self.first))
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "head", tuple(QBits(*b) for b in self.head))
         self.space.validate(self)
