@@ -218,7 +218,7 @@ def extract(supernet: Supernet, spec: SubnetSpec) -> Subnet:
     """A standalone copy of ``spec``'s subnet with its calibrated statistics, in eval mode."""
     if supernet.calibrated_for != spec.hash:
         raise NotCalibratedError(f"calibrate subnet {spec.hash} before extracting it")
-    sub = Subnet(spec, supernet.act_quant)
+    sub = Subnet(spec, supernet.act_quant).to(next(supernet.parameters()).device)
     src = dict(supernet.named_modules())
     for name, mod in sub.named_modules():
         big = src[name]
