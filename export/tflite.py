@@ -1,0 +1,213 @@
+"""Write a folded integer graph as a full-integer .tflite flatbuffer, directly.
+
+No converter sits in between, so every activation scale and zero point, every integer weight
+and every weight scale in the file is exactly the graph's (a converter re-derives them: see
+TOOLCHAIN_FACTS.md). Only ai-edge-litert's generated schema and ``flatbuffers`` are needed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+
+from .ir import Graph, Op, QTensor
+from .reference import quantized_const
+
+__all__ = ["Target", "TARGETS", "to_tflite"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """How nominal bitwidths deploy. ``int4_weights``: CONV_2D weights of <= 4 bits stored as
+    INT4 (TFLite has no int4 depthwise); everything else int8 values on the trained grid."""
+
+    name: str
+    int4_weights: bool = False
+    io_dtype: str = "int8"  # int8 | uint8
+
+    def deployed(self, op: Op) -> str:
+        """The key a latency table uses for this conv's precision."""
+        return "int4w" if self.int4_packs(op) else "int8"
+
+    def int4_packs(self, op: Op) -> bool:
+        return self.int4_weights and op.kind == "conv" and not op.depthwise and op.w_bits <= 4
+
+
+TARGETS = {"tflite-int8": Target("tflite-int8"), "tflite-int4w": Target("tflite-int4w", int4_weights=True)}
+
+_B = fb.BuiltinOperator
+_VERSIONS = {_B.CONV_2D: 3, _B.DEPTHWISE_CONV_2D: 3, _B.ADD: 2, _B.MUL: 2, _B.MEAN: 2, _B.HARD_SWISH: 1,
+             _B.QUANTIZE: 2, _B.PAD: 2, _B.MINIMUM: 2, _B.RESHAPE: 1}
+_ACT = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU,
+        "relu_n1_to_1": fb.ActivationFunctionType.RELU_N1_TO_1}
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.buffers = [fb.BufferT()]
+        self.tensors: list[Any] = []
+        self.index: dict[str, int] = {}
+        self.ops: list[Any] = []
+        self.codes: list[int] = []
+
+    def tensor(self, name: str, shape, dtype: int, scale=None, zp=None, dim: int = 0, data: bytes | None = None) -> int:
+        t = fb.TensorT()
+        t.name, t.shape, t.type = name, np.asarray(shape, np.int32), dtype
+        t.buffer = 0
+        if data is not None:
+            b = fb.BufferT()
+            b.data = np.frombuffer(data, np.uint8)
+            self.buffers.append(b)
+            t.buffer = len(self.buffers) - 1
+        if scale is not None:
+            q = fb.QuantizationParametersT()
+            q.scale = [float(s) for s in np.atleast_1d(scale)]
+            q.zeroPoint = [int(z) for z in np.atleast_1d(zp if zp is not None else 0)]
+            if len(q.zeroPoint) == 1 and len(q.scale) > 1:
+                q.zeroPoint = q.zeroPoint * len(q.scale)
+            q.quantizedDimension = dim
+            t.quantization = q
+        self.tensors.append(t)
+        self.index[name] = len(self.tensors) - 1
+        return self.index[name]
+
+    def act(self, t: QTensor, name: str | None = None) -> int:
+        return self.tensor(name or t.name, t.shape, fb.TensorType.INT8, t.scale, t.zero_point)
+
+    def op(self, code: int, inputs: list[int], outputs: list[int], opt_type: int = 0, opt: Any = None,
+           version: int | None = None) -> None:
+        key = (code, version or _VERSIONS[code])
+        if key not in self.codes:
+            self.codes.append(key)
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.codes.index(key), inputs, outputs
+        if opt is not None:
+            o.builtinOptionsType, o.builtinOptions = opt_type, opt
+        self.ops.append(o)
+
+    def const_i32(self, name: str, values) -> int:
+        v = np.asarray(values, np.int32)
+        return self.tensor(name, v.shape, fb.TensorType.INT32, data=v.tobytes())
+
+    def finish(self, inputs: list[int], outputs: list[int], meta: dict[str, Any]) -> bytes:
+        sg = fb.SubGraphT()
+        sg.tensors, sg.inputs, sg.outputs, sg.operators, sg.name = self.tensors, inputs, outputs, self.ops, "main"
+        m = fb.ModelT()
+        m.version, m.description, m.subgraphs, m.buffers = 3, "qfa-toolkit integer export", [sg], self.buffers
+        codes = []
+        for code, ver in self.codes:
+            c = fb.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), ver
+            codes.append(c)
+        m.operatorCodes = codes
+        b = fb.BufferT()
+        b.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+        m.buffers.append(b)
+        md = fb.MetadataT()
+        md.name, md.buffer = "qfa", len(m.buffers) - 1
+        m.metadata = [md]
+        builder = flatbuffers.Builder(1 << 16)
+        builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+
+def _pack_int4(q: np.ndarray) -> bytes:
+    flat = q.astype(np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    lo, hi = flat[0::2].astype(np.uint8) & 0x0F, flat[1::2].astype(np.uint8) & 0x0F
+    return (lo | (hi << 4)).astype(np.uint8).tobytes()
+
+
+def _conv(w: _Writer, g: Graph, op: Op, target: Target, x: int, y: int) -> None:
+    tin = g.tensors[op.inputs[0]]
+    if op.pad and op.stride > 1:  # PyTorch pads symmetrically; TF 'SAME' at stride 2 does not
+        xt = g.tensors[op.inputs[0]]
+        n, h, wd, c = xt.shape
+        padded = w.tensor(f"{op.output}.pad", (n, h + 2 * op.pad, wd + 2 * op.pad, c), fb.TensorType.INT8,
+                          xt.scale, xt.zero_point)
+        pads = w.const_i32(f"{op.output}.paddings", [[0, 0], [op.pad, op.pad], [op.pad, op.pad], [0, 0]])
+        w.op(_B.PAD, [x, pads], [padded], fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
+        x, padding = padded, fb.Padding.VALID
+    else:
+        padding = fb.Padding.SAME if op.pad else fb.Padding.VALID
+    int4 = target.int4_packs(op)
+    data = _pack_int4(op.weight) if int4 else op.weight.astype(np.int8).tobytes()
+    wt = w.tensor(f"{op.output}.weight", op.weight.shape, fb.TensorType.INT4 if int4 else fb.TensorType.INT8,
+                  op.w_scale, 0, dim=3 if op.depthwise else 0, data=data)
+    bscale = tin.scale * op.w_scale
+    bias = np.round(op.bias / bscale).clip(-2**31, 2**31 - 1).astype(np.int32)
+    bt = w.tensor(f"{op.output}.bias", bias.shape, fb.TensorType.INT32, bscale, 0, data=bias.tobytes())
+    if op.depthwise:
+        opt = fb.DepthwiseConv2DOptionsT()
+        opt.depthMultiplier = 1
+        code, opt_type = _B.DEPTHWISE_CONV_2D, fb.BuiltinOptions.DepthwiseConv2DOptions
+    else:
+        opt = fb.Conv2DOptionsT()
+        code, opt_type = _B.CONV_2D, fb.BuiltinOptions.Conv2DOptions
+    opt.padding, opt.strideW, opt.strideH = padding, op.stride, op.stride
+    opt.dilationWFactor = opt.dilationHFactor = 1
+    opt.fusedActivationFunction = _ACT[op.act]
+    w.op(code, [x, wt, bt], [y], opt_type, opt, version=7 if int4 else None)
+
+
+def to_tflite(graph: Graph, target: Target | str = "tflite-int8", meta: dict[str, Any] | None = None) -> bytes:
+    """The .tflite bytes of ``graph`` for ``target`` (NHWC input, int8 or uint8 I/O)."""
+    target = TARGETS[target] if isinstance(target, str) else target
+    g = graph.validate()
+    w = _Writer()
+    tin = g.tensors[g.input]
+    if target.io_dtype == "uint8":
+        xu = w.tensor("input_uint8", tin.shape, fb.TensorType.UINT8, tin.scale, tin.zero_point + 128)
+        w.op(_B.QUANTIZE, [xu], [w.act(tin)])
+        inputs = [xu]
+    else:
+        inputs = [w.act(tin)]
+    for op in g.ops:
+        out = g.tensors[op.output]
+        clamp = out.qmax < 127
+        y = w.act(out, f"{out.name}.unclamped" if clamp else None)
+        args = [w.index[i] for i in op.inputs]
+        if op.kind == "conv":
+            _conv(w, g, op, target, args[0], y)
+        elif op.kind in ("add", "addc"):
+            if op.kind == "addc":
+                c = np.asarray(op.const, np.float64).reshape((1,) * (4 - np.ndim(op.const)) + np.shape(op.const))
+                scale = max(float(np.abs(c).max()) / 127.0, 1e-12)
+                cq = np.round(c / scale).clip(-127, 127).astype(np.int8)
+                args.append(w.tensor(f"{op.output}.const", cq.shape, fb.TensorType.INT8, scale, 0, data=cq.tobytes()))
+            opt = fb.AddOptionsT()
+            opt.fusedActivationFunction = _ACT[op.act]
+            w.op(_B.ADD, args, [y], fb.BuiltinOptions.AddOptions, opt)
+        elif op.kind == "mul":
+            w.op(_B.MUL, args, [y], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+        elif op.kind == "mean":
+            opt = fb.ReducerOptionsT()
+            opt.keepDims = True
+            w.op(_B.MEAN, args + [w.const_i32(f"{op.output}.axes", [1, 2])], [y], fb.BuiltinOptions.ReducerOptions, opt)
+        elif op.kind == "hswish":
+            w.op(_B.HARD_SWISH, args, [y])
+        elif op.kind == "requant":
+            w.op(_B.QUANTIZE, args, [y])
+        else:  # pragma: no cover - validate() rejects unknown kinds
+            raise ValueError(op.kind)
+        if clamp:  # the b-bit grid's top: MINIMUM with a constant on the same quantization
+            c = w.tensor(f"{out.name}.max", (1,), fb.TensorType.INT8, out.scale, out.zero_point,
+                         data=np.array([out.qmax], np.int8).tobytes())
+            w.op(_B.MINIMUM, [y, c], [w.act(out)])
+    tout = g.tensors[g.output]
+    n, c = tout.shape[0], int(np.prod(tout.shape[1:]))
+    flat = w.tensor("logits", (n, c), fb.TensorType.INT8, tout.scale, tout.zero_point)
+    opt = fb.ReshapeOptionsT()
+    opt.newShape = [n, c]
+    w.op(_B.RESHAPE, [w.index[g.output], w.const_i32("logits.shape", [n, c])], [flat], fb.BuiltinOptions.ReshapeOptions, opt)
+    outputs = [flat]
+    if target.io_dtype == "uint8":
+        fu = w.tensor("logits_uint8", (n, c), fb.TensorType.UINT8, tout.scale, tout.zero_point + 128)
+        w.op(_B.QUANTIZE, [flat], [fu])
+        outputs = [fu]
+    return w.finish(inputs, outputs, {**g.meta, **(meta or {}), "target": target.name})
