@@ -206,6 +206,75 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(json.dumps({"checkpoint": args.checkpoint, "results": rows}))
 
 
+def _load_net(path: str):
+    from .checkpoint import CheckpointError
+    from .supernet import Supernet
+    try:
+        return Supernet.from_checkpoint(path)
+    except CheckpointError as e:
+        raise CLIError(str(e), 2) from None
+    except FileNotFoundError:
+        raise CLIError(f"checkpoint not found: {path}", 2) from None
+
+
+def _pareto_spec(space: SearchSpace, path: str, index: int) -> SubnetSpec:
+    """Spec number ``index`` of a saved Pareto set (JSON lines, one {"spec": ...} per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"Pareto file not found: {path}", 2)
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    if not 0 <= index < len(lines):
+        raise CLIError(f"--index {index} out of range: {path} holds {len(lines)} specs", 2)
+    try:
+        obj = json.loads(lines[index])
+        return space.parse(json.dumps(obj.get("spec", obj)))
+    except (json.JSONDecodeError, SpecError, AttributeError) as e:
+        raise CLIError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})", 2) from None
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .data import DataError, make_datasets
+    from .deploy import export_subnet, verify_tflite
+    out = Path(args.out)
+    if out.suffix != ".tflite":
+        raise CLIError(f"--out must end in .tflite: {args.out}", 2)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create {out.parent}/: {e.strerror}", 2) from None
+    if not os.access(out.parent, os.W_OK):
+        raise CLIError(f"cannot write to {out.parent}/ (not writable)", 2)
+    net = _load_net(args.checkpoint)
+    if (args.spec is None) == (args.pareto is None):
+        raise CLIError("give exactly one of --spec or --pareto/--index", 2)
+    spec = load_spec(net.space, args.spec) if args.spec else _pareto_spec(net.space, args.pareto, args.index)
+    if spec.space.hash != net.space.hash:
+        raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
+    try:
+        data = make_datasets(args.data, spec.resolution)
+    except DataError as e:
+        raise CLIError(str(e), 2) from None
+    res = export_subnet(net, spec, data, out, args.target, args.calib_images, uint8_io=args.uint8)
+    report = {"out": str(out), "sidecar": str(out.with_suffix(".json")), **{k: res["sidecar"][k] for k in
+              ("hash", "spec_str", "target", "bytes", "fold_s", "convert_s", "max_zero_point_fraction_lsb")}}
+    if args.verify:
+        report["verify"] = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"], args.test_images)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"wrote {out} ({report['bytes']:,} bytes, converted in {report['convert_s'] * 1000:.0f} ms) and "
+              f"{report['sidecar']}\n  spec {report['spec_str']}  [{report['hash']}]  target {report['target']}")
+        if args.verify:
+            v = report["verify"]
+            print(f"  verify on {v['images']} test images: PyTorch fake-quant top-1 {v['pytorch_top1']:.2f}%  "
+                  f"TFLite top-1 {v['tflite_top1']:.2f}%  agreement {v['agreement']:.2f}%  "
+                  f"max logit error {v['max_logit_error_lsb']:.1f} LSB\n  ops: " +
+                  ", ".join(f"{k} x{n}" for k, n in sorted(v["ops"].items())))
+    if args.verify and report["verify"]["agreement"] < args.threshold:
+        raise CLIError(f"top-1 agreement {report['verify']['agreement']:.2f}% is below --threshold {args.threshold}%"
+                       f" (the file is written; see README 'Export fidelity' for why low-bit subnets disagree)", 1)
+
+
 # ---- parser ------------------------------------------------------------------------------
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
@@ -277,6 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
     ep.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ep.set_defaults(func=cmd_eval)
+
+    xp = sub.add_parser("export", help="export a subnet to an integer .tflite (+ sidecar JSON), optionally verified",
+                        description="examples:\n  qfa export --checkpoint runs/fmnist --spec spec.json --out model.tflite --verify\n"
+                                    "  qfa export --checkpoint runs/fmnist --pareto pareto.jsonl --index 0 --out m.tflite --target tflite-int4w",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    xp.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    xp.add_argument("--spec", help="spec (JSON file, JSON text or compact text)")
+    xp.add_argument("--pareto", help="a saved Pareto set (JSON lines) to take the spec from")
+    xp.add_argument("--index", type=int, default=0, help="row of --pareto (default 0)")
+    xp.add_argument("--out", required=True, help="output .tflite path (a .json sidecar is written beside it)")
+    xp.add_argument("--target", default="tflite-int8", choices=["tflite-int8", "tflite-int4w"],
+                    help="deployment target: int8 everywhere, or <=4-bit CONV_2D weights stored as INT4 (size only)")
+    xp.add_argument("--uint8", action="store_true", help="uint8 input/output instead of int8")
+    xp.add_argument("--verify", action="store_true", help="run the file on the test set and compare with PyTorch")
+    xp.add_argument("--threshold", type=float, default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
+    xp.add_argument("--test-images", type=int, default=None, help="limit the verification images (default: all)")
+    xp.add_argument("--calib-images", type=int, default=2000, help="calibration images (default 2000)")
+    xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    xp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    xp.set_defaults(func=cmd_export)
 
     rp = sub.add_parser("run", help="the main job (currently a smoke run of the supernet pipeline)",
                         description="Smoke run on Fashion-MNIST: build the fmnist supernet, calibrate sampled "

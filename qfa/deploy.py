@@ -1,0 +1,98 @@
+"""Export a subnet of a trained supernet to .tflite (+ sidecar JSON) and verify the file.
+
+The sidecar holds what an app needs: labels, input size and normalisation, how to quantize
+the input, the spec and its hash, per-layer precision and the deployment target.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.ir import Graph
+from export.tflite import TARGETS, to_tflite
+from export.verify import TFLiteModel, op_summary
+
+from .calibrate import calibrate
+from .data import resize
+from .evaluate import calib_batches
+from .fold import fold
+from .space import SubnetSpec
+from .supernet import Supernet, extract
+
+__all__ = ["export_subnet", "verify_tflite", "atomic_write"]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
+                  calib_images: int = 2000, range_images: int = 512, uint8_io: bool = False) -> dict[str, Any]:
+    """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically."""
+    t0 = time.perf_counter()
+    calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
+    sub = extract(net, spec)
+    images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
+    graph = fold(sub, images)
+    t1 = time.perf_counter()
+    tgt = TARGETS[target]
+    if uint8_io:
+        from dataclasses import replace
+        tgt = replace(tgt, io_dtype="uint8")
+    blob = to_tflite(graph, tgt)
+    convert_s = time.perf_counter() - t1
+    tin = graph.tensors[graph.input]
+    base = data["train"]
+    sidecar = {
+        "format": "qfa-tflite/1", "model": out.name, "target": target, "io_dtype": tgt.io_dtype,
+        "spec": json.loads(spec.dumps()), "spec_str": str(spec), "hash": spec.hash,
+        "labels": list(getattr(base, "labels", [])),
+        "input": {"shape_nhwc": list(tin.shape), "normalize": {"mean": list(getattr(base, "mean", ())),
+                                                                "std": list(getattr(base, "std", ()))},
+                  "resize": "bilinear to the input size, then x = (pixel/255 - mean) / std",
+                  "quantize": "q = round((x + shift) / scale) + zero_point",
+                  "scale": tin.scale, "zero_point": tin.zero_point + (128 if uint8_io else 0), "shift": tin.shift},
+        "layers": graph.summary()["layers"],
+        "max_zero_point_fraction_lsb": graph.summary()["max_zero_point_rounding_lsb"],
+        "bytes": len(blob), "fold_s": round(t1 - t0, 2), "convert_s": round(convert_s, 3),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, blob)
+    atomic_write(out.with_suffix(".json"), json.dumps(sidecar, indent=1).encode())
+    return {"graph": graph, "subnet": sub, "bytes": blob, "sidecar": sidecar}
+
+
+@torch.no_grad()
+def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_images: int | None = None) -> dict[str, Any]:
+    """PyTorch fake-quant vs the .tflite on the test set: top-1 of each, agreement, logit error."""
+    n = len(test) if n_images is None else min(n_images, len(test))
+    model = TFLiteModel(blob)
+    shift = graph.tensors[graph.input].shift
+    out_scale = model.out["quantization"][0]
+    pt_correct = tf_correct = agree = 0
+    max_lsb = 0.0
+    r = graph.meta["resolution"]
+    for start in range(0, n, 256):
+        batch = [test[i] for i in range(start, min(n, start + 256))]
+        x = resize(torch.stack([b[0] for b in batch]), r)
+        y = np.array([b[1] for b in batch])
+        pt = subnet(x).numpy()
+        tf = model.logits(np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()), shift)
+        pt_correct += int((pt.argmax(1) == y).sum())
+        tf_correct += int((tf.argmax(1) == y).sum())
+        agree += int((pt.argmax(1) == tf.argmax(1)).sum())
+        max_lsb = max(max_lsb, float(np.abs(pt - tf).max() / out_scale))
+    return {"images": n, "pytorch_top1": 100.0 * pt_correct / n, "tflite_top1": 100.0 * tf_correct / n,
+            "agreement": 100.0 * agree / n, "max_logit_error_lsb": round(max_lsb, 2), "bytes": len(blob),
+            "ops": op_summary(blob)}

@@ -1,0 +1,142 @@
+"""Integer TFLite export: the file holds exactly the folded graph's numbers, and every op of it
+computes the graph's op within 1 LSB (real LiteRT interpreter runs, real Fashion-MNIST)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ai_edge_litert import schema_py_generated as fb
+
+from .conftest import perturb
+from export.reference import run
+from export.tflite import to_tflite
+from export.verify import TFLiteModel, op_errors
+from qfa.calibrate import calibrate
+from qfa.data import resize
+from qfa.fold import fold
+from qfa.space import get_space
+from qfa.supernet import Supernet, extract
+
+SPACE = get_space("fmnist")
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    torch.manual_seed(0)
+    net = Supernet(SPACE)
+    perturb(net, seed=3)  # non-trivial BN, BatchQuant alpha/offset (fractional zero points), LSQ steps
+    return net
+
+
+def _graph(net, spec, images):
+    x = resize(images, spec.resolution)
+    calibrate(net, spec, x.split(256), 512)
+    return fold(extract(net, spec), x[:256]), x
+
+
+SPECS = {
+    "w8a8": SPACE.max_spec(bits=8),
+    "w4a4": SPACE.min_spec(bits=4).replace(resolution=28),
+    "mixed": SPACE.sample(np.random.default_rng(5), bits=(2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_tflite_holds_the_exported_numbers_and_each_op_is_within_1_lsb(supernet, fmnist_train, name):
+    g, x = _graph(supernet, SPECS[name], fmnist_train[:512])
+    blob = to_tflite(g)
+    model = fb.ModelT.InitFromPackedBuf(blob, 0)
+    sg = model.subgraphs[0]
+    by_name = {t.name.decode(): t for t in sg.tensors}
+    # activation scales and zero points: exactly the graph's
+    for t in g.tensors.values():
+        q = by_name[t.name].quantization
+        assert q.scale[0] == pytest.approx(t.scale, rel=1e-7) and q.zeroPoint[0] == t.zero_point, t.name
+    # integer weights and per-channel scales: exactly the graph's
+    for op in (o for o in g.ops if o.kind == "conv"):
+        wt = by_name[f"{op.output}.weight"] if f"{op.output}.weight" in by_name else None
+        assert wt is not None, op.output
+        data = np.frombuffer(bytes(model.buffers[wt.buffer].data), np.int8).reshape(op.weight.shape)
+        np.testing.assert_array_equal(data, op.weight)
+        np.testing.assert_allclose(wt.quantization.scale, op.w_scale, rtol=1e-7)
+    # every op within 1 LSB of the graph's op on the interpreter's own inputs
+    m = TFLiteModel(blob, preserve=True)
+    xs = np.ascontiguousarray(x[:4].permute(0, 2, 3, 1).numpy())
+    for i in range(4):
+        errs = op_errors(g, m, xs[i:i + 1])
+        assert max(errs.values()) <= 1, {k: v for k, v in errs.items() if v > 1}
+
+
+def test_learned_zero_points_are_kept_exactly():
+    """Rounding BatchQuant's real zero point would move every rounding boundary; the shifted
+    representation (export.lower) must give the same quantized values and the same conv
+    outputs as quantizing with the real zero point, borders of a padded conv included."""
+    from export.ir import Graph, Op, QTensor, grid_qparams
+    from export.lower import apply_shifts
+    from export.reference import conv_nhwc
+    rng = np.random.default_rng(0)
+    S, Z = 0.37, 1.38  # 2-bit unsigned grid with a fractional zero point
+    w1 = rng.integers(-8, 8, (6, 1, 1, 3)).astype(np.int8)
+    w2 = rng.integers(-8, 8, (1, 3, 3, 6)).astype(np.int8)
+    s1, s2 = np.full(6, 0.05), np.full(6, 0.04)
+    b1 = rng.normal(0, 0.3, 6)
+    t = {"x": QTensor("x", (1, 8, 8, 3), scale=0.05, zero_point=0),
+         "h": QTensor("h", (1, 8, 8, 6), **grid_qparams(S, Z, 0, 3)),
+         "y": QTensor("y", (1, 8, 8, 6))}
+    ops = [Op("conv", ["x"], "h", weight=w1, w_scale=s1, bias=b1, act="relu"),
+           Op("conv", ["h"], "y", weight=w2, w_scale=s2, bias=np.zeros(6), pad=1, depthwise=True)]
+    g = apply_shifts(Graph(t, ops, "x", "y"))
+    assert any(op.kind == "addc" for op in g.ops)  # the border correction
+    # tensors left unfixed stay real in the reference: this isolates the shift mechanism
+    x = rng.normal(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    xq = np.round(x / 0.05) * 0.05
+    h = np.maximum(conv_nhwc(xq, w1 * s1[:, None, None, None], 1, 0, False) + b1, 0)
+    hq = (np.clip(np.round(h / S + Z), 0, 3) - Z) * S  # BatchQuant's real-zero-point quantizer
+    want = conv_nhwc(hq, w2 * s2, 1, 1, True)
+    trace = {}
+    got = run(g, x, integer_output=False, trace=trace)
+    # equal except where h/S + Z sits within the int32 bias grid (0.0025) of a rounding tie
+    v = h / S + Z
+    near_tie = np.abs(v - np.floor(v) - 0.5) < 0.0025 / S
+    off = np.abs(trace["h"] - g.tensors["h"].shift - hq) > 1e-5
+    assert not np.any(off & ~near_tie) and off.mean() < 0.01
+    ok = ~np.any(off, axis=(1, 2, 3))  # images without a tie: the padded conv matches too
+    assert ok.any()
+    # within the int32 bias grid (S * s2: the shift correction is an accumulator constant) and
+    # the 8-bit border-correction constant
+    np.testing.assert_allclose(got[ok], want[ok], atol=0.5 * S * s2.max() + 2e-3 * np.abs(want).max())
+    # and rounding the zero point instead would not be close
+    hr = (np.clip(np.round(h / S + round(Z)), 0, 3) - round(Z)) * S
+    assert np.abs(hr - hq).max() > 0.1
+
+
+def test_int4_target_packs_conv_weights_only(supernet, fmnist_train):
+    g, _ = _graph(supernet, SPECS["w4a4"], fmnist_train[:512])
+    blob4, blob8 = to_tflite(g, "tflite-int4w"), to_tflite(g)
+    model = fb.ModelT.InitFromPackedBuf(blob4, 0)
+    types = {t.name.decode(): t.type for t in model.subgraphs[0].tensors}
+    for op in (o for o in g.ops if o.kind == "conv"):
+        expect = fb.TensorType.INT4 if (not op.depthwise and op.w_bits <= 4) else fb.TensorType.INT8
+        assert types[f"{op.output}.weight"] == expect, op.output
+    assert len(blob4) < len(blob8)
+    m = TFLiteModel(blob4, preserve=True)
+    x = np.ascontiguousarray(resize(fmnist_train[:1], 28).permute(0, 2, 3, 1).numpy())
+    assert max(op_errors(g, m, x).values()) <= 1
+
+
+def _qfa(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "qfa", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_export_cli_bad_input_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = _qfa("export", "--checkpoint", str(bad), "--spec", "x", "--out", str(tmp_path / "m.tflite"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "checkpoint" in r.stderr
+    r = _qfa("export", "--checkpoint", str(tmp_path / "missing"), "--spec", "x", "--out", str(tmp_path / "m.tflite"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = _qfa("export", "--checkpoint", str(bad), "--spec", "x", "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 2 and ".tflite" in r.stderr
+    assert not list(tmp_path.glob("*.tflite"))
