@@ -90,6 +90,7 @@ class _Builder:
 
     def op(self, kind: str, inputs: list[str], output: str, shape: tuple[int, ...], **kw) -> str:
         self.tensor(output, shape, **kw.pop("qp", {}))
+        kw.setdefault("layer", output)
         self.ops.append(Op(kind, inputs, output, **kw))
         return output
 

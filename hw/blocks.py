@@ -1,0 +1,79 @@
+"""Measurement models: the folded graph of a subnet, cut into the pieces of :mod:`hw.entries`.
+
+Each piece is lowered by the same ``export`` code as a shipped model (weights are random, but
+ops, shapes, precision and the extra ops of learned zero points and sub-8-bit clamps are the
+same), so a table entry and the shipped model run the same TFLite ops.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from export.ir import Graph
+from export.tflite import Target, to_tflite
+from qfa.calibrate import calibrate
+from qfa.fold import fold
+from qfa.quant import BatchQuant
+from qfa.space import SearchSpace, SubnetSpec
+from qfa.supernet import Supernet, extract
+
+from .entries import Entry, entries
+
+__all__ = ["BlockFactory", "slice_graph"]
+
+_HEAD = ("final_expand", "pool", "feature_mix", "classifier")
+
+
+def slice_graph(g: Graph, ops: list) -> Graph:
+    """The sub-graph of ``ops`` (one external input, one output) as a standalone graph."""
+    produced = {op.output for op in ops}
+    ext_in = sorted({i for op in ops for i in op.inputs} - produced) or [g.input]
+    outside = {i for op in g.ops if op not in ops for i in op.inputs} | {g.output}
+    ext_out = [t for t in produced if t in outside]
+    if len(ext_in) != 1 or len(ext_out) != 1:
+        raise ValueError(f"not a single-input single-output piece: in {ext_in}, out {ext_out}")
+    names = produced | set(ext_in)
+    return Graph({n: g.tensors[n] for n in names}, list(ops), ext_in[0], ext_out[0], dict(g.meta))
+
+
+class BlockFactory:
+    """Builds the pieces of any spec from one random supernet with trained-like quantizers
+    (fractional zero points, so the shift ADDs a trained model has are there too)."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.net = Supernet(space)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for m in self.net.modules():
+                if isinstance(m, BatchQuant):
+                    m.offset.uniform_(-0.5, 0.5, generator=g)
+        self.images = torch.randn(32, space.in_channels, max(space.resolutions), max(space.resolutions), generator=g)
+
+    def graph(self, spec: SubnetSpec) -> Graph:
+        x = torch.nn.functional.interpolate(self.images, size=spec.resolution, mode="bilinear", align_corners=False)
+        calibrate(self.net, spec, [x], len(x))
+        return fold(extract(self.net, spec), x[:16])
+
+    def pieces(self, spec: SubnetSpec, target: Target) -> list[tuple[Entry, bytes]]:
+        """(entry, .tflite bytes) for every piece of ``spec``."""
+        g = self.graph(spec)
+        prefixes = ["stem", "first."] + [f"s{si + 1}.b{bi}." for si, st in enumerate(spec.stages) for bi in range(len(st))]
+        groups = [[op for op in g.ops if op.layer.startswith(p)] for p in prefixes]
+        groups.append([op for op in g.ops if op.layer.startswith(_HEAD)])
+        ents = entries(spec, target)
+        assert len(ents) == len(groups)
+        return [(e, to_tflite(slice_graph(g, ops), target)) for e, ops in zip(ents, groups)]
+
+    def whole(self, spec: SubnetSpec, target: Target) -> bytes:
+        return to_tflite(self.graph(spec), target)
+
+
+def overhead_model(target: Target) -> bytes:
+    """A one-op model (1x1x1x8 requantize): its time is the per-invoke overhead."""
+    from export.ir import Op, QTensor
+    t = {"x": QTensor("x", (1, 1, 1, 8), scale=0.1, zero_point=0), "y": QTensor("y", (1, 1, 1, 8), scale=0.2, zero_point=0)}
+    return to_tflite(Graph(t, [Op("requant", ["x"], "y")], "x", "y"), target)
+
+
+__all__.append("overhead_model")

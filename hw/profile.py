@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Measure a device into a latency table keyed by deployed precision (CSV + JSON metadata).
+
+examples:
+  python hw/profile.py --device host-x86 --space fmnist
+  python hw/profile.py --device pi4 --target ssh://pi@raspberrypi.local --threads 4
+  python hw/profile.py --device host-x86 --validate 100 --json
+
+Rows are appended as they are measured; a rerun skips measured keys (Ctrl-C loses nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: python hw/profile.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.tflite import TARGETS  # noqa: E402
+from hw.table import FIELDS, LatencyTable, TableError, append_row  # noqa: E402
+from hw.transport import TransportError, make_transport  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cache_dir() -> Path:
+    d = Path(os.environ.get("QFA_CACHE", Path.home() / ".cache" / "qfa")) / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _write_model(blob: bytes) -> Path:
+    p = _cache_dir() / (hashlib.sha256(blob).hexdigest()[:20] + ".tflite")
+    if not p.exists():
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, p)
+    return p
+
+
+def _host_facts() -> dict:
+    facts = {"machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+             "cores": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+        gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+        facts["governor"] = gov.read_text().strip() if gov.exists() else None
+    except OSError:
+        pass
+    try:
+        import ai_edge_litert
+        facts["runtime"] = f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+    except ImportError:
+        pass
+    return facts
+
+
+def profile(args: argparse.Namespace) -> dict:
+    from qfa.space import get_space
+    from hw.blocks import BlockFactory, overhead_model
+    from hw.entries import TOKENS
+
+    space = get_space(args.space)
+    target = TARGETS[args.deploy]
+    resolutions = args.resolution or list(space.resolutions)
+    bad = [r for r in resolutions if r not in space.resolutions]
+    if bad:
+        raise TableError(f"resolution {bad} not in space {space.name!r} {list(space.resolutions)}")
+    out = Path(args.out_dir) / f"{args.device}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
+                 or meta.get("threads") != args.threads):
+        raise TableError(f"{out} holds measurements of another space/target/thread count "
+                         f"({meta.get('space')}/{meta.get('target')}/{meta.get('threads')} threads): use another --device name")
+    done = set()
+    if out.exists():
+        import csv
+        with open(out, newline="") as f:
+            done = {r["key"] for r in csv.DictReader(f)}
+    transport = make_transport(args.target, args.threads, args.taskset, args.runtime)
+    facts = transport.facts() if hasattr(transport, "facts") else {}
+    meta.update({"device": args.device, "space": space.name, "space_hash": space.hash, "target": target.name,
+                 "threads": args.threads, "transport": args.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
+                 "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
+                 "shared_entries": "nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM "
+                                   "clamp ('i8c') and share one entry; W8A8 is 'i8'; int4 weights ('i4') only "
+                                   "under tflite-int4w for CONV_2D", **({"device_facts": facts} if facts else {})})
+    if "overhead_us" not in meta:
+        meta["overhead_us"] = transport.measure([_write_model(overhead_model(target))])[0]["median_us"]
+    _save_meta(meta_path, meta)
+
+    factory = BlockFactory(space)
+    table = LatencyTable({}, meta, space)
+    probes = [(r, k, e, t) for r in resolutions for k in space.kernels for e in space.expands
+              for t in np.ndindex(*(len(TOKENS),) * 3)]
+    todo = [p for p in probes if (spec := table.probe(p[0], p[1], p[2], tuple(p[3]))) is not None]
+    n_new, t0 = 0, time.time()
+    for i, (r, k, e, toks) in enumerate(todo):
+        spec = table.probe(r, k, e, tuple(toks))
+        from hw.entries import entries
+        keys = [en.key for en in entries(spec, target)]
+        if all(key in done for key in keys):
+            continue
+        pieces = [(en, b) for en, b in factory.pieces(spec, target) if en.key not in done]
+        uniq = {}
+        for en, b in pieces:
+            uniq.setdefault(en.key, (en, b))
+        paths = [_write_model(b) for _, b in uniq.values()]
+        for (en, _), res in zip(uniq.values(), transport.measure(paths)):
+            append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in ("median_us", "p10_us", "p90_us", "count", "cv")}})
+            done.add(en.key)
+            n_new += 1
+        if not args.json:
+            print(f"\rprofile: {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
+                  f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+    if not args.json:
+        print(file=sys.stderr)
+    if args.calib_subnets and "calibration" not in meta:
+        pred, meas = _whole(LatencyTable.load(out), factory, transport, target, args.calib_subnets, seed=1)
+        a, b = np.polyfit(pred, meas, 1) if len(pred) >= 2 else (1.0, 0.0)
+        meta["calibration"] = {"ab": [float(a), float(b / 1.0)], "subnets": len(pred),
+                               "note": "measured = a * (sum of entries) + b, fitted on whole subnets"}
+        _save_meta(meta_path, meta)
+    return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
+            "calibration": meta.get("calibration")}
+
+
+def _save_meta(path: Path, meta: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
+    """(uncalibrated prediction us, measured us) for n random whole subnets."""
+    from hw.entries import entries
+    rng = np.random.default_rng(seed)
+    res_ok = table.meta["resolutions"]
+    specs = []
+    while len(specs) < n:
+        s = table.space.sample(rng)
+        if s.resolution in res_ok:
+            specs.append(s)
+    paths = [_write_model(factory.whole(s, target)) for s in specs]
+    meas = np.array([r["median_us"] for r in transport.measure(paths)])
+    pred = np.array([table.overhead + sum(table.rows[e.key] - table.overhead for e in entries(s, target)) for s in specs])
+    return pred, meas
+
+
+def validate(args: argparse.Namespace) -> dict:
+    from hw.blocks import BlockFactory
+    table = LatencyTable.load(Path(args.out_dir) / f"{args.device}.csv")
+    transport = make_transport(args.target, args.threads, args.taskset, args.runtime)
+    pred_raw, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
+    pred = table.a * pred_raw + table.b
+    err = (pred - meas) / meas
+    res = {"n": len(meas), "rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
+           "within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)), "within_10pct": float(100 * np.mean(np.abs(err) <= 0.10)),
+           "raw_sum_rmse_pct": float(100 * np.sqrt(np.mean(((pred_raw - meas) / meas) ** 2)))}
+    png = Path(args.out_dir) / f"{args.device}_validation.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(meas / 1000, pred / 1000, s=12)
+        lim = [0, max(meas.max(), pred.max()) / 1000 * 1.05]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.plot(lim, [v * 1.1 for v in lim], "r:", lw=0.8)
+        ax.plot(lim, [v * 0.9 for v in lim], "r:", lw=0.8)
+        ax.set_xlabel("measured (ms)"), ax.set_ylabel("predicted (ms)")
+        ax.set_title(f"{args.device}: RMSE {res['rmse_pct']:.1f}%, {res['within_10pct']:.0f}% within 10%")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        res["plot"] = str(png)
+    except ImportError:
+        pass
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hw/profile.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", required=True, help="table name: latency_tables/NAME.csv")
+    p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb[:SERIAL] (default local)")
+    p.add_argument("--space", default="fmnist", help="search-space preset (default fmnist)")
+    p.add_argument("--resolution", type=int, nargs="+", help="resolutions to measure (default: all of the space)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
+    p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
+    p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
+    p.add_argument("--calib-subnets", type=int, default=10, help="whole subnets measured to fit the correction (default 10)")
+    p.add_argument("--validate", type=int, metavar="N", help="measure N random subnets end to end and compare")
+    p.add_argument("--out-dir", default=str(ROOT / "latency_tables"))
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        res = validate(args) if args.validate else profile(args)
+    except (TableError, TransportError, FileNotFoundError) as e:
+        print(f"profile: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, TableError) else 1
+    except KeyboardInterrupt:
+        print("\nprofile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k, v in res.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Latency tables: CSV rows (one per measured entry) + JSON metadata, and fast prediction.
+
+Prediction = a * (overhead + sum of (entry - overhead)) + b, where (a, b) is fitted at
+profiling time on whole subnets measured end to end (pieces measured alone miss the cost of
+crossing between them; ``a = 1, b = 0`` when no whole subnets were measured).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from itertools import product
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from export.tflite import TARGETS, Target
+from qfa.space import SearchSpace, SubnetSpec, get_space
+
+from .entries import TOKENS, Entry, entries, token
+
+__all__ = ["LatencyTable", "TableError", "FIELDS", "append_row"]
+
+FIELDS = list(Entry._fields) + ["key", "median_us", "p10_us", "p90_us", "count", "cv"]
+
+
+class TableError(ValueError):
+    """A latency table that cannot be used (missing, malformed, other space, missing entry)."""
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one measured row (header first if new); one write + fsync: a crash loses nothing
+    measured before it and leaves no partial row."""
+    new = not path.exists() or path.stat().st_size == 0
+    line = ",".join(str(row[f]) for f in FIELDS) + "\n"
+    with open(path, "a") as f:
+        f.write((",".join(FIELDS) + "\n" if new else "") + line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class LatencyTable:
+    """A measured table for one device, space and target."""
+
+    def __init__(self, rows: dict[str, float], meta: dict, space: SearchSpace) -> None:
+        self.rows, self.meta, self.space = rows, meta, space
+        self.target: Target = TARGETS[meta.get("target", "tflite-int8")]
+        self.overhead = float(meta.get("overhead_us", 0.0))
+        self.a, self.b = (float(v) for v in meta.get("calibration", {}).get("ab", (1.0, 0.0)))
+        self._luts: dict | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        """Load ``NAME.csv`` (+ ``NAME.json`` beside it) and validate schema and space."""
+        p = Path(path)
+        if p.suffix != ".csv":
+            p = p.with_suffix(".csv")
+        if not p.is_file() or not p.with_suffix(".json").is_file():
+            raise TableError(f"latency table not found: {p} (and {p.with_suffix('.json').name} beside it)")
+        try:
+            meta = json.loads(p.with_suffix(".json").read_text())
+            with open(p, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or not {"key", "median_us"} <= set(reader.fieldnames):
+                    raise TableError(f"{p}: not a latency table (columns {reader.fieldnames})")
+                rows = {r["key"]: float(r["median_us"]) for r in reader}
+        except (json.JSONDecodeError, ValueError, KeyError) as e:
+            raise TableError(f"{p}: unreadable latency table ({e})") from None
+        try:
+            space = get_space(meta["space"], meta.get("space_bits"))
+        except Exception as e:  # noqa: BLE001 - unknown space name etc.
+            raise TableError(f"{p}: unknown search space in metadata ({e})") from None
+        if space.hash != meta.get("space_hash"):
+            raise TableError(f"{p}: measured for space hash {meta.get('space_hash')}, but {meta['space']!r} is "
+                             f"now {space.hash}: re-profile")
+        return cls(rows, meta, space)
+
+    def check_space(self, space: SearchSpace) -> None:
+        if space.hash != self.space.hash:
+            raise TableError(f"table is for space {self.space.name!r} ({self.space.hash}), not "
+                             f"{space.name!r} ({space.hash})")
+
+    def _entry_us(self, e: Entry) -> float:
+        v = self.rows.get(e.key)
+        if v is None:
+            raise TableError(f"no measurement for {e.key} (resolutions measured: {self.meta.get('resolutions')}): "
+                             "profile it (hw/profile.py --resolution ...)")
+        return v - self.overhead
+
+    def predict(self, spec: SubnetSpec) -> float:
+        """Predicted end-to-end latency of ``spec`` in milliseconds."""
+        self.check_space(spec.space)
+        us = self.overhead + sum(self._entry_us(e) for e in entries(spec, self.target))
+        return (self.a * us + self.b) / 1000.0
+
+    # ---- vectorised prediction over genomes -------------------------------------------------
+    def _build_luts(self) -> dict:
+        s, tgt = self.space, self.target
+        pairs = s.bit_pairs
+        tok = {False: np.array([TOKENS.index(token(q, tgt)) for q in pairs]),
+               True: np.array([TOKENS.index(token(q, tgt, True)) for q in pairs])}
+        nr, nk, ne, nt = len(s.resolutions), len(s.kernels), len(s.expands), len(TOKENS)
+        mb = np.full((len(s.stages), 2, nr, nk, ne, nt, nt, nt), np.nan)
+        first = np.full((nr, nt, nt), np.nan)
+        head = np.full((nr, nt, nt), np.nan)
+        stem = np.full(nr, np.nan)
+        for ri, r in enumerate(s.resolutions):
+            for t0, t1, t2 in product(range(nt), repeat=3):
+                for ki, ei in product(range(nk), range(ne)):
+                    spec = self.probe(r, s.kernels[ki], s.expands[ei], (t0, t1, t2))
+                    for e in entries(spec, tgt) if spec is not None else ():
+                        v = self.rows.get(e.key, np.nan) - self.overhead
+                        if e.kind == "mb":
+                            mb[e.stage - 1, e.pos, ri, ki, ei, t0, t1, t2] = v
+                        elif ki == ei == 0 and t2 == 0:
+                            if e.kind == "first":
+                                first[ri, t0, t1] = v
+                            elif e.kind == "head":
+                                head[ri, t0, t1] = v
+                            else:
+                                stem[ri] = v
+        # from token tables to pair-index tables
+        mb = mb[..., tok[False][:, None, None], tok[True][None, :, None], tok[False][None, None, :]]
+        first = first[:, tok[True][:, None], tok[False][None, :]]
+        head = head[:, tok[False][:, None], tok[False][None, :]]
+        return {"mb": mb, "first": first, "head": head, "stem": stem}
+
+    def _pair(self, t: int, dw: bool = False):
+        match = [p for p in self.space.bit_pairs if token(p, self.target, dw) == TOKENS[t]]
+        return match[0] if match else None
+
+    def probe(self, r: int, k: int, e: int, toks: tuple[int, int, int]) -> SubnetSpec | None:
+        """A spec at max depth whose every block has (k, e) and deployed precision ``toks``
+        (expand, depthwise, project; first block and head take the first two): it touches one
+        table key of each block shape. None when the target has no such precision."""
+        from qfa.space import BlockSpec
+        s = self.space
+        qe, qd, qp, qd0 = self._pair(toks[0]), self._pair(toks[1], True), self._pair(toks[2]), self._pair(toks[0], True)
+        if None in (qe, qd, qp, qd0):
+            return None
+        stages = tuple(tuple(BlockSpec(k, e, (qe, qd, qp)) for _ in range(max(s.depths))) for _ in s.stages)
+        return SubnetSpec(s, r, (qd0, self._pair(toks[1])), stages, (qe, self._pair(toks[1])))
+
+    def predict_many(self, genomes: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of each genome row (``SearchSpace.encode``); NaN where an
+        entry is missing."""
+        if self._luts is None:
+            self._luts = self._build_luts()
+        L, s = self._luts, self.space
+        g = np.asarray(genomes, dtype=np.int64).reshape(-1, s.genome_len)
+        ns, dmax = len(s.stages), max(s.depths)
+        r = g[:, 0]
+        depth = np.asarray(s.depths)[g[:, 1:1 + ns]]
+        slots = g[:, 1 + ns:-4].reshape(len(g), ns, dmax, s.SLOT_GENES)
+        us = self.overhead + L["stem"][r] + L["first"][r, g[:, -4], g[:, -3]] + L["head"][r, g[:, -2], g[:, -1]]
+        for si in range(ns):
+            for d in range(dmax):
+                sl = slots[:, si, d]
+                v = L["mb"][si, min(d, 1), r, sl[:, 0], sl[:, 1], sl[:, 2], sl[:, 3], sl[:, 4]]
+                us = us + np.where(d < depth[:, si], v, 0.0)
+        return (self.a * us + self.b) / 1000.0
+
+    def predict_specs(self, specs: Sequence[SubnetSpec]) -> np.ndarray:
+        return self.predict_many(np.stack([self.space.encode(s) for s in specs]))
