@@ -91,7 +91,7 @@ def profile(args: argparse.Namespace) -> dict:
         import csv
         with open(out, newline="") as f:
             done = {r["key"] for r in csv.DictReader(f)}
-    transport = make_transport(args.target, args.threads, args.taskset, args.runtime)
+    transport = make_transport(args.target, args.threads, args.taskset, args.runtime, args.runs, args.warmup)
     facts = transport.facts() if hasattr(transport, "facts") else {}
     meta.update({"device": args.device, "space": space.name, "space_hash": space.hash, "target": target.name,
                  "threads": args.threads, "transport": args.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
@@ -164,7 +164,7 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
 def validate(args: argparse.Namespace) -> dict:
     from hw.blocks import BlockFactory
     table = LatencyTable.load(Path(args.out_dir) / f"{args.device}.csv")
-    transport = make_transport(args.target, args.threads, args.taskset, args.runtime)
+    transport = make_transport(args.target, args.threads, args.taskset, args.runtime, args.runs, args.warmup)
     pred_raw, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
     pred = table.a * pred_raw + table.b
     err = (pred - meas) / meas
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
     p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
     p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
+    p.add_argument("--runs", type=int, default=200, help="timed invokes per model (default 200)")
+    p.add_argument("--warmup", type=int, default=30, help="warm-up invokes per model (default 30)")
     p.add_argument("--calib-subnets", type=int, default=10, help="whole subnets measured to fit the correction (default 10)")
     p.add_argument("--validate", type=int, metavar="N", help="measure N random subnets end to end and compare")
     p.add_argument("--out-dir", default=str(ROOT / "latency_tables"))

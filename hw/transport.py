@@ -25,12 +25,12 @@ class TransportError(RuntimeError):
 class Local:
     """In-process interpreter on this machine."""
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = threads
+    def __init__(self, threads: int = 1, runs: int = 200, warmup: int = 30) -> None:
+        self.threads, self.runs, self.warmup = threads, runs, warmup
 
     def measure(self, paths: list[Path]) -> list[dict]:
         from .runner import time_model
-        return [time_model(str(p), self.threads) for p in paths]
+        return [time_model(str(p), self.threads, self.warmup, self.runs) for p in paths]
 
 
 def _run(cmd: list[str], timeout: float, what: str) -> str:
@@ -143,9 +143,10 @@ def parse_benchmark_model(out: str) -> dict:
             "count": int(float(f["count"])), "cv": std / avg if avg else 0.0, "stat": "avg"}
 
 
-def make_transport(target: str, threads: int = 1, taskset: str | None = None, runtime: str = "litert"):
+def make_transport(target: str, threads: int = 1, taskset: str | None = None, runtime: str = "litert",
+                   runs: int = 200, warmup: int = 30):
     if target == "local":
-        return Local(threads)
+        return Local(threads, runs, warmup)
     if target.startswith("ssh://"):
         return SSH(target, threads, taskset)
     if target == "adb" or target.startswith("adb:"):

@@ -1,0 +1,88 @@
+"""Latency tables: real LiteRT timings of block models sliced from the exported graph."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hw.entries import entries
+from hw.table import LatencyTable, TableError
+from hw.transport import parse_benchmark_model
+from qfa.space import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = get_space("fmnist")
+
+
+def _profile(tmp, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "t", "--out-dir", str(tmp),
+                           "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "3", *extra],
+                          capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "QFA_CACHE": str(tmp / "cache")})
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tables")
+    r = _profile(tmp, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp
+
+
+def test_profile_writes_a_complete_resumable_table(table_dir):
+    df = pd.read_csv(table_dir / "t.csv")
+    assert df["key"].is_unique and (df["median_us"] > 0).all() and (df["resolution"] == 24).all()
+    meta = json.loads((table_dir / "t.json").read_text())
+    assert meta["space_hash"] == SPACE.hash and meta["overhead_us"] > 0 and "calibration" in meta
+    # every key of any r24 spec is there
+    rng = np.random.default_rng(0)
+    specs = [s for s in (SPACE.sample(rng) for _ in range(200)) if s.resolution == 24][:40]
+    keys = set(df["key"])
+    assert all(e.key in keys for s in specs for e in entries(s, LatencyTable.load(table_dir / "t.csv").target))
+    # a rerun measures nothing new
+    r = _profile(table_dir, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["new"] == 0
+
+
+def test_predict_many_matches_predict_and_missing_keys_fail(table_dir):
+    t = LatencyTable.load(table_dir / "t.csv")
+    rng = np.random.default_rng(1)
+    specs = [s for s in (SPACE.sample(rng) for _ in range(300)) if s.resolution == 24][:50]
+    one = np.array([t.predict(s) for s in specs])
+    many = t.predict_specs(specs)
+    np.testing.assert_allclose(many, one, rtol=1e-9)
+    assert (one > 0).all()
+    with pytest.raises(TableError, match="no measurement"):
+        t.predict(SPACE.max_spec(bits=8))  # r32: not measured
+    assert np.isnan(t.predict_specs([SPACE.max_spec(bits=8)])).all()
+
+
+def test_table_errors_are_clear(table_dir, tmp_path):
+    with pytest.raises(TableError, match="not found"):
+        LatencyTable.load(tmp_path / "none.csv")
+    (tmp_path / "x.csv").write_text((table_dir / "t.csv").read_text())
+    meta = json.loads((table_dir / "t.json").read_text())
+    meta["space_hash"] = "0" * 16
+    (tmp_path / "x.json").write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="re-profile"):
+        LatencyTable.load(tmp_path / "x.csv")
+    t = LatencyTable.load(table_dir / "t.csv")
+    with pytest.raises(TableError, match="space"):
+        t.predict(get_space("paper").max_spec(bits=4))
+
+
+def test_unreachable_ssh_device_is_one_line_quickly(tmp_path):
+    import time
+    t0 = time.time()
+    r = _profile(tmp_path, "--target", "ssh://nobody@127.0.0.1:9")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
+
+
+def test_benchmark_model_output_is_parsed():
+    # a line as LiteRT's benchmark_model prints it (the adb transport parses this)
+    out = "INFO: Inference timings in us: Init: 1, First inference: 900, Warmup (avg): 450, Inference (avg): 412\n" \
+          "INFO: count=200 first=430 curr=410 min=398 max=520 avg=412.5 std=11\n"
+    r = parse_benchmark_model(out)
+    assert r["median_us"] == 412.5 and r["count"] == 200 and r["p10_us"] == 398 and abs(r["cv"] - 11 / 412.5) < 1e-9
