@@ -32,6 +32,11 @@ from hw.transport import TransportError, make_transport  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _transport(args: argparse.Namespace):
+    return make_transport(args.target, args.threads, args.taskset, args.runtime, args.runs, args.warmup,
+                          args.ssh_option, args.remote_python)
+
+
 def _cache_dir() -> Path:
     d = Path(os.environ.get("QFA_CACHE", Path.home() / ".cache" / "qfa")) / "models"
     d.mkdir(parents=True, exist_ok=True)
@@ -67,7 +72,7 @@ def _host_facts() -> dict:
     return facts
 
 
-def profile(args: argparse.Namespace) -> dict:
+def profile(args: argparse.Namespace, transport) -> dict:
     from qfa.space import get_space
     from hw.blocks import BlockFactory, overhead_model
     from hw.entries import TOKENS
@@ -91,8 +96,7 @@ def profile(args: argparse.Namespace) -> dict:
         import csv
         with open(out, newline="") as f:
             done = {r["key"] for r in csv.DictReader(f)}
-    transport = make_transport(args.target, args.threads, args.taskset, args.runtime, args.runs, args.warmup)
-    facts = transport.facts() if hasattr(transport, "facts") else {}
+    facts = transport.facts() if hasattr(transport, "facts") else _host_facts()
     meta.update({"device": args.device, "space": space.name, "space_hash": space.hash, "target": target.name,
                  "threads": args.threads, "transport": args.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
                  "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
@@ -161,10 +165,9 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
     return pred, meas
 
 
-def validate(args: argparse.Namespace) -> dict:
+def validate(args: argparse.Namespace, transport) -> dict:
     from hw.blocks import BlockFactory
     table = LatencyTable.load(Path(args.out_dir) / f"{args.device}.csv")
-    transport = make_transport(args.target, args.threads, args.taskset, args.runtime, args.runs, args.warmup)
     pred_raw, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
     pred = table.a * pred_raw + table.b
     err = (pred - meas) / meas
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
     p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
     p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
+    p.add_argument("--ssh-option", action="append", metavar="OPT", help="extra ssh -o option (repeatable), "
+                   "e.g. IdentityFile=~/.ssh/pi; your ~/.ssh/config applies anyway")
+    p.add_argument("--remote-python", default="python3", help="python on the device (ssh; default python3)")
     p.add_argument("--runs", type=int, default=200, help="timed invokes per model (default 200)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up invokes per model (default 30)")
     p.add_argument("--calib-subnets", type=int, default=10, help="whole subnets measured to fit the correction (default 10)")
@@ -214,14 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    transport = None
     try:
-        res = validate(args) if args.validate else profile(args)
+        transport = _transport(args)
+        res = validate(args, transport) if args.validate else profile(args, transport)
     except (TableError, TransportError, FileNotFoundError) as e:
         print(f"profile: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, TableError) else 1
     except KeyboardInterrupt:
         print("\nprofile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
         return 130
+    finally:
+        if transport is not None and hasattr(transport, "close"):
+            try:
+                transport.close()
+            except TransportError:
+                pass
     if args.json:
         print(json.dumps(res))
     else:

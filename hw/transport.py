@@ -50,7 +50,7 @@ class SSH:
     """ssh://user@host[:port]: copies runner.py and the models to a temporary folder."""
 
     def __init__(self, url: str, threads: int = 1, taskset: str | None = None, python: str = "python3",
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, runs: int = 200, warmup: int = 30) -> None:
         m = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s]+)(?::(\d+))?/?", url)
         if not m:
             raise TransportError(f"bad ssh target {url!r}: expected ssh://user@host[:port]")
@@ -59,6 +59,7 @@ class SSH:
         self.opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", *(extra or [])]
         self.port = port
         self.threads, self.taskset, self.python = threads, taskset, python
+        self.runs, self.warmup = runs, warmup
         self.remote_dir: str | None = None
 
     def _ssh(self, *remote: str, timeout: float = 60) -> str:
@@ -72,20 +73,32 @@ class SSH:
         _run(cmd, timeout, f"copy to {self.dest}")
 
     def facts(self) -> dict:
-        out = self._ssh("uname", "-a", timeout=CONNECT_TIMEOUT_S + 20)
-        return {"uname": out.strip()}
+        out = self._ssh("sh", "-c", "uname -a; nproc; grep -m1 -i 'model name' /proc/cpuinfo; "
+                        "cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor 2>/dev/null; true",
+                        timeout=CONNECT_TIMEOUT_S + 20).splitlines()
+        facts = {"uname": out[0] if out else "", "cores": out[1] if len(out) > 1 else None}
+        facts.update({"cpu": ln.split(":", 1)[1].strip() for ln in out[2:] if ":" in ln})
+        facts.update({"governor": ln for ln in out[2:] if ":" not in ln})
+        return facts
+
+    def close(self) -> None:
+        """Remove the temporary folder on the device."""
+        if self.remote_dir is not None:
+            self._ssh("rm", "-rf", self.remote_dir, timeout=CONNECT_TIMEOUT_S + 20)
+            self.remote_dir = None
 
     def measure(self, paths: list[Path]) -> list[dict]:
         if self.remote_dir is None:
             self.remote_dir = self._ssh("mktemp", "-d", "/tmp/qfa.XXXXXX", timeout=CONNECT_TIMEOUT_S + 20).strip()
             self._push([RUNNER])
         self._push(paths)
-        job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": self.threads}
+        job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": self.threads,
+               "runs": self.runs, "warmup": self.warmup}
         with tempfile.TemporaryDirectory() as tmp:
             jp = Path(tmp) / "job.json"
             jp.write_text(json.dumps(job))
             self._push([jp])
-        cmd = ([f"taskset", self.taskset] if self.taskset else []) + [self.python, f"{self.remote_dir}/runner.py",
+        cmd = (["taskset", self.taskset] if self.taskset else []) + [self.python, f"{self.remote_dir}/runner.py",
                                                                         f"{self.remote_dir}/job.json"]
         out = self._ssh(*cmd, timeout=600)
         rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
@@ -100,12 +113,13 @@ class ADB:
     DIR = "/data/local/tmp/qfa"
 
     def __init__(self, serial: str | None, benchmark_model: str, threads: int = 1, taskset: str | None = None,
-                 adb: str = "adb") -> None:
+                 adb: str = "adb", runs: int = 200, warmup: int = 30) -> None:
         if not benchmark_model or not Path(benchmark_model).is_file():
             raise TransportError("adb needs --runtime benchmark_model:PATH (the LiteRT benchmark_model binary "
                                  "for the phone's ABI; no pip package ships it)")
         self.base = [adb, *(["-s", serial] if serial else [])]
         self.bm, self.threads, self.taskset = Path(benchmark_model), threads, taskset
+        self.runs, self.warmup = runs, warmup
         self.ready = False
 
     def _adb(self, *args: str, timeout: float = 60) -> str:
@@ -126,7 +140,7 @@ class ADB:
             self._adb("push", str(p), f"{self.DIR}/{p.name}")
             cmd = (["taskset", self.taskset] if self.taskset else []) + [
                 f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={self.threads}",
-                "--warmup_runs=30", "--num_runs=200"]
+                f"--warmup_runs={self.warmup}", f"--num_runs={self.runs}"]
             rows.append(parse_benchmark_model(self._shell(*cmd)))
         return rows
 
@@ -144,13 +158,15 @@ def parse_benchmark_model(out: str) -> dict:
 
 
 def make_transport(target: str, threads: int = 1, taskset: str | None = None, runtime: str = "litert",
-                   runs: int = 200, warmup: int = 30):
+                   runs: int = 200, warmup: int = 30, ssh_options: list[str] | None = None,
+                   remote_python: str = "python3"):
     if target == "local":
         return Local(threads, runs, warmup)
     if target.startswith("ssh://"):
-        return SSH(target, threads, taskset)
+        extra = [a for o in (ssh_options or []) for a in ("-o", o)]
+        return SSH(target, threads, taskset, remote_python, extra, runs, warmup)
     if target == "adb" or target.startswith("adb:"):
         serial = target.split(":", 1)[1] if ":" in target else None
         bm = runtime.split(":", 1)[1] if runtime.startswith("benchmark_model:") else ""
-        return ADB(serial, bm, threads, taskset)
+        return ADB(serial, bm, threads, taskset, runs=runs, warmup=warmup)
     raise TransportError(f"unknown target {target!r}: local | ssh://user@host[:port] | adb[:SERIAL]")

@@ -86,3 +86,25 @@ def test_benchmark_model_output_is_parsed():
           "INFO: count=200 first=430 curr=410 min=398 max=520 avg=412.5 std=11\n"
     r = parse_benchmark_model(out)
     assert r["median_us"] == 412.5 and r["count"] == 200 and r["p10_us"] == 398 and abs(r["cv"] - 11 / 412.5) < 1e-9
+
+
+def test_profile_over_adb_with_a_stand_in_phone(tmp_path):
+    """adb transport against STAND-INS (tests/standins/adb, tests/standins/benchmark_model): no
+    Android phone exists here. What is real: the pushes, the quoted shell command line, the
+    parsing of benchmark_model's output, and the table written from it."""
+    import os
+    standins = ROOT / "tests" / "standins"
+    env = {**os.environ, "PATH": f"{standins}:{os.environ['PATH']}", "QFA_FAKE_DEVICE": str(tmp_path / "phone"),
+           "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
+           "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
+           "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "phone.csv")
+    assert len(df) > 400 and (df["median_us"] > 0).all()
+    assert (tmp_path / "phone" / "qfa" / "benchmark_model").exists()
+    bad = cmd[:4] + ["--target", "adb:other-serial"] + cmd[6:]
+    bad[bad.index("--out-dir") + 1] = str(tmp_path / "other")
+    bad = subprocess.run(bad, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
