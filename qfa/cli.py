@@ -275,6 +275,106 @@ def cmd_export(args: argparse.Namespace) -> None:
                        f" (the file is written; see README 'Export fidelity' for why low-bit subnets disagree)", 1)
 
 
+def _run_dir(checkpoint: str) -> Path:
+    p = Path(checkpoint)
+    return p if p.is_dir() else p.parent
+
+
+def cmd_predictor(args: argparse.Namespace) -> None:
+    from .predictor import PredictorError, collect, fit, load_rows
+    out = Path(args.data_csv or _run_dir(args.checkpoint) / "predictor_data.csv")
+    if args.action == "collect":
+        from .data import DataError, make_datasets
+        net = _load_net(args.checkpoint)
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        device = "cpu"
+        if world > 1 and os.environ.get("LOCAL_RANK") is not None:
+            import torch
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+                net.to(device)
+        try:
+            data = make_datasets(args.data, net.space.resolutions[-1])
+        except DataError as e:
+            raise CLIError(str(e), 2) from None
+        def progress(i: int, n: int, row: dict) -> None:
+            if not args.json:
+                print(f"\rcollect: {i}/{n}  last {float(row['top1']):.2f}% ({row['stratum']})", end="", file=sys.stderr, flush=True)
+        added = collect(net, data, out, args.n, args.calib_images, args.eval_images, args.seed, rank, world, progress, device)
+        if not args.json:
+            print(file=sys.stderr)
+        _emit(args, {"data": str(out), "added": added, "rows": len(load_rows(out))},
+              lambda: print(f"{out}: {len(load_rows(out))} labelled subnets ({added} new; held-out split of the training set)"))
+        return
+    net_space = None
+    from .checkpoint import load_checkpoint
+    try:
+        state = load_checkpoint(args.checkpoint)
+        net_space = SearchSpace.from_json(json.loads(state["space_json"]))
+    except Exception as e:  # noqa: BLE001 - CheckpointError and malformed states
+        raise CLIError(f"{args.checkpoint}: {e}", 2) from None
+    rows = load_rows(out)
+    try:
+        pred, metrics = fit(net_space, rows, epochs=args.epochs, seed=args.seed)
+    except PredictorError as e:
+        raise CLIError(str(e), 2) from None
+    dest = Path(args.out or _run_dir(args.checkpoint) / "predictor.safetensors")
+    pred.save(dest)
+    _emit(args, {"predictor": str(dest), **metrics},
+          lambda: print(f"wrote {dest}\n  held-out subnets: {metrics['n_val']} of {metrics['n']}  RMSE {metrics['rmse']:.3f} "
+                        f"points  Kendall tau {metrics['kendall_tau']:.3f}  Spearman rho {metrics['spearman_rho']:.3f}"))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    import time as _time
+    t0 = _time.perf_counter()
+    from hw.table import LatencyTable, TableError
+    from .predictor import Predictor, PredictorError
+    from .search import ParetoSet, SearchError, pareto_key, search_front
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
+    ckpt_file = ckpt / "last.pt" if ckpt.is_dir() else ckpt
+    pred_path = Path(args.predictor or _run_dir(args.checkpoint) / "predictor.safetensors")
+    table_csv = Path(args.table)
+    try:
+        table = LatencyTable.load(table_csv)
+        table_csv = table_csv if table_csv.suffix == ".csv" else table_csv.with_suffix(".csv")
+        predictor = Predictor.load(pred_path)
+    except (TableError, PredictorError) as e:
+        raise CLIError(str(e), 2) from None
+    if predictor.meta.get("space_hash") != table.space.hash:
+        raise CLIError(f"the table is for space {table.space.name!r} ({table.space.hash}), the predictor for "
+                       f"{predictor.meta.get('space_hash')}", 2)
+    base = _run_dir(args.checkpoint) / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt_file, pred_path, table_csv)}"
+    cached = base.with_suffix(".jsonl").exists() and not args.force
+    if cached:
+        pset = ParetoSet.load(base)
+    else:
+        def progress(g: int, n: int) -> None:
+            if not args.json and (g % 10 == 0 or g == n):
+                print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
+        front = search_front(table.space, predictor, table, args.pop, args.gens, args.seed, progress)
+        if not args.json:
+            print(f"\rsearch: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
+                  f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
+        pset = ParetoSet.from_front(table.space, front)
+        pset.save(base, args.latency_ms)
+    try:
+        best = pset.answer(args.latency_ms, args.max_bytes)
+    except SearchError as e:
+        raise CLIError(str(e), 1) from None
+    ms = (_time.perf_counter() - t0) * 1000
+    res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
+           "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
+           "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1)}
+    _emit(args, res, lambda: print(
+        f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
+        f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g})  int8 weights {best['bytes']:,} bytes\n"
+        f"  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), plot {base.with_suffix('.png')}"
+        + ("  [answered from the saved set]" if cached else "")))
+
+
 # ---- parser ------------------------------------------------------------------------------
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
@@ -366,6 +466,39 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     xp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     xp.set_defaults(func=cmd_export)
+
+    pp = sub.add_parser("predictor", help="collect accuracy labels for subnets, or fit the accuracy predictor",
+                        description="examples:\n  qfa predictor collect --checkpoint runs/fmnist --n 400\n"
+                                    "  torchrun --nproc_per_node=4 -m qfa predictor collect --checkpoint runs/imnet --n 2000\n"
+                                    "  qfa predictor fit --checkpoint runs/fmnist",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pp.add_argument("action", choices=["collect", "fit"])
+    pp.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    pp.add_argument("--n", type=int, default=400, help="subnets to label (collect; default 400)")
+    pp.add_argument("--data-csv", help="label CSV (default RUN/predictor_data.csv)")
+    pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
+    pp.add_argument("--calib-images", type=int, default=500, help="calibration images per subnet (default 500)")
+    pp.add_argument("--eval-images", type=int, default=2000, help="held-out images per subnet (default 2000)")
+    pp.add_argument("--epochs", type=int, default=600, help="MLP training epochs (fit; default 600)")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=cmd_predictor)
+
+    sp2 = sub.add_parser("search", help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
+                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp2.add_argument("--checkpoint", required=True)
+    sp2.add_argument("--table", required=True, help="latency table CSV (with its JSON beside it)")
+    sp2.add_argument("--latency-ms", type=float, required=True, help="latency budget (ms, as the table measures)")
+    sp2.add_argument("--max-bytes", type=float, help="size budget: int8 weight bytes")
+    sp2.add_argument("--predictor", help="predictor file (default RUN/predictor.safetensors)")
+    sp2.add_argument("--pop", type=int, default=500, help="NSGA-II population (default 500)")
+    sp2.add_argument("--gens", type=int, default=200, help="generations (default 200; see bench/search.py)")
+    sp2.add_argument("--seed", type=int, default=0)
+    sp2.add_argument("--force", action="store_true", help="search again even if a saved set exists")
+    sp2.add_argument("--json", action="store_true")
+    sp2.set_defaults(func=cmd_search)
 
     rp = sub.add_parser("run", help="the main job (currently a smoke run of the supernet pipeline)",
                         description="Smoke run on Fashion-MNIST: build the fmnist supernet, calibrate sampled "

@@ -1,0 +1,96 @@
+"""Predictor data, predictor and NSGA-II search (pymoo) over the shipped, measured host table."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hw.table import LatencyTable
+from qfa.cost import CostModel
+from qfa.data import make_datasets
+from qfa.predictor import Predictor, collect, fit, load_rows, onehot, strata_specs
+from qfa.search import ParetoSet, SearchError, deployed_bytes, search_front
+from qfa.space import get_space
+from qfa.supernet import Supernet
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = get_space("fmnist")
+TABLE = ROOT / "latency_tables" / "host-x86_64-1t.csv"
+
+
+def test_collect_appends_resumes_and_uses_the_holdout(tmp_path):
+    torch.manual_seed(0)
+    net = Supernet(SPACE)
+    data = make_datasets(None, 32)
+    out = tmp_path / "labels.csv"
+    assert collect(net, data, out, 3, calib_images=64, eval_images=64) == 3
+    assert collect(net, data, out, 4, calib_images=64, eval_images=64) == 1  # resumes: 3 done
+    rows = load_rows(out)
+    assert len(rows) == 4 and len({r["hash"] for r in rows}) == 4
+    assert all(0 <= float(r["top1"]) <= 100 and int(r["images"]) == 64 for r in rows)
+    kinds = [k for k, _ in strata_specs(SPACE, 8)]
+    assert kinds.count("uniform") == kinds.count("max_depth") == 2
+
+
+def test_onehot_is_invariant_to_inactive_genes():
+    rng = np.random.default_rng(0)
+    spec = SPACE.sample(rng)
+    g = SPACE.encode(spec)
+    g2 = g.copy()
+    ns = len(SPACE.stages)
+    if spec.depths[0] < 3:  # scribble on an inactive slot of stage 1
+        g2[1 + ns + 2 * SPACE.SLOT_GENES] = 2
+    np.testing.assert_array_equal(onehot(SPACE, g[None]), onehot(SPACE, g2[None]))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """A predictor fitted on SYNTHETIC labels (a smooth function of the subnet's costs): the
+    search tests check properties of the search, not predictor quality (bench/search.py does)."""
+    rng = np.random.default_rng(0)
+    specs = [s for _, s in strata_specs(SPACE, 120, seed=1)]
+    c = CostModel(SPACE).of_specs(specs)
+    y = 70 + 5 * np.log(c["macs"] / 1e6) + 2 * np.log(c["bitops"] / 1e9) + rng.normal(0, 0.1, len(specs))
+    rows = [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)]
+    pred, metrics = fit(SPACE, rows, hidden=64, layers=2, epochs=150)
+    assert metrics["kendall_tau"] > 0.5  # learnable even from 96 subnets
+    return pred
+
+
+def test_search_front_is_feasible_nondominated_and_reloads(predictor, tmp_path):
+    table = LatencyTable.load(TABLE)
+    front = search_front(SPACE, predictor, table, pop=60, gens=15, seed=0)
+    F = np.column_stack([-front["top1"], front["latency_ms"], front["bytes"]])
+    for i in range(len(F)):  # no member dominated by another
+        dom = np.all(F <= F[i], axis=1) & np.any(F < F[i], axis=1)
+        assert not dom.any()
+    pset = ParetoSet.from_front(SPACE, front)
+    # objectives are what the table and predictor say for the decoded specs
+    specs = [SPACE.parse(json.dumps(r["spec"])) for r in pset.rows]
+    np.testing.assert_allclose([r["latency_ms"] for r in pset.rows], [table.predict(s) for s in specs], rtol=1e-6)
+    np.testing.assert_allclose([r["top1"] for r in pset.rows], [predictor.predict(s) for s in specs], rtol=1e-5)
+    budget = float(np.median(front["latency_ms"]))
+    best = pset.answer(budget)
+    assert best["latency_ms"] <= budget
+    assert all(r["top1"] <= best["top1"] for r in pset.rows if r["latency_ms"] <= budget)
+    pset.save(tmp_path / "p", budget)
+    again = ParetoSet.load(tmp_path / "p")
+    assert again.answer(budget) == best and (tmp_path / "p.png").stat().st_size > 1000
+    import pandas as pd
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pset.rows)
+    with pytest.raises(SearchError, match="fastest achievable on this table is"):
+        pset.answer(min(front["latency_ms"]) * 0.5)
+    small = min(r["bytes"] for r in pset.rows)
+    assert pset.answer(max(front["latency_ms"]), small)["bytes"] == small
+
+
+def test_deployed_bytes_ignore_nominal_bits():
+    c = CostModel(SPACE)
+    a, b = SPACE.max_spec(bits=2), SPACE.max_spec(bits=8)
+    g = np.stack([SPACE.encode(a), SPACE.encode(b)])
+    d = deployed_bytes(c, g)
+    assert d[0] == d[1] and c(g)["bytes"][0] < c(g)["bytes"][1]
