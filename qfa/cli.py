@@ -100,14 +100,26 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .smoke import smoke_run
+    from dataclasses import replace
     from .checkpoint import CheckpointError
+    from .data import DataError
+    from .main_job import TINY, JobConfig, main_job, print_summary
+    from hw.table import TableError
+    cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
+    if args.table:
+        cfg.table = Path(args.table)
+    if args.tiny:
+        cfg = replace(cfg, **TINY)
+    for k in ("n_predictor", "pop", "gens", "test_images"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     try:
-        result = smoke_run(n_random=args.n_random, calib_images=args.calib_images, test_images=args.test_images,
-                           seed=args.seed, progress=not args.json, checkpoint=args.checkpoint)
-    except CheckpointError as e:
+        summary = main_job(cfg)
+    except (CheckpointError, TableError, DataError) as e:
         raise CLIError(str(e), 2) from None
-    _emit(args, result, lambda: None)
+    _emit(args, summary, lambda: print_summary(summary))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -500,14 +512,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--json", action="store_true")
     sp2.set_defaults(func=cmd_search)
 
-    rp = sub.add_parser("run", help="the main job (currently a smoke run of the supernet pipeline)",
-                        description="Smoke run on Fashion-MNIST: build the fmnist supernet, calibrate sampled "
-                                    "subnets, extract them, check extraction equivalence, evaluate and cost them.")
-    rp.add_argument("--n-random", type=int, default=3, help="random subnets besides max and min (default 3)")
-    rp.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")
-    rp.add_argument("--test-images", type=int, default=10000, help="test images to evaluate (default 10000)")
-    rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--checkpoint", help="a trained fmnist run (default: untrained weights)")
+    rp = sub.add_parser("run", help="the main job: train, table, predictor, search, export, verify",
+                        description="The whole flow on Fashion-MNIST, resumable (rerun to continue):\n"
+                                    "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
+                                    "  shipped host latency table (or --profile this host), label subnets and fit the\n"
+                                    "  accuracy predictor, search with NSGA-II under --latency-ms, export the chosen subnet\n"
+                                    "  to int8 .tflite, verify it on the test set and measure its latency here.\n"
+                                    "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("--run", default="runs/main", help="run folder (default runs/main)")
+    rp.add_argument("--checkpoint", help="a trained supernet to use instead of training one")
+    rp.add_argument("--table", help="latency table CSV (default: the shipped host table)")
+    rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
+    rp.add_argument("--latency-ms", type=float, help="latency budget (default: middle of the front's range)")
+    rp.add_argument("--n-predictor", type=int, help="subnets to label for the predictor (default 60)")
+    rp.add_argument("--pop", type=int, help="NSGA-II population (default 200)")
+    rp.add_argument("--gens", type=int, help="NSGA-II generations (default 100)")
+    rp.add_argument("--test-images", type=int, help="verification images (default: all 10,000)")
+    rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")
     rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     rp.set_defaults(func=cmd_run)
     return p

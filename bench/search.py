@@ -1,0 +1,81 @@
+"""NSGA-II search speed and convergence; answer time from a saved Pareto set.
+
+    python bench/search.py --checkpoint runs/fmnist_bq [--paper-table latency_tables/host-x86_64-1t-paper.csv]
+
+fmnist: the trained predictor (RUN/predictor.safetensors) and the shipped host table; fronts
+after 50..1000 generations (population 500) compared by hypervolume, to show how many
+generations the front needs. paper: the same search at the paper's scale (500 x 1000) over a
+measured paper-space table; its predictor is fitted on SYNTHETIC labels (there is no trained
+paper supernet here): it times the search, it says nothing about accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hw.table import LatencyTable  # noqa: E402
+from qfa.cost import CostModel  # noqa: E402
+from qfa.predictor import Predictor, fit, strata_specs  # noqa: E402
+from qfa.search import ParetoSet, search_front  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hypervolume(front: dict, ref: np.ndarray, scale: np.ndarray) -> float:
+    from pymoo.indicators.hv import HV
+    F = np.column_stack([-front["top1"], front["latency_ms"], front["bytes"]]) / scale
+    return float(HV(ref_point=ref / scale)(F))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="run folder with predictor.safetensors")
+    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t.csv"))
+    ap.add_argument("--paper-table", help="a paper-space table (hw/profile.py --space paper ...)")
+    ap.add_argument("--gens", type=int, nargs="+", default=[50, 100, 200, 400, 1000])
+    args = ap.parse_args()
+    run = Path(args.checkpoint)
+    run = run if run.is_dir() else run.parent
+    pred = Predictor.load(run / "predictor.safetensors")
+    table = LatencyTable.load(args.table)
+    space = table.space
+    fronts = {}
+    print("fmnist space, population 500:")
+    for g in args.gens:
+        fronts[g] = search_front(space, pred, table, pop=500, gens=g, seed=0)
+    allF = np.concatenate([np.column_stack([-f["top1"], f["latency_ms"], f["bytes"]]) for f in fronts.values()])
+    ref = allF.max(0) + np.abs(allF.max(0)) * 0.01
+    scale = np.abs(allF).max(0)
+    best = max(hypervolume(f, ref, scale) for f in fronts.values())
+    for g, f in fronts.items():
+        print(f"  {g:5d} generations: {f['seconds']:6.1f} s, {len(f['genomes']):4d} non-dominated subnets, "
+              f"hypervolume {hypervolume(f, ref, scale) / best * 100:6.2f}% of the best")
+    with tempfile.TemporaryDirectory() as tmp:
+        ParetoSet.from_front(space, fronts[max(args.gens)]).save(Path(tmp) / "p")
+        lat = fronts[max(args.gens)]["latency_ms"]
+        times = []
+        for b in np.linspace(lat.min(), lat.max(), 20):
+            t = time.perf_counter()
+            ParetoSet.load(Path(tmp) / "p").answer(float(b))
+            times.append((time.perf_counter() - t) * 1000)
+        print(f"answer from a saved set (load + pick), 20 budgets: median {np.median(times):.2f} ms, max {max(times):.2f} ms "
+              f"(target <= 50 ms)")
+    if args.paper_table:
+        ptable = LatencyTable.load(args.paper_table)
+        ps = ptable.space
+        specs = [s for _, s in strata_specs(ps, 200, seed=0)]
+        c = CostModel(ps).of_specs(specs)
+        y = 60 + 3 * np.log(c["macs"] / 1e6) + np.log(c["bitops"] / 1e9)  # SYNTHETIC labels: timing only
+        ppred, _ = fit(ps, [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)], epochs=50)
+        f = search_front(ps, ppred, ptable, pop=500, gens=1000, seed=0)
+        print(f"paper space, 500 x 1000: {f['seconds']:.1f} s (target <= 60 s), {len(f['genomes'])} non-dominated subnets")
+
+
+if __name__ == "__main__":
+    main()

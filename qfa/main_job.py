@@ -1,0 +1,181 @@
+"""The main job: train (or reuse) -> latency table -> predictor -> search -> export -> verify.
+
+Every step leaves its result in the run folder and is skipped when it is already there, so a
+rerun resumes instead of redoing (training resumes from last.pt, predictor labels from their
+CSV, the search from the saved Pareto set).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TABLE = ROOT / "latency_tables" / "host-x86_64-1t.csv"
+
+
+class JobError(RuntimeError):
+    """A step of the main job failed (reported as one line)."""
+
+
+@dataclass
+class JobConfig:
+    run: Path = Path("runs/main")
+    checkpoint: str | None = None       # reuse a trained run instead of training
+    config: str = "fmnist_short"         # training preset when training
+    train_overrides: tuple[str, ...] = ()
+    table: Path = DEFAULT_TABLE
+    profile: bool = False                # measure this host into a new table first
+    latency_ms: float | None = None      # default: the middle of the front's latency range
+    n_predictor: int = 60
+    calib_images: int = 500
+    eval_images: int = 2000
+    predictor_epochs: int = 600
+    pop: int = 200
+    gens: int = 100
+    test_images: int | None = None       # verification images (default: the whole test set)
+    threshold: float = 90.0              # minimum TFLite/PyTorch top-1 agreement (%)
+    export_calib_images: int = 2000
+
+
+TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
+                             "float.epochs=0.01", "stage0.epochs=0.005", "stage1.epochs=0.005"),
+            n_predictor=12, calib_images=64, eval_images=128, predictor_epochs=60, pop=40, gens=8,
+            test_images=300, threshold=50.0, export_calib_images=128)
+
+
+def _say(msg: str) -> None:
+    print(f"[qfa run] {msg}", file=sys.stderr, flush=True)
+
+
+def main_job(cfg: JobConfig) -> dict:
+    from hw.table import LatencyTable
+    from .data import make_datasets
+    from .deploy import export_subnet, verify_tflite
+    from .predictor import Predictor, collect, fit, load_rows
+    from .search import ParetoSet, SearchError, pareto_key, search_front
+    from .supernet import Supernet
+    t_start = time.time()
+    run = Path(cfg.run)
+    run.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # 1. supernet
+    t = time.time()
+    if cfg.checkpoint:
+        ckpt = Path(cfg.checkpoint)
+        ckpt = ckpt / "last.pt" if ckpt.is_dir() else ckpt
+        _say(f"1/6 supernet: reusing {ckpt}")
+    else:
+        from .train.config import load_config
+        from .train.loop import Trainer
+        resume = (run / "last.pt").exists()
+        _say(f"1/6 supernet: {'resuming' if resume else 'training'} the {cfg.config} schedule in {run}")
+        Trainer(load_config(cfg.config, list(cfg.train_overrides)), run, resume=resume, progress=True).run()
+        ckpt = run / "last.pt"
+    net = Supernet.from_checkpoint(ckpt)
+    timings["train_s"] = time.time() - t
+
+    # 2. latency table
+    t = time.time()
+    table_csv = Path(cfg.table)
+    if cfg.profile:
+        import subprocess
+        table_csv = run / "tables" / "host.csv"
+        _say("2/6 latency table: profiling this host (hw/profile.py)")
+        r = subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "host", "--out-dir",
+                            str(table_csv.parent), "--space", net.space.name])
+        if r.returncode:
+            raise JobError("profiling the host failed (see above)")
+    else:
+        _say(f"2/6 latency table: {table_csv} (measured on x86_64, 1 thread; --profile to measure this host)")
+    table = LatencyTable.load(table_csv)
+    table.check_space(net.space)
+    timings["table_s"] = time.time() - t
+
+    # 3. predictor
+    t = time.time()
+    data = make_datasets(None, net.space.resolutions[-1])
+    labels = run / "predictor_data.csv"
+    have = len(load_rows(labels))
+    if have < cfg.n_predictor:
+        _say(f"3/6 predictor: labelling {cfg.n_predictor - have} more subnets on the held-out split")
+        collect(net, data, labels, cfg.n_predictor, cfg.calib_images, cfg.eval_images,
+                progress=lambda i, n, row: print(f"\r  {i}/{n} subnets, last {float(row['top1']):.2f}%", end="",
+                                                 file=sys.stderr, flush=True))
+        print(file=sys.stderr)
+    pred_path = run / "predictor.safetensors"
+    if not pred_path.exists() or have < cfg.n_predictor:
+        pred, metrics = fit(net.space, load_rows(labels), epochs=cfg.predictor_epochs)
+        pred.save(pred_path)
+    pred = Predictor.load(pred_path)
+    metrics = pred.meta.get("metrics", {})
+    _say(f"3/6 predictor: {metrics.get('n')} subnets, held-out Kendall tau {metrics.get('kendall_tau', float('nan')):.3f}, "
+         f"RMSE {metrics.get('rmse', float('nan')):.2f} points")
+    timings["predictor_s"] = time.time() - t
+
+    # 4. search
+    t = time.time()
+    base = run / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt, pred_path, table_csv)}"
+    if base.with_suffix(".jsonl").exists():
+        pset = ParetoSet.load(base)
+        _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}")
+    else:
+        _say(f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations")
+        front = search_front(net.space, pred, table, cfg.pop, cfg.gens)
+        pset = ParetoSet.from_front(net.space, front)
+    lats = np.array([r["latency_ms"] for r in pset.rows])
+    budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))
+    pset.save(base, budget)
+    try:
+        best = pset.answer(budget)
+    except SearchError as e:
+        raise JobError(str(e)) from None
+    spec = net.space.parse(json.dumps(best["spec"]))
+    _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec}")
+    timings["search_s"] = time.time() - t
+
+    # 5. export + verify
+    t = time.time()
+    out = run / "model.tflite"
+    _say(f"5/6 export: {out}")
+    data_r = make_datasets(None, spec.resolution)
+    res = export_subnet(net, spec, data_r, out, calib_images=cfg.export_calib_images, range_images=min(512, cfg.export_calib_images))
+    v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data_r["test"], cfg.test_images)
+    timings["export_verify_s"] = time.time() - t
+
+    # 6. measured latency of the shipped file on this host
+    from hw.runner import time_model
+    measured_ms = time_model(str(out), threads=int(table.meta.get("threads", 1)))["median_us"] / 1000
+    summary = {
+        "spec": str(spec), "hash": spec.hash, "budget_ms": budget,
+        "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
+        "agreement": v["agreement"], "predicted_latency_ms": best["latency_ms"], "measured_latency_ms": measured_ms,
+        "bytes": v["bytes"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
+        "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
+        "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    if v["agreement"] < cfg.threshold:
+        raise JobError(f"TFLite/PyTorch top-1 agreement {v['agreement']:.2f}% is below {cfg.threshold}% "
+                       f"(summary in {run / 'summary.json'})")
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    rows = [("chosen subnet", s["spec"]), ("hash", s["hash"]),
+            ("top-1 PyTorch / TFLite (test)", f"{s['pytorch_top1_test']:.2f}% / {s['tflite_top1_test']:.2f}%  "
+                                              f"(agreement {s['agreement']:.2f}%; predicted {s['predicted_top1_holdout']:.2f}% held-out)"),
+            ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "
+                                             f"(budget {s['budget_ms']:g} ms)"),
+            ("file", f"{s['model']}  ({s['bytes']:,} bytes; app facts in {s['sidecar']})"),
+            ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),
+            ("time", f"{s['total_s'] / 60:.1f} min (" + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in s["timings"].items()) + ")")]
+    w = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
