@@ -358,7 +358,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     if predictor.meta.get("space_hash") != table.space.hash:
         raise CLIError(f"the table is for space {table.space.name!r} ({table.space.hash}), the predictor for "
                        f"{predictor.meta.get('space_hash')}", 2)
-    base = _run_dir(args.checkpoint) / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt_file, pred_path, table_csv)}"
+    tag = "" if args.bits is None else "-b" + "".join(map(str, args.bits))
+    base = _run_dir(args.checkpoint) / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt_file, pred_path, table_csv)}{tag}"
     cached = base.with_suffix(".jsonl").exists() and not args.force
     if cached:
         pset = ParetoSet.load(base)
@@ -366,7 +367,10 @@ def cmd_search(args: argparse.Namespace) -> None:
         def progress(g: int, n: int) -> None:
             if not args.json and (g % 10 == 0 or g == n):
                 print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
-        front = search_front(table.space, predictor, table, args.pop, args.gens, args.seed, progress)
+        try:
+            front = search_front(table.space, predictor, table, args.pop, args.gens, args.seed, progress, args.bits)
+        except SearchError as e:
+            raise CLIError(str(e), 2) from None
         if not args.json:
             print(f"\rsearch: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
                   f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
@@ -508,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--pop", type=int, default=500, help="NSGA-II population (default 500)")
     sp2.add_argument("--gens", type=int, default=200, help="generations (default 200; see bench/search.py)")
     sp2.add_argument("--seed", type=int, default=0)
+    sp2.add_argument("--bits", type=lambda v: tuple(int(b) for b in v.split(",")),
+                     help="search only these bitwidths, e.g. 8 or 4,8 (default: every trained one)")
     sp2.add_argument("--force", action="store_true", help="search again even if a saved set exists")
     sp2.add_argument("--json", action="store_true")
     sp2.set_defaults(func=cmd_search)

@@ -42,12 +42,13 @@ class JobConfig:
     test_images: int | None = None       # verification images (default: the whole test set)
     threshold: float = 90.0              # minimum TFLite/PyTorch top-1 agreement (%)
     export_calib_images: int = 2000
+    search_bits: tuple[int, ...] | None = None  # restrict the searched precisions, e.g. (8,)
 
 
 TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
                              "float.epochs=0.01", "stage0.epochs=0.005", "stage1.epochs=0.005"),
             n_predictor=12, calib_images=64, eval_images=128, predictor_epochs=60, pop=40, gens=8,
-            test_images=300, threshold=50.0, export_calib_images=128)
+            test_images=300, threshold=80.0, export_calib_images=128, search_bits=(8,))
 
 
 def _say(msg: str) -> None:
@@ -75,10 +76,14 @@ def main_job(cfg: JobConfig) -> dict:
     else:
         from .train.config import load_config
         from .train.loop import Trainer
-        resume = (run / "last.pt").exists()
-        _say(f"1/6 supernet: {'resuming' if resume else 'training'} the {cfg.config} schedule in {run}")
-        Trainer(load_config(cfg.config, list(cfg.train_overrides)), run, resume=resume, progress=True).run()
-        ckpt = run / "last.pt"
+        ckpt, done = run / "last.pt", run / "train_done.json"
+        if done.exists():
+            _say(f"1/6 supernet: trained already ({done})")
+        else:
+            resume = ckpt.exists()
+            _say(f"1/6 supernet: {'resuming' if resume else 'training'} the {cfg.config} schedule in {run}")
+            result = Trainer(load_config(cfg.config, list(cfg.train_overrides)), run, resume=resume, progress=True).run()
+            done.write_text(json.dumps(result, default=str))
     net = Supernet.from_checkpoint(ckpt)
     timings["train_s"] = time.time() - t
 
@@ -122,13 +127,14 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 4. search
     t = time.time()
-    base = run / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt, pred_path, table_csv)}"
+    tag = "" if cfg.search_bits is None else "-b" + "".join(map(str, cfg.search_bits))
+    base = run / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt, pred_path, table_csv)}{tag}"
     if base.with_suffix(".jsonl").exists():
         pset = ParetoSet.load(base)
         _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}")
     else:
         _say(f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations")
-        front = search_front(net.space, pred, table, cfg.pop, cfg.gens)
+        front = search_front(net.space, pred, table, cfg.pop, cfg.gens, bits=cfg.search_bits)
         pset = ParetoSet.from_front(net.space, front)
     lats = np.array([r["latency_ms"] for r in pset.rows])
     budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,14 +43,15 @@ def deployed_bytes(cost: CostModel, genomes: np.ndarray) -> np.ndarray:
     return cost(g)["bytes"]
 
 
-def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable):
+def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable, bits: Sequence[int] | None = None):
     """A vectorised pymoo Problem: one call scores a whole population (minimise -top1,
-    latency, bytes); genes range over the searched bit pairs and the table's resolutions."""
+    latency, bytes). Pair genes index the allowed bit pairs (``bits`` restricts them, e.g.
+    (8,) for W8A8-only deployments); ``problem.to_genome`` maps a solution to a space genome."""
     from pymoo.core.problem import Problem
-    pairs = searched_pairs(space)
-    allowed = [space.bit_pairs.index(q) for q in pairs]
-    if allowed != list(range(len(allowed))):
-        raise SearchError("searched bit pairs must be a prefix of the space's pairs")
+    pairs = [q for q in searched_pairs(space) if bits is None or (q.w in bits and q.a in bits)]
+    if not pairs:
+        raise SearchError(f"no trained bit pair uses only bits {list(bits)}")
+    allowed = np.array([space.bit_pairs.index(q) for q in pairs])
     upper = space.genome_upper().copy()
     pair_genes = np.zeros(space.genome_len, bool)
     ns = len(space.stages)
@@ -62,19 +63,26 @@ def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable):
     lo[0], upper[0] = min(res_ok), max(res_ok) + 1
     cost = CostModel(space)
 
+    def to_genome(x: np.ndarray) -> np.ndarray:
+        g = np.rint(np.atleast_2d(x)).astype(np.int64)
+        g[:, pair_genes] = allowed[g[:, pair_genes]]
+        return space.canonical(g)
+
     class _P(Problem):
         def _evaluate(self, x, out, *args, **kwargs):
-            g = space.canonical(np.rint(x).astype(np.int64))
+            g = to_genome(x)
             acc = predictor.predict_many(space, g)
             lat = table.predict_many(g)
             size = deployed_bytes(cost, g)
             out["F"] = np.column_stack([-acc, np.nan_to_num(lat, nan=1e9), size])
 
-    return _P(n_var=space.genome_len, n_obj=3, xl=lo, xu=upper - 1, vtype=int)
+    problem = _P(n_var=space.genome_len, n_obj=3, xl=lo, xu=upper - 1, vtype=int)
+    problem.to_genome, problem.allowed, problem.pair_genes = to_genome, allowed, pair_genes
+    return problem
 
 
 def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, pop: int = 500, gens: int = 200,
-                 seed: int = 0, progress=None) -> dict[str, Any]:
+                 seed: int = 0, progress=None, bits: Sequence[int] | None = None) -> dict[str, Any]:
     """Run NSGA-II and return the non-dominated set: genomes and objectives."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.sbx import SBX
@@ -84,14 +92,17 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
     from pymoo.optimize import minimize
     from pymoo.core.callback import Callback
 
-    problem = make_problem(space, predictor, table)
+    problem = make_problem(space, predictor, table, bits)
     rng = np.random.default_rng(seed)
     x0 = IntegerRandomSampling()(problem, pop, random_state=rng).get("X").astype(np.int64)
-    bits = sorted({q.w for q in searched_pairs(space)})
+    widths = sorted({space.bit_pairs[i].w for i in problem.allowed} & {space.bit_pairs[i].a for i in problem.allowed})
     res_ok = [r for r in space.resolutions if r in table.meta.get("resolutions", space.resolutions)]
-    seeds = [space.min_spec(bits=min(bits)).replace(resolution=min(res_ok)),
-             space.max_spec(bits=max(bits)).replace(resolution=max(res_ok))]
-    x0[:len(seeds)] = np.stack([space.encode(s) for s in seeds])
+    seeds = [space.min_spec(bits=min(widths)).replace(resolution=min(res_ok)),
+             space.max_spec(bits=max(widths)).replace(resolution=max(res_ok))]
+    for i, sp in enumerate(seeds):  # genome -> solution: pair genes back to allowed positions
+        g = space.encode(sp)
+        g[problem.pair_genes] = np.searchsorted(problem.allowed, g[problem.pair_genes])
+        x0[i] = g
 
     class _CB(Callback):
         def notify(self, algorithm):
@@ -102,7 +113,7 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
                  mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True)
     t0 = time.perf_counter()
     res = minimize(problem, algo, ("n_gen", gens), seed=seed, verbose=False, callback=_CB())
-    g = space.canonical(np.rint(np.atleast_2d(res.X)).astype(np.int64))
+    g = problem.to_genome(res.X)
     g, idx = np.unique(g, axis=0, return_index=True)
     f = np.atleast_2d(res.F)[idx]
     order = np.argsort(f[:, 1])
