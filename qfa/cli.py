@@ -266,11 +266,20 @@ def cmd_export(args: argparse.Namespace) -> None:
         data = make_datasets(args.data, spec.resolution)
     except DataError as e:
         raise CLIError(str(e), 2) from None
-    res = export_subnet(net, spec, data, out, args.target, args.calib_images, uint8_io=args.uint8)
+    if args.onnx and not args.onnx.endswith(".onnx"):
+        raise CLIError(f"--onnx must end in .onnx: {args.onnx}", 2)
+    from export.onnx2tf_path import Onnx2tfError
+    try:
+        res = export_subnet(net, spec, data, out, args.target, args.calib_images, uint8_io=args.uint8,
+                            via=args.via, onnx_out=Path(args.onnx) if args.onnx else None)
+    except Onnx2tfError as e:
+        raise CLIError(str(e), 1) from None
     report = {"out": str(out), "sidecar": str(out.with_suffix(".json")), **{k: res["sidecar"][k] for k in
               ("hash", "spec_str", "target", "bytes", "fold_s", "convert_s", "max_zero_point_fraction_lsb")}}
     if args.verify:
-        report["verify"] = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"], args.test_images)
+        onnx_model = Path(args.onnx).read_bytes() if args.onnx else None
+        report["verify"] = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"], args.test_images,
+                                         onnx_model, direct=args.via == "direct")
     if args.json:
         print(json.dumps(report))
     else:
@@ -280,7 +289,9 @@ def cmd_export(args: argparse.Namespace) -> None:
             v = report["verify"]
             print(f"  verify on {v['images']} test images: PyTorch fake-quant top-1 {v['pytorch_top1']:.2f}%  "
                   f"TFLite top-1 {v['tflite_top1']:.2f}%  agreement {v['agreement']:.2f}%  "
-                  f"max logit error {v['max_logit_error_lsb']:.1f} LSB\n  ops: " +
+                  f"max logit error {v['max_logit_error_lsb']:.1f} LSB" +
+                  (f"\n  ONNX (Q/DQ, onnxruntime) top-1 {v['onnx_top1']:.2f}%  agreement {v['onnx_agreement']:.2f}%"
+                   if "onnx_top1" in v else "") + "\n  ops: " +
                   ", ".join(f"{k} x{n}" for k, n in sorted(v["ops"].items())))
     if args.verify and report["verify"]["agreement"] < args.threshold:
         raise CLIError(f"top-1 agreement {report['verify']['agreement']:.2f}% is below --threshold {args.threshold}%"
@@ -333,7 +344,8 @@ def cmd_predictor(args: argparse.Namespace) -> None:
     dest = Path(args.out or _run_dir(args.checkpoint) / "predictor.safetensors")
     pred.save(dest)
     _emit(args, {"predictor": str(dest), **metrics},
-          lambda: print(f"wrote {dest}\n  held-out subnets: {metrics['n_val']} of {metrics['n']}  RMSE {metrics['rmse']:.3f} "
+          lambda: print(f"wrote {dest} ({metrics['model']}, chosen by 5-fold CV on the training subnets)\n"
+                        f"  held-out subnets: {metrics['n_val']} of {metrics['n']}  RMSE {metrics['rmse']:.3f} "
                         f"points  Kendall tau {metrics['kendall_tau']:.3f}  Spearman rho {metrics['spearman_rho']:.3f}"))
 
 
@@ -474,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", required=True, help="output .tflite path (a .json sidecar is written beside it)")
     xp.add_argument("--target", default="tflite-int8", choices=["tflite-int8", "tflite-int4w"],
                     help="deployment target: int8 everywhere, or <=4-bit CONV_2D weights stored as INT4 (size only)")
+    xp.add_argument("--via", choices=["direct", "onnx2tf"], default="direct",
+                    help="direct: write the folded graph with its exact scales (default); onnx2tf: float ONNX -> "
+                         "onnx2tf -> int8 calibrated by the converter (for comparison)")
+    xp.add_argument("--onnx", help="also write the Q/DQ ONNX model here (verified with onnxruntime by --verify)")
     xp.add_argument("--uint8", action="store_true", help="uint8 input/output instead of int8")
     xp.add_argument("--verify", action="store_true", help="run the file on the test set and compare with PyTorch")
     xp.add_argument("--threshold", type=float, default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
@@ -495,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
     pp.add_argument("--calib-images", type=int, default=500, help="calibration images per subnet (default 500)")
     pp.add_argument("--eval-images", type=int, default=2000, help="held-out images per subnet (default 2000)")
-    pp.add_argument("--epochs", type=int, default=600, help="MLP training epochs (fit; default 600)")
+    pp.add_argument("--epochs", type=int, default=300, help="MLP training epochs (fit; default 300)")
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     pp.add_argument("--json", action="store_true")

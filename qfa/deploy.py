@@ -38,8 +38,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
-                  calib_images: int = 2000, range_images: int = 512, uint8_io: bool = False) -> dict[str, Any]:
-    """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically."""
+                  calib_images: int = 2000, range_images: int = 512, uint8_io: bool = False,
+                  via: str = "direct", onnx_out: Path | None = None) -> dict[str, Any]:
+    """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically.
+
+    ``via="onnx2tf"``: the float folded model through ONNX and onnx2tf, calibrated on the same
+    images (scales re-derived by the converter: the comparison path). ``onnx_out``: also write
+    the Q/DQ ONNX model there."""
     t0 = time.perf_counter()
     calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
     sub = extract(net, spec)
@@ -50,18 +55,28 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     if uint8_io:
         from dataclasses import replace
         tgt = replace(tgt, io_dtype="uint8")
-    blob = to_tflite(graph, tgt)
+    if via == "onnx2tf":
+        from export.onnx import to_onnx
+        from export.onnx2tf_path import onnx2tf_int8
+        fgraph = fold(sub, images[:range_images], shifts=False)  # float model: no shift bookkeeping
+        blob = onnx2tf_int8(to_onnx(fgraph, qdq=False), images.permute(0, 2, 3, 1).numpy())
+    else:
+        blob = to_tflite(graph, tgt)
     convert_s = time.perf_counter() - t1
+    if onnx_out is not None:
+        from export.onnx import to_onnx
+        atomic_write(Path(onnx_out), to_onnx(graph))
     tin = graph.tensors[graph.input]
     base = data["train"]
     sidecar = {
-        "format": "qfa-tflite/1", "model": out.name, "target": target, "io_dtype": tgt.io_dtype,
+        "format": "qfa-tflite/1", "model": out.name, "target": target, "io_dtype": tgt.io_dtype, "via": via,
         "spec": json.loads(spec.dumps()), "spec_str": str(spec), "hash": spec.hash,
         "labels": list(getattr(base, "labels", [])),
         "input": {"shape_nhwc": list(tin.shape), "normalize": {"mean": list(getattr(base, "mean", ())),
                                                                 "std": list(getattr(base, "std", ()))},
                   "resize": "bilinear to the input size, then x = (pixel/255 - mean) / std",
-                  "quantize": "q = round((x + shift) / scale) + zero_point",
+                  "quantize": "q = round((x + shift) / scale) + zero_point" if via == "direct" else
+                  "see the .tflite input tensor's quantization (onnx2tf calibrated it)",
                   "scale": tin.scale, "zero_point": tin.zero_point + (128 if uint8_io else 0), "shift": tin.shift},
         "layers": graph.summary()["layers"],
         "max_zero_point_fraction_lsb": graph.summary()["max_zero_point_rounding_lsb"],
@@ -74,11 +89,18 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
 
 
 @torch.no_grad()
-def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_images: int | None = None) -> dict[str, Any]:
-    """PyTorch fake-quant vs the .tflite on the test set: top-1 of each, agreement, logit error."""
+def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_images: int | None = None,
+                  onnx_model: bytes | None = None, direct: bool = True) -> dict[str, Any]:
+    """PyTorch fake-quant vs the .tflite on the test set: top-1 of each, agreement, logit error
+    (and the Q/DQ ONNX model in onnxruntime, when given)."""
     n = len(test) if n_images is None else min(n_images, len(test))
     model = TFLiteModel(blob)
-    shift = graph.tensors[graph.input].shift
+    shift = graph.tensors[graph.input].shift if direct else 0.0
+    ort = None
+    if onnx_model is not None:
+        import onnxruntime
+        ort = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+        ort_correct = ort_agree = 0
     out_scale = model.out["quantization"][0]
     pt_correct = tf_correct = agree = 0
     max_lsb = 0.0
@@ -89,10 +111,17 @@ def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_im
         y = np.array([b[1] for b in batch])
         pt = subnet(x).numpy()
         tf = model.logits(np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()), shift)
+        if ort is not None:
+            o = ort.run(None, {"input": x.numpy()})[0]
+            ort_correct += int((o.argmax(1) == y).sum())
+            ort_agree += int((o.argmax(1) == pt.argmax(1)).sum())
         pt_correct += int((pt.argmax(1) == y).sum())
         tf_correct += int((tf.argmax(1) == y).sum())
         agree += int((pt.argmax(1) == tf.argmax(1)).sum())
         max_lsb = max(max_lsb, float(np.abs(pt - tf).max() / out_scale))
-    return {"images": n, "pytorch_top1": 100.0 * pt_correct / n, "tflite_top1": 100.0 * tf_correct / n,
-            "agreement": 100.0 * agree / n, "max_logit_error_lsb": round(max_lsb, 2), "bytes": len(blob),
-            "ops": op_summary(blob)}
+    res = {"images": n, "pytorch_top1": 100.0 * pt_correct / n, "tflite_top1": 100.0 * tf_correct / n,
+           "agreement": 100.0 * agree / n, "max_logit_error_lsb": round(max_lsb, 2), "bytes": len(blob),
+           "ops": op_summary(blob)}
+    if ort is not None:
+        res.update({"onnx_top1": 100.0 * ort_correct / n, "onnx_agreement": 100.0 * ort_agree / n})
+    return res

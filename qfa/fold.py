@@ -20,7 +20,7 @@ from export.reference import calibrate_ranges
 
 from .elastic.blocks import ElasticMBConv, ElasticSE, se_channels
 from .elastic.ops import ElasticConv2d
-from .quant import LSQActQuant, _range_params
+from .quant import BatchQuant, LSQActQuant, _range_params
 from .space import FP, BlockSpec, QBits
 from .supernet import Subnet
 
@@ -36,9 +36,9 @@ def act_grid(q: torch.nn.Module) -> tuple[float, float, int, int]:
         s = float(q.step.abs().clamp(min=_EPS))
         return s, -float(q.beta) / s, q.qmin, q.qmax
     s, z = _range_params(q.running_min, q.running_max, q.qmin, q.qmax)
-    alpha = float(getattr(q, "alpha", 1.0)) if not hasattr(q, "one") else 1.0
-    offset = float(getattr(q, "offset", 0.0)) if not hasattr(q, "zero") else 0.0
-    return float(s) / alpha, float(z) + offset, q.qmin, q.qmax
+    if isinstance(q, BatchQuant):  # x^ = (q - z - offset) * s / alpha
+        return float(s) / float(q.alpha), float(z) + float(q.offset), q.qmin, q.qmax
+    return float(s), float(z), q.qmin, q.qmax  # MinMax: alpha 1, offset 0
 
 
 @torch.no_grad()
@@ -163,11 +163,13 @@ class _Builder:
         return graph_input
 
 
-def fold(subnet: Subnet, calib_images: Iterable[torch.Tensor] | torch.Tensor, meta: dict | None = None) -> Graph:
+def fold(subnet: Subnet, calib_images: Iterable[torch.Tensor] | torch.Tensor, meta: dict | None = None,
+         shifts: bool = True) -> Graph:
     """The folded integer graph of an extracted subnet (eval mode, calibrated).
 
     ``calib_images``: NCHW real images at the subnet's resolution (a tensor or batches) used to
-    fix the 8-bit ranges of tensors without a trained quantizer.
+    fix the 8-bit ranges of tensors without a trained quantizer. ``shifts=False`` leaves learned
+    zero points' fractional parts out: only for float export to converters that re-calibrate.
     """
     net, spec = subnet.eval(), subnet.spec
     s = net.space
@@ -188,7 +190,11 @@ def fold(subnet: Subnet, calib_images: Iterable[torch.Tensor] | torch.Tensor, me
     g = Graph(b.tensors, b.ops, graph_input, logits,
               meta={"spec": json.loads(spec.dumps()), "hash": spec.hash,
                     "spec_str": str(spec), "resolution": r, "weights_clipped": b.clipped, **(meta or {})})
-    apply_shifts(g)
+    if shifts:
+        apply_shifts(g)
+    else:
+        for t in g.tensors.values():
+            t.shift = 0.0
     if isinstance(calib_images, torch.Tensor):
         calib_images = calib_images.split(256)
     calibrate_ranges(g, (np.ascontiguousarray(xb.permute(0, 2, 3, 1).numpy()) for xb in calib_images))

@@ -140,3 +140,32 @@ def test_export_cli_bad_input_is_one_line(tmp_path):
     r = _qfa("export", "--checkpoint", str(bad), "--spec", "x", "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 2 and ".tflite" in r.stderr
     assert not list(tmp_path.glob("*.tflite"))
+
+
+def test_onnx_qdq_matches_the_integer_graph_in_onnxruntime(supernet, fmnist_train):
+    import onnxruntime
+    from export.onnx import to_onnx
+    g, x = _graph(supernet, SPECS["mixed"], fmnist_train[:512])
+    sess = onnxruntime.InferenceSession(to_onnx(g), providers=["CPUExecutionProvider"])
+    xs = x[:32].numpy()
+    out = sess.run(None, {"input": xs})[0]
+    t = g.tensors[g.output]
+    ref = t.dequantize(run(g, np.ascontiguousarray(x[:32].permute(0, 2, 3, 1).numpy()))).reshape(32, -1)
+    lsb = np.abs(out - ref) / t.scale
+    # the same integer model: most logits identical, argmax mostly identical (low-bit nets amplify
+    # single-LSB rounding differences, as for TFLite)
+    assert np.median(lsb) <= 1.0 and (out.argmax(1) == ref.argmax(1)).mean() >= 0.75
+    f = onnxruntime.InferenceSession(to_onnx(g, qdq=False), providers=["CPUExecutionProvider"])
+    assert f.run(None, {"input": xs})[0].shape == (32, 10)
+
+
+def test_onnx2tf_path_runs_offline(supernet, fmnist_train):
+    from export.onnx import to_onnx
+    from export.onnx2tf_path import onnx2tf_int8
+    spec = SPECS["w8a8"].replace(resolution=24)
+    _, x = _graph(supernet, spec, fmnist_train[:512])
+    g = fold(extract(supernet, spec), x[:256], shifts=False)  # the float model converters take
+    blob = onnx2tf_int8(to_onnx(g, qdq=False), x[:20].permute(0, 2, 3, 1).numpy())
+    m = TFLiteModel(blob)
+    assert m.inp["dtype"] == np.int8 and m.out["shape"][-1] == 10
+    assert np.isfinite(m.logits(np.ascontiguousarray(x[:2].permute(0, 2, 3, 1).numpy()))).all()
