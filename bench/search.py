@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t.csv"))
     ap.add_argument("--paper-table", help="a paper-space table (hw/profile.py --space paper ...)")
     ap.add_argument("--gens", type=int, nargs="+", default=[50, 100, 200, 400, 1000])
+    ap.add_argument("--budgets", type=float, nargs="*", default=None,
+                    help="latency budgets (ms) to answer from the front, then export, verify on the test set "
+                         "and measure end to end (default: 3 spread over the front)")
     args = ap.parse_args()
     run = Path(args.checkpoint)
     run = run if run.is_dir() else run.parent
@@ -66,6 +69,27 @@ def main() -> None:
             times.append((time.perf_counter() - t) * 1000)
         print(f"answer from a saved set (load + pick), 20 budgets: median {np.median(times):.2f} ms, max {max(times):.2f} ms "
               f"(target <= 50 ms)")
+    front = fronts[max(args.gens)]
+    budgets = args.budgets if args.budgets is not None else list(np.quantile(front["latency_ms"], [0.2, 0.5, 0.8]).round(3))
+    if budgets:
+        from hw.runner import time_model
+        from qfa.data import make_datasets
+        from qfa.deploy import export_subnet, verify_tflite
+        from qfa.supernet import Supernet
+        net = Supernet.from_checkpoint(run)
+        pset = ParetoSet.from_front(space, front)
+        print("budget   predicted top-1 / test top-1 (PyTorch, TFLite)   predicted / measured latency")
+        with tempfile.TemporaryDirectory() as tmp:
+            for b in budgets:
+                best = pset.answer(float(b))
+                spec = space.parse(__import__("json").dumps(best["spec"]))
+                data = make_datasets(None, spec.resolution)
+                res = export_subnet(net, spec, data, Path(tmp) / "m.tflite")
+                v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"])
+                ms = time_model(str(Path(tmp) / "m.tflite"))["median_us"] / 1000
+                print(f"{b:6.3f} ms   {best['top1']:6.2f}% / {v['pytorch_top1']:6.2f}%, {v['tflite_top1']:6.2f}%"
+                      f"   {best['latency_ms']:.3f} / {ms:.3f} ms ({(ms / best['latency_ms'] - 1) * 100:+.1f}%)"
+                      f"  {'UNDER' if ms <= b else 'OVER'} budget", flush=True)
     if args.paper_table:
         ptable = LatencyTable.load(args.paper_table)
         ps = ptable.space

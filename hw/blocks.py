@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.ir import Graph
+from export.ir import Graph, Op, QTensor
 from export.tflite import Target, to_tflite
 from qfa.calibrate import calibrate
 from qfa.fold import fold
@@ -19,7 +19,7 @@ from qfa.supernet import Supernet, extract
 
 from .entries import Entry, entries
 
-__all__ = ["BlockFactory", "slice_graph"]
+__all__ = ["BlockFactory", "slice_graph", "overhead_model"]
 
 _HEAD = ("final_expand", "pool", "feature_mix", "classifier")
 
@@ -71,9 +71,6 @@ class BlockFactory:
 
 def overhead_model(target: Target) -> bytes:
     """A one-op model (1x1x1x8 requantize): its time is the per-invoke overhead."""
-    from export.ir import Op, QTensor
     t = {"x": QTensor("x", (1, 1, 1, 8), scale=0.1, zero_point=0), "y": QTensor("y", (1, 1, 1, 8), scale=0.2, zero_point=0)}
     return to_tflite(Graph(t, [Op("requant", ["x"], "y")], "x", "y"), target)
 
-
-__all__.append("overhead_model")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 from export.tflite import Target
 from qfa.space import FP, QBits, SearchSpace, SubnetSpec, mid_channels
 
-__all__ = ["Entry", "token", "entries", "TOKENS", "token_bits", "stage_geometry"]
+__all__ = ["Entry", "token", "entries", "TOKENS", "stage_geometry"]
 
 TOKENS = ("i8", "i8c", "i4", "i4c")
 
@@ -21,11 +21,6 @@ TOKENS = ("i8", "i8c", "i4", "i4c")
 def token(q: QBits, target: Target, depthwise: bool = False) -> str:
     w4 = target.int4_weights and not depthwise and q.w <= 4
     return ("i4" if w4 else "i8") + ("c" if q.a < 8 and q.a != FP else "")
-
-
-def token_bits(tok: str) -> QBits:
-    """Nominal bits that deploy as ``tok`` (used to build measurement models)."""
-    return QBits(4 if tok.startswith("i4") else 8, 4 if tok.endswith("c") else 8)
 
 
 class Entry(NamedTuple):

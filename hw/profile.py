@@ -134,10 +134,12 @@ def profile(args: argparse.Namespace, transport) -> dict:
     if not args.json:
         print(file=sys.stderr)
     if args.calib_subnets and "calibration" not in meta:
-        pred, meas = _whole(LatencyTable.load(out), factory, transport, target, args.calib_subnets, seed=1)
-        a, b = np.polyfit(pred, meas, 1) if len(pred) >= 2 else (1.0, 0.0)
-        meta["calibration"] = {"ab": [float(a), float(b / 1.0)], "subnets": len(pred),
-                               "note": "measured = a * (sum of entries) + b, fitted on whole subnets"}
+        x, meas = _whole(LatencyTable.load(out), factory, transport, target, args.calib_subnets, seed=1)
+        coef = np.linalg.lstsq(x, meas, rcond=None)[0] if len(meas) >= 8 else np.array([1.0, 0.0, 0.0, 0.0])
+        fit_rmse = float(100 * np.sqrt(np.mean(((x @ coef - meas) / meas) ** 2)))
+        meta["calibration"] = {"coef": [float(c) for c in coef], "subnets": len(meas), "fit_rmse_pct": fit_rmse,
+                               "features": ["sum_us", "1", "pieces", "clamped_convs"],
+                               "note": "measured us = coef . features, least squares on whole subnets"}
         _save_meta(meta_path, meta)
     return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
             "calibration": meta.get("calibration")}
@@ -150,8 +152,9 @@ def _save_meta(path: Path, meta: dict) -> None:
 
 
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
-    """(uncalibrated prediction us, measured us) for n random whole subnets."""
+    """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets."""
     from hw.entries import entries
+    from hw.table import clamped
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
     specs = []
@@ -161,15 +164,17 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
             specs.append(s)
     paths = [_write_model(factory.whole(s, target)) for s in specs]
     meas = np.array([r["median_us"] for r in transport.measure(paths)])
-    pred = np.array([table.overhead + sum(table.rows[e.key] - table.overhead for e in entries(s, target)) for s in specs])
-    return pred, meas
+    x = np.array([[table.overhead + sum(table.rows[e.key] - table.overhead for e in entries(s, target)), 1.0,
+                   len(entries(s, target)), clamped(s)] for s in specs])
+    return x, meas
 
 
 def validate(args: argparse.Namespace, transport) -> dict:
     from hw.blocks import BlockFactory
     table = LatencyTable.load(Path(args.out_dir) / f"{args.device}.csv")
-    pred_raw, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
-    pred = table.a * pred_raw + table.b
+    x, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
+    pred_raw = x[:, 0]
+    pred = table.correct(x[:, 0], x[:, 2], x[:, 3])
     err = (pred - meas) / meas
     res = {"n": len(meas), "rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
            "within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)), "within_10pct": float(100 * np.mean(np.abs(err) <= 0.10)),
@@ -211,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote-python", default="python3", help="python on the device (ssh; default python3)")
     p.add_argument("--runs", type=int, default=200, help="timed invokes per model (default 200)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up invokes per model (default 30)")
-    p.add_argument("--calib-subnets", type=int, default=10, help="whole subnets measured to fit the correction (default 10)")
+    p.add_argument("--calib-subnets", type=int, default=40, help="whole subnets measured to fit the correction (default 40)")
     p.add_argument("--validate", type=int, metavar="N", help="measure N random subnets end to end and compare")
     p.add_argument("--out-dir", default=str(ROOT / "latency_tables"))
     p.add_argument("--json", action="store_true")

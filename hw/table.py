@@ -1,8 +1,10 @@
 """Latency tables: CSV rows (one per measured entry) + JSON metadata, and fast prediction.
 
-Prediction = a * (overhead + sum of (entry - overhead)) + b, where (a, b) is fitted at
-profiling time on whole subnets measured end to end (pieces measured alone miss the cost of
-crossing between them; ``a = 1, b = 0`` when no whole subnets were measured).
+Prediction = c0 * S + c1 + c2 * pieces + c3 * clamped, with S = overhead + sum of (entry -
+overhead), ``pieces`` the number of entries and ``clamped`` the number of convs whose input
+grid is below 8 bits (each adds a MINIMUM op that XNNPACK does not take, splitting its
+partitions differently in a whole model than in a piece). The coefficients are fitted at
+profiling time on whole subnets measured end to end (plain sum when none were measured).
 """
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ from qfa.space import SearchSpace, SubnetSpec, get_space
 
 from .entries import TOKENS, Entry, entries, token
 
-__all__ = ["LatencyTable", "TableError", "FIELDS", "append_row"]
+__all__ = ["LatencyTable", "TableError", "FIELDS", "append_row", "clamped"]
+
+
+def clamped(spec: SubnetSpec) -> int:
+    """Searched convs of ``spec`` whose input grid is below 8 bits."""
+    return sum(q.a < 8 for q in spec.all_bits())
 
 FIELDS = list(Entry._fields) + ["key", "median_us", "p10_us", "p90_us", "count", "cv"]
 
@@ -47,7 +54,7 @@ class LatencyTable:
         self.rows, self.meta, self.space = rows, meta, space
         self.target: Target = TARGETS[meta.get("target", "tflite-int8")]
         self.overhead = float(meta.get("overhead_us", 0.0))
-        self.a, self.b = (float(v) for v in meta.get("calibration", {}).get("ab", (1.0, 0.0)))
+        self.coef = np.asarray(meta.get("calibration", {}).get("coef", (1.0, 0.0, 0.0, 0.0)), np.float64)
         self._luts: dict | None = None
 
     @classmethod
@@ -91,8 +98,13 @@ class LatencyTable:
     def predict(self, spec: SubnetSpec) -> float:
         """Predicted end-to-end latency of ``spec`` in milliseconds."""
         self.check_space(spec.space)
-        us = self.overhead + sum(self._entry_us(e) for e in entries(spec, self.target))
-        return (self.a * us + self.b) / 1000.0
+        ents = entries(spec, self.target)
+        us = self.overhead + sum(self._entry_us(e) for e in ents)
+        return float(self.correct(np.array([us]), np.array([len(ents)]), np.array([clamped(spec)]))[0]) / 1000.0
+
+    def correct(self, sum_us: np.ndarray, pieces: np.ndarray, n_clamped: np.ndarray) -> np.ndarray:
+        """Fitted whole-model latency (us) from the plain sum and the structure counts."""
+        return self.coef[0] * sum_us + self.coef[1] + self.coef[2] * pieces + self.coef[3] * n_clamped
 
     # ---- vectorised prediction over genomes -------------------------------------------------
     def _build_luts(self) -> dict:
@@ -154,12 +166,17 @@ class LatencyTable:
         depth = np.asarray(s.depths)[g[:, 1:1 + ns]]
         slots = g[:, 1 + ns:-4].reshape(len(g), ns, dmax, s.SLOT_GENES)
         us = self.overhead + L["stem"][r] + L["first"][r, g[:, -4], g[:, -3]] + L["head"][r, g[:, -2], g[:, -1]]
+        sub8 = np.array([q.a < 8 for q in s.bit_pairs])
+        n_clamped = sub8[g[:, -4:]].sum(1)
         for si in range(ns):
             for d in range(dmax):
                 sl = slots[:, si, d]
                 v = L["mb"][si, min(d, 1), r, sl[:, 0], sl[:, 1], sl[:, 2], sl[:, 3], sl[:, 4]]
-                us = us + np.where(d < depth[:, si], v, 0.0)
-        return (self.a * us + self.b) / 1000.0
+                on = d < depth[:, si]
+                us = us + np.where(on, v, 0.0)
+                n_clamped = n_clamped + on * sub8[sl[:, 2:]].sum(1)
+        pieces = 3 + depth.sum(1)
+        return self.correct(us, pieces, n_clamped) / 1000.0
 
     def predict_specs(self, specs: Sequence[SubnetSpec]) -> np.ndarray:
         return self.predict_many(np.stack([self.space.encode(s) for s in specs]))
