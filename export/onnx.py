@@ -82,7 +82,7 @@ def to_onnx(graph: Graph, qdq: bool = True) -> bytes:
                                           group=int(op.weight.shape[3]) if op.depthwise else 1))
         elif op.kind in ("add", "addc"):
             other = args[1] if op.kind == "add" else const(op.output + ".c", np.asarray(
-                quantized_const(op.const) if qdq else op.const, np.float32).transpose(0, 3, 1, 2))
+                quantized_const(op.const, g.tensors[op.output].scale) if qdq else op.const, np.float32).transpose(0, 3, 1, 2))
             nodes.append(helper.make_node("Add", [args[0], other], [y]))
         elif op.kind == "mul":
             nodes.append(helper.make_node("Mul", args, [y]))

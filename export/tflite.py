@@ -15,7 +15,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from .ir import Graph, Op, QTensor
-from .reference import quantized_const
+from .reference import const_scale
 
 __all__ = ["Target", "TARGETS", "to_tflite"]
 
@@ -177,7 +177,7 @@ def to_tflite(graph: Graph, target: Target | str = "tflite-int8", meta: dict[str
         elif op.kind in ("add", "addc"):
             if op.kind == "addc":
                 c = np.asarray(op.const, np.float64).reshape((1,) * (4 - np.ndim(op.const)) + np.shape(op.const))
-                scale = max(float(np.abs(c).max()) / 127.0, 1e-12)
+                scale = const_scale(c, out.scale)
                 cq = np.round(c / scale).clip(-127, 127).astype(np.int8)
                 args.append(w.tensor(f"{op.output}.const", cq.shape, fb.TensorType.INT8, scale, 0, data=cq.tobytes()))
             opt = fb.AddOptionsT()
