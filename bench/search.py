@@ -49,7 +49,7 @@ def main() -> None:
     table = LatencyTable.load(args.table)
     space = table.space
     fronts = {}
-    print("fmnist space, population 500:")
+    print("fmnist space, population 500 (answers below keep predicted latency under budget / 1.05):")
     for g in args.gens:
         fronts[g] = search_front(space, pred, table, pop=500, gens=g, seed=0)
     allF = np.concatenate([np.column_stack([-f["top1"], f["latency_ms"], f["bytes"]]) for f in fronts.values()])
@@ -59,16 +59,18 @@ def main() -> None:
     for g, f in fronts.items():
         print(f"  {g:5d} generations: {f['seconds']:6.1f} s, {len(f['genomes']):4d} non-dominated subnets, "
               f"hypervolume {hypervolume(f, ref, scale) / best * 100:6.2f}% of the best")
-    with tempfile.TemporaryDirectory() as tmp:
-        ParetoSet.from_front(space, fronts[max(args.gens)]).save(Path(tmp) / "p")
-        lat = fronts[max(args.gens)]["latency_ms"]
-        times = []
-        for b in np.linspace(lat.min(), lat.max(), 20):
-            t = time.perf_counter()
-            ParetoSet.load(Path(tmp) / "p").answer(float(b))
-            times.append((time.perf_counter() - t) * 1000)
-        print(f"answer from a saved set (load + pick), 20 budgets: median {np.median(times):.2f} ms, max {max(times):.2f} ms "
-              f"(target <= 50 ms)")
+    import json
+    import subprocess
+    times = []
+    lat = fronts[max(args.gens)]["latency_ms"]
+    for b in np.linspace(lat.min() * 1.1, lat.max(), 6):  # the first call searches and saves if needed
+        r = subprocess.run([sys.executable, "-m", "qfa", "search", "--checkpoint", str(run), "--table", args.table,
+                            "--latency-ms", f"{b:.3f}", "--json"], capture_output=True, text=True, cwd=ROOT)
+        d = json.loads(r.stdout)
+        if d["from_saved_set"]:
+            times.append(d["answer_ms"])
+    print(f"qfa search answering from the saved set (in-process, loading included), {len(times)} budgets: "
+          f"median {np.median(times):.1f} ms, max {max(times):.1f} ms (target <= 50 ms)")
     front = fronts[max(args.gens)]
     budgets = args.budgets if args.budgets is not None else list(np.quantile(front["latency_ms"], [0.2, 0.5, 0.8]).round(3))
     if budgets:
@@ -81,7 +83,7 @@ def main() -> None:
         print("budget   predicted top-1 / test top-1 (PyTorch, TFLite)   predicted / measured latency")
         with tempfile.TemporaryDirectory() as tmp:
             for b in budgets:
-                best = pset.answer(float(b))
+                best = pset.answer(float(b), margin=0.05)
                 spec = space.parse(__import__("json").dumps(best["spec"]))
                 data = make_datasets(None, spec.resolution)
                 res = export_subnet(net, spec, data, Path(tmp) / "m.tflite")

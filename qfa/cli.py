@@ -352,30 +352,35 @@ def cmd_predictor(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     import time as _time
     t0 = _time.perf_counter()
-    from hw.table import LatencyTable, TableError
-    from .predictor import Predictor, PredictorError
-    from .search import ParetoSet, SearchError, pareto_key, search_front
+    from .pareto import ParetoSet, SearchError, pareto_key  # light: the saved-set path imports nothing heavy
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     ckpt_file = ckpt / "last.pt" if ckpt.is_dir() else ckpt
     pred_path = Path(args.predictor or _run_dir(args.checkpoint) / "predictor.safetensors")
-    table_csv = Path(args.table)
-    try:
-        table = LatencyTable.load(table_csv)
-        table_csv = table_csv if table_csv.suffix == ".csv" else table_csv.with_suffix(".csv")
-        predictor = Predictor.load(pred_path)
-    except (TableError, PredictorError) as e:
-        raise CLIError(str(e), 2) from None
-    if predictor.meta.get("space_hash") != table.space.hash:
-        raise CLIError(f"the table is for space {table.space.name!r} ({table.space.hash}), the predictor for "
-                       f"{predictor.meta.get('space_hash')}", 2)
+    table_csv = Path(args.table).with_suffix(".csv")
+    for p, what in ((ckpt_file, "checkpoint"), (pred_path, "predictor (run `qfa predictor fit`)"),
+                    (table_csv, "latency table"), (table_csv.with_suffix(".json"), "latency table metadata")):
+        if not p.is_file():
+            raise CLIError(f"{what} not found: {p}", 2)
     tag = "" if args.bits is None else "-b" + "".join(map(str, args.bits))
     base = _run_dir(args.checkpoint) / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt_file, pred_path, table_csv)}{tag}"
     cached = base.with_suffix(".jsonl").exists() and not args.force
     if cached:
         pset = ParetoSet.load(base)
     else:
+        from hw.table import LatencyTable, TableError
+        from .predictor import Predictor, PredictorError
+        from .search import search_front
+        try:
+            table = LatencyTable.load(table_csv)
+            predictor = Predictor.load(pred_path)
+        except (TableError, PredictorError) as e:
+            raise CLIError(str(e), 2) from None
+        if predictor.meta.get("space_hash") != table.space.hash:
+            raise CLIError(f"the table is for space {table.space.name!r} ({table.space.hash}), the predictor for "
+                           f"{predictor.meta.get('space_hash')}", 2)
+
         def progress(g: int, n: int) -> None:
             if not args.json and (g % 10 == 0 or g == n):
                 print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
@@ -389,7 +394,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         pset = ParetoSet.from_front(table.space, front)
         pset.save(base, args.latency_ms)
     try:
-        best = pset.answer(args.latency_ms, args.max_bytes)
+        best = pset.answer(args.latency_ms, args.max_bytes, args.margin)
     except SearchError as e:
         raise CLIError(str(e), 1) from None
     ms = (_time.perf_counter() - t0) * 1000
@@ -398,9 +403,9 @@ def cmd_search(args: argparse.Namespace) -> None:
            "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1)}
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
-        f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g})  int8 weights {best['bytes']:,} bytes\n"
-        f"  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), plot {base.with_suffix('.png')}"
-        + ("  [answered from the saved set]" if cached else "")))
+        f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
+        f"{best['bytes']:,} bytes\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), plot "
+        f"{base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")))
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -524,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--table", required=True, help="latency table CSV (with its JSON beside it)")
     sp2.add_argument("--latency-ms", type=float, required=True, help="latency budget (ms, as the table measures)")
     sp2.add_argument("--max-bytes", type=float, help="size budget: int8 weight bytes")
+    sp2.add_argument("--margin", type=float, default=0.05, help="keep predicted latency under budget/(1+margin) "
+                     "(default 0.05: the shipped table predicts trained subnets within ~5%%)")
     sp2.add_argument("--predictor", help="predictor file (default RUN/predictor.safetensors)")
     sp2.add_argument("--pop", type=int, default=500, help="NSGA-II population (default 500)")
     sp2.add_argument("--gens", type=int, default=200, help="generations (default 200; see bench/search.py)")

@@ -43,6 +43,7 @@ class JobConfig:
     threshold: float = 90.0              # minimum TFLite/PyTorch top-1 agreement (%)
     export_calib_images: int = 2000
     search_bits: tuple[int, ...] | None = None  # restrict the searched precisions, e.g. (8,)
+    margin: float = 0.05                 # predicted latency <= budget / (1 + margin)
 
 
 TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
@@ -60,7 +61,8 @@ def main_job(cfg: JobConfig) -> dict:
     from .data import make_datasets
     from .deploy import export_subnet, verify_tflite
     from .predictor import Predictor, collect, fit, load_rows
-    from .search import ParetoSet, SearchError, pareto_key, search_front
+    from .pareto import ParetoSet, SearchError, pareto_key
+    from .search import search_front
     from .supernet import Supernet
     t_start = time.time()
     run = Path(cfg.run)
@@ -140,7 +142,7 @@ def main_job(cfg: JobConfig) -> dict:
     budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))
     pset.save(base, budget)
     try:
-        best = pset.answer(budget)
+        best = pset.answer(budget, margin=cfg.margin)
     except SearchError as e:
         raise JobError(str(e)) from None
     spec = net.space.parse(json.dumps(best["spec"]))

@@ -5,11 +5,7 @@ after that is answered from the saved set (the paper's zero marginal cost per ne
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,15 +14,12 @@ from hw.table import LatencyTable
 
 from .cost import CostModel
 from .predictor import Predictor, searched_pairs
+from .pareto import ParetoSet, SearchError, pareto_key
 from .space import QBits, SearchSpace
 
 __all__ = ["make_problem", "search_front", "ParetoSet", "SearchError", "pareto_key", "deployed_bytes"]
 
 OBJECTIVES = ("top1", "latency_ms", "bytes")
-
-
-class SearchError(ValueError):
-    """No spec meets the request (message names the best achievable value)."""
 
 
 def deployed_bytes(cost: CostModel, genomes: np.ndarray) -> np.ndarray:
@@ -121,81 +114,3 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
             "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}
 
 
-def pareto_key(checkpoint: Path, predictor_path: Path, table_csv: Path) -> str:
-    """Identity of a Pareto set: checkpoint file (size, mtime), predictor and table contents."""
-    h = hashlib.sha256()
-    st = checkpoint.stat()
-    h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for p in (predictor_path, table_csv, table_csv.with_suffix(".json")):
-        h.update(p.read_bytes())
-    return h.hexdigest()[:12]
-
-
-class ParetoSet:
-    """A saved front: ``NAME.jsonl`` (one spec + objectives a line) and ``NAME.csv``."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-
-    @classmethod
-    def from_front(cls, space: SearchSpace, front: dict) -> "ParetoSet":
-        rows = []
-        for i, g in enumerate(front["genomes"]):
-            spec = space.decode(g)
-            rows.append({"index": i, "hash": spec.hash, "top1": float(front["top1"][i]),
-                         "latency_ms": float(front["latency_ms"][i]), "bytes": int(front["bytes"][i]),
-                         "spec_str": str(spec), "spec": json.loads(spec.dumps())})
-        return cls(rows)
-
-    def save(self, base: Path, budget_ms: float | None = None) -> None:
-        base.parent.mkdir(parents=True, exist_ok=True)
-        import csv
-        import io
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "spec"])
-        w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r["spec_str"]]
-                    for r in self.rows)
-        for suffix, text in ((".jsonl", "".join(json.dumps(r) + "\n" for r in self.rows)), (".csv", buf.getvalue())):
-            tmp = base.with_suffix(suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, base.with_suffix(suffix))
-        self.plot(base.with_suffix(".png"), budget_ms)
-
-    @classmethod
-    def load(cls, base: Path) -> "ParetoSet":
-        p = base.with_suffix(".jsonl")
-        return cls([json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()])
-
-    def answer(self, latency_ms: float, max_bytes: float | None = None) -> dict:
-        ok = [r for r in self.rows if r["latency_ms"] <= latency_ms and (max_bytes is None or r["bytes"] <= max_bytes)]
-        if not ok:
-            fastest = min(self.rows, key=lambda r: r["latency_ms"])
-            smallest = min(self.rows, key=lambda r: r["bytes"])
-            msg = (f"no subnet meets {latency_ms:g} ms" + (f" and {max_bytes:,.0f} bytes" if max_bytes else "") +
-                   f": the fastest achievable on this table is {fastest['latency_ms']:.3f} ms"
-                   + (f", the smallest {smallest['bytes']:,} bytes" if max_bytes else ""))
-            raise SearchError(msg)
-        return max(ok, key=lambda r: (r["top1"], -r["latency_ms"]))
-
-    def plot(self, path: Path, budget_ms: float | None = None) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        lat = np.array([r["latency_ms"] for r in self.rows])
-        acc = np.array([r["top1"] for r in self.rows])
-        size = np.array([r["bytes"] for r in self.rows]) / 1e3
-        fig, ax = plt.subplots(figsize=(6, 4))
-        sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis")
-        fig.colorbar(sc, label="int8 weight bytes (kB)")
-        if budget_ms is not None:
-            ax.axvline(budget_ms, color="r", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
-            ax.legend(loc="lower right")
-        ax.set_xlabel("predicted latency (ms, measured table)")
-        ax.set_ylabel("predicted top-1 (%, held-out)")
-        ax.set_title(f"Pareto set: {len(self.rows)} subnets")
-        fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, path)
