@@ -6,7 +6,6 @@ same), so a table entry and the shipped model run the same TFLite ops.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from export.ir import Graph, Op, QTensor

@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.tflite import TARGETS  # noqa: E402
-from hw.table import FIELDS, LatencyTable, TableError, append_row  # noqa: E402
+from hw.table import LatencyTable, TableError, append_row  # noqa: E402
+from qfa.fileio import atomic_write  # noqa: E402
 from hw.transport import TransportError, make_transport  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,7 @@ def _cache_dir() -> Path:
 def _write_model(blob: bytes) -> Path:
     p = _cache_dir() / (hashlib.sha256(blob).hexdigest()[:20] + ".tflite")
     if not p.exists():
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, p)
+        atomic_write(p, blob)
     return p
 
 
@@ -75,7 +74,7 @@ def _host_facts() -> dict:
 def profile(args: argparse.Namespace, transport) -> dict:
     from qfa.space import get_space
     from hw.blocks import BlockFactory, overhead_model
-    from hw.entries import TOKENS
+    from hw.entries import TOKENS, entries
 
     space = get_space(args.space)
     target = TARGETS[args.deploy]
@@ -111,13 +110,10 @@ def profile(args: argparse.Namespace, transport) -> dict:
     table = LatencyTable({}, meta, space)
     probes = [(r, k, e, t) for r in resolutions for k in space.kernels for e in space.expands
               for t in np.ndindex(*(len(TOKENS),) * 3)]
-    todo = [p for p in probes if (spec := table.probe(p[0], p[1], p[2], tuple(p[3]))) is not None]
+    specs = [s for s in (table.probe(r, k, e, tuple(t)) for r, k, e, t in probes) if s is not None]
     n_new, t0 = 0, time.time()
-    for i, (r, k, e, toks) in enumerate(todo):
-        spec = table.probe(r, k, e, tuple(toks))
-        from hw.entries import entries
-        keys = [en.key for en in entries(spec, target)]
-        if all(key in done for key in keys):
+    for i, spec in enumerate(specs):
+        if all(en.key in done for en in entries(spec, target)):
             continue
         pieces = [(en, b) for en, b in factory.pieces(spec, target) if en.key not in done]
         uniq = {}
@@ -129,7 +125,7 @@ def profile(args: argparse.Namespace, transport) -> dict:
             done.add(en.key)
             n_new += 1
         if not args.json:
-            print(f"\rprofile: {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
+            print(f"\rprofile: {i + 1}/{len(specs)} shapes, {len(done)} entries ({n_new} new), "
                   f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
     if not args.json:
         print(file=sys.stderr)
@@ -155,9 +151,7 @@ def profile(args: argparse.Namespace, transport) -> dict:
 
 
 def _save_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
 
 
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):

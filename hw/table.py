@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from export.tflite import TARGETS, Target
+from qfa.fileio import append_csv_row
 from qfa.space import SearchSpace, SubnetSpec, get_space
 
 from .entries import TOKENS, Entry, entries, token
@@ -37,14 +38,8 @@ class TableError(ValueError):
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Append one measured row (header first if new); one write + fsync: a crash loses nothing
-    measured before it and leaves no partial row."""
-    new = not path.exists() or path.stat().st_size == 0
-    line = ",".join(str(row[f]) for f in FIELDS) + "\n"
-    with open(path, "a") as f:
-        f.write((",".join(FIELDS) + "\n" if new else "") + line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one measured row atomically (see ``qfa.fileio.append_csv_row``)."""
+    append_csv_row(path, FIELDS, row)
 
 
 class LatencyTable:

@@ -6,7 +6,6 @@ the input, the spec and its hash, per-layer precision and the deployment target.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,20 +20,12 @@ from export.verify import TFLiteModel, op_summary
 from .calibrate import calibrate
 from .data import resize
 from .evaluate import calib_batches
+from .fileio import atomic_write
 from .fold import fold
 from .space import SubnetSpec
 from .supernet import Supernet, extract
 
-__all__ = ["export_subnet", "verify_tflite", "atomic_write"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+__all__ = ["export_subnet", "verify_tflite"]
 
 
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",

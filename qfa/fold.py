@@ -18,10 +18,10 @@ from export.ir import Graph, Op, QTensor, grid_qparams
 from export.lower import apply_shifts
 from export.reference import calibrate_ranges
 
-from .elastic.blocks import ElasticMBConv, ElasticSE, se_channels
+from .elastic.blocks import ElasticMBConv, ElasticSE
 from .elastic.ops import ElasticConv2d
 from .quant import BatchQuant, LSQActQuant, _range_params
-from .space import FP, BlockSpec, QBits
+from .space import BlockSpec, QBits
 from .supernet import Subnet
 
 __all__ = ["fold", "act_grid", "fold_weight"]

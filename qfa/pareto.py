@@ -3,11 +3,13 @@ no pymoo, no interpreter), which is what makes every later budget free."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .fileio import atomic_write
 
 __all__ = ["ParetoSet", "SearchError", "pareto_key"]
 
@@ -45,16 +47,13 @@ class ParetoSet:
     def save(self, base: Path, budget_ms: float | None = None) -> None:
         base.parent.mkdir(parents=True, exist_ok=True)
         import csv
-        import io
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "spec"])
         w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r["spec_str"]]
                     for r in self.rows)
-        for suffix, text in ((".jsonl", "".join(json.dumps(r) + "\n" for r in self.rows)), (".csv", buf.getvalue())):
-            tmp = base.with_suffix(suffix + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, base.with_suffix(suffix))
+        atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+        atomic_write(base.with_suffix(".csv"), buf.getvalue())
         self.plot(base.with_suffix(".png"), budget_ms)
 
     @classmethod
@@ -93,7 +92,7 @@ class ParetoSet:
         ax.set_ylabel("predicted top-1 (%, held-out)")
         ax.set_title(f"Pareto set: {len(self.rows)} subnets")
         fig.tight_layout()
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=120)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=120)
         plt.close(fig)
-        os.replace(tmp, path)
+        atomic_write(path, png.getvalue())

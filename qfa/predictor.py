@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .fileio import append_csv_row, atomic_write
 from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
 __all__ = ["onehot", "strata_specs", "collect", "load_rows", "Predictor", "fit", "searched_pairs", "PredictorError"]
@@ -120,29 +121,12 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int = 500, eval_im
             top1 = accuracy(net, data["holdout"], spec.resolution, eval_images, device)
         row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}",
                "images": min(eval_images, len(data["holdout"])), "calib_images": calib_images, "stratum": kind}
-        new = not out.exists() or out.stat().st_size == 0
-        buf = []
-        w = csv.DictWriter(_Lines(buf), FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
-        with open(out, "a", newline="") as f:
-            f.write("".join(buf))
-            f.flush()
-            os.fsync(f.fileno())
+        append_csv_row(out, FIELDS, row)
         done.add(spec.hash)
         added += 1
         if progress:
             progress(i + 1, len(plan), row)
     return added
-
-
-class _Lines:
-    def __init__(self, buf: list) -> None:
-        self.buf = buf
-
-    def write(self, s: str) -> None:
-        self.buf.append(s)
 
 
 class Predictor:
@@ -154,24 +138,18 @@ class Predictor:
     def predict_many(self, space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
         if space.hash != self.meta["space_hash"]:
             raise PredictorError(f"predictor was fitted on space {self.meta['space_hash']}, not {space.hash}")
-        h = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]))
-        for i, (w, b) in enumerate(self.weights):
-            h = h @ w + b
-            if i < len(self.weights) - 1:
-                np.maximum(h, 0, out=h)
-        return h[:, 0] * self.std + self.mean
+        x = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]))
+        return _forward(self.weights, x) * self.std + self.mean
 
     def predict(self, spec: SubnetSpec) -> float:
         return float(self.predict_many(spec.space, spec.space.encode(spec)[None])[0])
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
         tensors = {f"w{i}": w for i, (w, _) in enumerate(self.weights)} | {f"b{i}": b for i, (_, b) in enumerate(self.weights)}
         meta = {**{k: json.dumps(v) for k, v in self.meta.items()}, "mean": str(self.mean), "std": str(self.std),
                 "format": "qfa-predictor/1", "layers": str(len(self.weights))}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":

@@ -1,6 +1,5 @@
 """Integer TFLite export: the file holds exactly the folded graph's numbers, and every op of it
 computes the graph's op within 1 LSB (real LiteRT interpreter runs, real Fashion-MNIST)."""
-import json
 import subprocess
 import sys
 

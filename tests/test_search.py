@@ -1,8 +1,5 @@
 """Predictor data, predictor and NSGA-II search (pymoo) over the shipped, measured host table."""
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +9,7 @@ import torch
 from hw.table import LatencyTable
 from qfa.cost import CostModel
 from qfa.data import make_datasets
-from qfa.predictor import Predictor, collect, fit, load_rows, onehot, strata_specs
+from qfa.predictor import collect, fit, load_rows, onehot, strata_specs
 from qfa.search import ParetoSet, SearchError, deployed_bytes, search_front
 from qfa.space import get_space
 from qfa.supernet import Supernet

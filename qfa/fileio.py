@@ -1,0 +1,37 @@
+"""Crash-safe file writes shared by every stage (imports nothing of ours, no torch)."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["atomic_write", "append_csv_row"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: readers never see a
+    half-written file, and a failed write leaves nothing behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_csv_row(path: str | os.PathLike, fields: Sequence[str], row: Mapping) -> None:
+    """Append one CSV row (header first if the file is new) in one write + fsync: a crash
+    loses nothing written before it and leaves no partial row."""
+    path = Path(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields, extrasaction="ignore")
+    if not path.exists() or path.stat().st_size == 0:
+        w.writeheader()
+    w.writerow(row)
+    with open(path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
