@@ -35,7 +35,7 @@ def hypervolume(front: dict, ref: np.ndarray, scale: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="run folder with predictor.safetensors")
-    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t.csv"))
+    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed.csv"))
     ap.add_argument("--paper-table", help="a paper-space table (hw/profile.py --space paper ...)")
     ap.add_argument("--gens", type=int, nargs="+", default=[50, 100, 200, 400, 1000])
     ap.add_argument("--budgets", type=float, nargs="*", default=None,
@@ -78,14 +78,14 @@ def main() -> None:
         from qfa.deploy import export_subnet, verify_tflite
         from qfa.supernet import Supernet
         net = Supernet.from_checkpoint(run)
-        pset = ParetoSet.from_front(space, front)
+        pset = ParetoSet.from_front(space, front, table.target.name)
         print("budget   predicted top-1 / test top-1 (PyTorch, TFLite)   predicted / measured latency")
         with tempfile.TemporaryDirectory() as tmp:
             for b in budgets:
                 best = pset.answer(float(b), margin=0.05)
                 spec = space.parse(__import__("json").dumps(best["spec"]))
                 data = make_datasets(None, spec.resolution)
-                res = export_subnet(net, spec, data, Path(tmp) / "m.tflite")
+                res = export_subnet(net, spec, data, Path(tmp) / "m.tflite", table.target.name)
                 v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"])
                 ms = time_model(str(Path(tmp) / "m.tflite"))["median_us"] / 1000
                 print(f"{b:6.3f} ms   {best['top1']:6.2f}% / {v['pytorch_top1']:6.2f}%, {v['tflite_top1']:6.2f}%"

@@ -19,9 +19,11 @@ class Onnx2tfError(RuntimeError):
     """onnx2tf failed (its last message is kept)."""
 
 
-def onnx2tf_int8(onnx_bytes: bytes, calib_nhwc: np.ndarray, timeout: float = 600) -> bytes:
+def onnx2tf_int8(onnx_bytes: bytes, calib_nhwc: np.ndarray, timeout: float = 600,
+                 variant: str = "full_integer_quant") -> bytes:
     """Convert with onnx2tf, calibrating int8 on ``calib_nhwc`` (real-valued, normalised NHWC
-    images, as the model's input takes them). Returns the full-integer .tflite (int8 I/O)."""
+    images, as the model's input takes them). Returns the full-integer .tflite (int8 I/O), or
+    another of the variants it writes (``variant="float32"``: the float baseline)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "model.onnx").write_bytes(onnx_bytes)
@@ -32,7 +34,7 @@ def onnx2tf_int8(onnx_bytes: bytes, calib_nhwc: np.ndarray, timeout: float = 600
         cmd = [sys.executable, "-m", "onnx2tf", "-i", "model.onnx", "-o", "out", "-oiqt", "-qt", "per-channel",
                "-cind", "input", "calib.npy", zeros, ones, "-iqd", "int8", "-oqd", "int8", "-n"]
         r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout)
-        out = d / "out" / "model_full_integer_quant.tflite"
+        out = d / "out" / f"model_{variant}.tflite"
         if r.returncode != 0 or not out.exists():
             lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
             raise Onnx2tfError(f"onnx2tf failed: {lines[-1] if lines else 'no output'}")

@@ -15,6 +15,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from .ir import Graph, Op, QTensor
+from .lower import decompose_hswish, refine_weights
 from .reference import const_scale
 
 __all__ = ["Target", "TARGETS", "to_tflite"]
@@ -22,12 +23,20 @@ __all__ = ["Target", "TARGETS", "to_tflite"]
 
 @dataclass(frozen=True)
 class Target:
-    """How nominal bitwidths deploy. ``int4_weights``: CONV_2D weights of <= 4 bits stored as
-    INT4 (TFLite has no int4 depthwise); everything else int8 values on the trained grid."""
+    """How a folded graph deploys. ``int4_weights``: CONV_2D weights of <= 4 bits stored as
+    INT4 (TFLite has no int4 depthwise); everything else int8 values on the trained grid.
+    ``hswish``: "op" (HARD_SWISH) or "decomposed" (ADD + MUL): which is faster is device-specific."""
 
     name: str
     int4_weights: bool = False
+    hswish: str = "op"
     io_dtype: str = "int8"  # int8 | uint8
+
+    def lower(self, graph: Graph) -> Graph:
+        """Rewrite ``graph`` (in place) into what this target's file holds, so that the graph's
+        reference run and the file agree: refined weight integers, hswish lowering."""
+        refine_weights(graph, self.int4_packs)
+        return decompose_hswish(graph) if self.hswish == "decomposed" else graph
 
     def deployed(self, op: Op) -> str:
         """The key a latency table uses for this conv's precision."""
@@ -37,7 +46,9 @@ class Target:
         return self.int4_weights and op.kind == "conv" and not op.depthwise and op.w_bits <= 4
 
 
-TARGETS = {"tflite-int8": Target("tflite-int8"), "tflite-int4w": Target("tflite-int4w", int4_weights=True)}
+TARGETS = {t.name: t for t in (Target("tflite-int8"), Target("tflite-int4w", int4_weights=True),
+                               Target("tflite-int8-hswish-decomposed", hswish="decomposed"),
+                               Target("tflite-int4w-hswish-decomposed", int4_weights=True, hswish="decomposed"))}
 
 _B = fb.BuiltinOperator
 _VERSIONS = {_B.CONV_2D: 3, _B.DEPTHWISE_CONV_2D: 3, _B.ADD: 2, _B.MUL: 2, _B.MEAN: 2, _B.HARD_SWISH: 1,
@@ -136,6 +147,8 @@ def _conv(w: _Writer, g: Graph, op: Op, target: Target, x: int, y: int) -> None:
     else:
         padding = fb.Padding.SAME if op.pad else fb.Padding.VALID
     int4 = target.int4_packs(op)
+    if int4 and (op.weight.min() < -8 or op.weight.max() > 7):
+        raise ValueError(f"{op.layer}: weights exceed int4 (refined for int8 storage? refine_weights per target)")
     data = _pack_int4(op.weight) if int4 else op.weight.astype(np.int8).tobytes()
     wt = w.tensor(f"{op.output}.weight", op.weight.shape, fb.TensorType.INT4 if int4 else fb.TensorType.INT8,
                   op.w_scale, 0, dim=3 if op.depthwise else 0, data=data)

@@ -18,7 +18,7 @@ from qfa.supernet import Supernet, extract
 
 from .entries import Entry, entries
 
-__all__ = ["BlockFactory", "slice_graph", "overhead_model"]
+__all__ = ["BlockFactory", "slice_graph", "split", "overhead_model"]
 
 _HEAD = ("final_expand", "pool", "feature_mix", "classifier")
 
@@ -35,6 +35,14 @@ def slice_graph(g: Graph, ops: list) -> Graph:
     return Graph({n: g.tensors[n] for n in names}, list(ops), ext_in[0], ext_out[0], dict(g.meta))
 
 
+def split(g: Graph, spec: SubnetSpec) -> list[Graph]:
+    """``g`` (the folded graph of ``spec``) cut into the pieces :func:`hw.entries.entries` lists."""
+    prefixes = ["stem", "first."] + [f"s{si + 1}.b{bi}." for si, st in enumerate(spec.stages) for bi in range(len(st))]
+    groups = [[op for op in g.ops if op.layer.startswith(p)] for p in prefixes]
+    groups.append([op for op in g.ops if op.layer.startswith(_HEAD)])
+    return [slice_graph(g, ops) for ops in groups]
+
+
 class BlockFactory:
     """Builds the pieces of any spec from one random supernet with trained-like quantizers
     (fractional zero points, so the shift ADDs a trained model has are there too)."""
@@ -49,23 +57,18 @@ class BlockFactory:
                     m.offset.uniform_(-0.5, 0.5, generator=g)
         self.images = torch.randn(32, space.in_channels, max(space.resolutions), max(space.resolutions), generator=g)
 
-    def graph(self, spec: SubnetSpec) -> Graph:
+    def graph(self, spec: SubnetSpec, shifts: bool = True) -> Graph:
         x = torch.nn.functional.interpolate(self.images, size=spec.resolution, mode="bilinear", align_corners=False)
         calibrate(self.net, spec, [x], len(x))
-        return fold(extract(self.net, spec), x[:16])
+        return fold(extract(self.net, spec), x[:16], shifts=shifts)
 
     def pieces(self, spec: SubnetSpec, target: Target) -> list[tuple[Entry, bytes]]:
         """(entry, .tflite bytes) for every piece of ``spec``."""
-        g = self.graph(spec)
-        prefixes = ["stem", "first."] + [f"s{si + 1}.b{bi}." for si, st in enumerate(spec.stages) for bi in range(len(st))]
-        groups = [[op for op in g.ops if op.layer.startswith(p)] for p in prefixes]
-        groups.append([op for op in g.ops if op.layer.startswith(_HEAD)])
-        ents = entries(spec, target)
-        assert len(ents) == len(groups)
-        return [(e, to_tflite(slice_graph(g, ops), target)) for e, ops in zip(ents, groups)]
+        g = target.lower(self.graph(spec))
+        return [(e, to_tflite(piece, target)) for e, piece in zip(entries(spec, target), split(g, spec))]
 
     def whole(self, spec: SubnetSpec, target: Target) -> bytes:
-        return to_tflite(self.graph(spec), target)
+        return to_tflite(target.lower(self.graph(spec)), target)
 
 
 def overhead_model(target: Target) -> bytes:

@@ -229,8 +229,9 @@ def _load_net(path: str):
         raise CLIError(f"checkpoint not found: {path}", 2) from None
 
 
-def _pareto_spec(space: SearchSpace, path: str, index: int) -> SubnetSpec:
-    """Spec number ``index`` of a saved Pareto set (JSON lines, one {"spec": ...} per line)."""
+def _pareto_spec(space: SearchSpace, path: str, index: int) -> tuple[SubnetSpec, str | None]:
+    """Spec number ``index`` of a saved Pareto set (JSON lines, one {"spec": ...} per line) and
+    the deployment target its latencies were measured for (None if the line does not say)."""
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"Pareto file not found: {path}", 2)
@@ -239,7 +240,7 @@ def _pareto_spec(space: SearchSpace, path: str, index: int) -> SubnetSpec:
         raise CLIError(f"--index {index} out of range: {path} holds {len(lines)} specs", 2)
     try:
         obj = json.loads(lines[index])
-        return space.parse(json.dumps(obj.get("spec", obj)))
+        return space.parse(json.dumps(obj.get("spec", obj))), obj.get("target")
     except (json.JSONDecodeError, SpecError, AttributeError) as e:
         raise CLIError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})", 2) from None
 
@@ -259,7 +260,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     net = _load_net(args.checkpoint)
     if (args.spec is None) == (args.pareto is None):
         raise CLIError("give exactly one of --spec or --pareto/--index", 2)
-    spec = load_spec(net.space, args.spec) if args.spec else _pareto_spec(net.space, args.pareto, args.index)
+    spec, target = (load_spec(net.space, args.spec), None) if args.spec else _pareto_spec(net.space, args.pareto, args.index)
+    args.target = args.target or target or "tflite-int8"  # a Pareto row says how its latency was measured
     if spec.space.hash != net.space.hash:
         raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
     try:
@@ -391,7 +393,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         if not args.json:
             print(f"\rsearch: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
                   f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
-        pset = ParetoSet.from_front(table.space, front)
+        pset = ParetoSet.from_front(table.space, front, table.target.name)
         pset.save(base, args.latency_ms)
     try:
         best = pset.answer(args.latency_ms, args.max_bytes, args.margin)
@@ -400,12 +402,15 @@ def cmd_search(args: argparse.Namespace) -> None:
     ms = (_time.perf_counter() - t0) * 1000
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
            "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
-           "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1)}
+           "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1),
+           "target": best.get("target", "tflite-int8")}
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
         f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
         f"{best['bytes']:,} bytes\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), plot "
-        f"{base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")))
+        f"{base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
+        + f"\n  export: qfa export --checkpoint {args.checkpoint} --pareto {base.with_suffix('.jsonl')} "
+          f"--index {best['index']} --out model.tflite --verify   (target {res['target']})"))
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -489,8 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--pareto", help="a saved Pareto set (JSON lines) to take the spec from")
     xp.add_argument("--index", type=int, default=0, help="row of --pareto (default 0)")
     xp.add_argument("--out", required=True, help="output .tflite path (a .json sidecar is written beside it)")
-    xp.add_argument("--target", default="tflite-int8", choices=["tflite-int8", "tflite-int4w"],
-                    help="deployment target: int8 everywhere, or <=4-bit CONV_2D weights stored as INT4 (size only)")
+    xp.add_argument("--target",
+                    choices=[f"tflite-{w}{h}" for w in ("int8", "int4w") for h in ("", "-hswish-decomposed")],
+                    help="deployment target (default: the --pareto row's, else tflite-int8): int8 everywhere, "
+                         "or <=4-bit CONV_2D weights stored as INT4 (size "
+                         "only); -hswish-decomposed: hardswish as ADD + MUL instead of HARD_SWISH (faster where "
+                         "the runtime's int8 HARD_SWISH is slow; profile both)")
     xp.add_argument("--via", choices=["direct", "onnx2tf"], default="direct",
                     help="direct: write the folded graph with its exact scales (default); onnx2tf: float ONNX -> "
                          "onnx2tf -> int8 calibrated by the converter (for comparison)")

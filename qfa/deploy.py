@@ -40,12 +40,12 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
     sub = extract(net, spec)
     images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
-    graph = fold(sub, images)
-    t1 = time.perf_counter()
     tgt = TARGETS[target]
     if uint8_io:
         from dataclasses import replace
         tgt = replace(tgt, io_dtype="uint8")
+    graph = tgt.lower(fold(sub, images))
+    t1 = time.perf_counter()
     if via == "onnx2tf":
         from export.onnx import to_onnx
         from export.onnx2tf_path import onnx2tf_int8

@@ -35,13 +35,14 @@ class ParetoSet:
         self.rows = rows
 
     @classmethod
-    def from_front(cls, space, front: dict) -> "ParetoSet":
+    def from_front(cls, space, front: dict, target: str = "tflite-int8") -> "ParetoSet":
+        """``target``: the lowering the latency table was measured for (exports must use it)."""
         rows = []
         for i, g in enumerate(front["genomes"]):
             spec = space.decode(g)
             rows.append({"index": i, "hash": spec.hash, "top1": float(front["top1"][i]),
                          "latency_ms": float(front["latency_ms"][i]), "bytes": int(front["bytes"][i]),
-                         "spec_str": str(spec), "spec": json.loads(spec.dumps())})
+                         "spec_str": str(spec), "spec": json.loads(spec.dumps()), "target": target})
         return cls(rows)
 
     def save(self, base: Path, budget_ms: float | None = None) -> None:
