@@ -85,6 +85,8 @@ def main() -> None:
             res["images_for_tau_0.8"] = n_img
     for k, v in res.items():
         print(f"{k:36s} {v}")
+    print(f"labels: noise sd {noise_sd:.2f} vs true spread {true_sd:.2f} points; two labelings tau "
+          f"{res['tau_two_labelings']:.2f}; a perfect predictor's tau ceiling {res['tau_ceiling_perfect_predictor']:.2f}")
     if args.json:
         print(json.dumps(res))
 

@@ -30,6 +30,8 @@ def main() -> None:
          + (["--test-images", "2000"] if q else [])),
         ("latency prediction", ["bench/latency_prediction.py", "--n", "20" if q else "100"]),
         ("search", ["bench/search.py", "--checkpoint", args.checkpoint] + (["--gens", "50", "200"] if q else [])),
+        ("precision speed", ["bench/precision_speed.py"]),
+        ("label noise", ["bench/label_noise.py", "--checkpoint", args.checkpoint, "--n", "10" if q else "40"]),
     ]
     summary = []
     for name, cmd in jobs:

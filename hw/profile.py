@@ -130,20 +130,25 @@ def profile(args: argparse.Namespace, transport) -> dict:
     if not args.json:
         print(file=sys.stderr)
     if args.calib_subnets and "calibration" not in meta:
-        x, meas = _whole(LatencyTable.load(out), factory, transport, target, args.calib_subnets, seed=1)
+        x, meas = _whole(LatencyTable.load(out), factory, transport, target, args.calib_subnets, seed=1, extremes=True)
         plain = np.array([1.0, 0.0, 0.0, 0.0])
         rmse = lambda c, i: float(100 * np.sqrt(np.mean(((x[i] @ c - meas[i]) / meas[i]) ** 2)))  # noqa: E731
-        coef, half = plain, len(meas) // 2
+        # least squares on RELATIVE error, the figure users read: absolute error would let the
+        # largest subnets decide and leave small ones (tight budgets) 10-20% off
+        fit = lambda i: np.linalg.lstsq(x[i] / meas[i, None], np.ones(len(i)), rcond=None)[0]  # noqa: E731
+        coef = plain
         if len(meas) >= 16:  # keep the fitted correction only if it beats the plain sum on held-out subnets
-            a, b = np.arange(half), np.arange(half, len(meas))
-            ca, cb = (np.linalg.lstsq(x[i], meas[i], rcond=None)[0] for i in (a, b))
+            perm = np.random.default_rng(0).permutation(len(meas))  # extremes come first: shuffle the halves
+            a, b = np.sort(perm[: len(meas) // 2]), np.sort(perm[len(meas) // 2:])
+            ca, cb = fit(a), fit(b)
             if rmse(ca, b) + rmse(cb, a) < rmse(plain, b) + rmse(plain, a):
-                coef = np.linalg.lstsq(x, meas, rcond=None)[0]
+                coef = fit(np.arange(len(meas)))
         fit_rmse = rmse(coef, np.arange(len(meas)))
         meta["calibration"] = {"coef": [float(c) for c in coef], "subnets": len(meas), "fit_rmse_pct": fit_rmse,
                                "plain_sum_rmse_pct": rmse(plain, np.arange(len(meas))),
                                "features": ["sum_us", "1", "pieces", "clamped_convs"],
-                               "note": "measured us = coef . features, least squares on whole subnets, kept only "
+                               "note": "measured us = coef . features, least squares of the relative error on "
+                                       "whole subnets (random + the min/max subnet of each resolution), kept only "
                                        "if it beats the plain sum (coef 1,0,0,0) in 2-fold cross-validation"}
         _save_meta(meta_path, meta)
     return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
@@ -154,13 +159,16 @@ def _save_meta(path: Path, meta: dict) -> None:
     atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
 
 
-def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int):
-    """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets."""
+def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, extremes: bool = False):
+    """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets
+    (with ``extremes``: the min/max subnets of each resolution among them)."""
     from hw.entries import entries
     from hw.table import clamped
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
-    specs = []
+    sp = table.space
+    specs = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
+        f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in (2, 8)][:n // 2]
     while len(specs) < n:
         s = table.space.sample(rng)
         if s.resolution in res_ok:
