@@ -48,9 +48,15 @@ def _active_genes(space: SearchSpace, g: np.ndarray) -> np.ndarray:
     return mask
 
 
+_COST_MODELS: dict[str, object] = {}
+
+
 def cost_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     from .cost import CostModel
-    c = CostModel(space)(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
+    model = _COST_MODELS.get(space.hash)
+    if model is None:  # building the lookup tables takes 0.2 s for the paper space: once per space
+        model = _COST_MODELS[space.hash] = CostModel(space)
+    c = model(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
     return np.column_stack([np.log(c["macs"]), np.log(c["bitops"]), np.log(c["params"])]).astype(np.float32)
 
 
