@@ -15,9 +15,9 @@ HARD_SWISH is slow (see README: x86 XNNPACK).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Callable
+
+import numpy as np
 
 from .ir import Graph, Op, QTensor
 from .reference import conv_nhwc

@@ -64,8 +64,9 @@ class BlockFactory:
 
     def pieces(self, spec: SubnetSpec, target: Target) -> list[tuple[Entry, bytes]]:
         """(entry, .tflite bytes) for every piece of ``spec``."""
-        g = target.lower(self.graph(spec))
-        return [(e, to_tflite(piece, target)) for e, piece in zip(entries(spec, target), split(g, spec))]
+        ents, pieces = entries(spec, target), split(target.lower(self.graph(spec)), spec)
+        assert len(ents) == len(pieces)
+        return [(e, to_tflite(piece, target)) for e, piece in zip(ents, pieces)]
 
     def whole(self, spec: SubnetSpec, target: Target) -> bytes:
         return to_tflite(target.lower(self.graph(spec)), target)
