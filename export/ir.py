@@ -75,6 +75,12 @@ class Op:
     def kernel(self) -> int:
         return int(self.weight.shape[1]) if self.weight is not None else 1
 
+    def int32_bias(self, in_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """The conv bias as TFLite stores it: int32 on the grid (input scale x weight scale),
+        and that grid. The one place the bias rounding is defined (file, reference, ONNX)."""
+        grid = in_scale * self.w_scale
+        return np.round(self.bias / grid).clip(-2**31, 2**31 - 1).astype(np.int32), grid
+
 
 @dataclass
 class Graph:

@@ -70,9 +70,8 @@ def to_onnx(graph: Graph, qdq: bool = True) -> bytes:
                 wz = const(op.output + ".wz", np.zeros(len(op.w_scale), np.int8))
                 wname = name(op.output + ".wdq")
                 nodes.append(helper.make_node("DequantizeLinear", [wi, ws, wz], [wname], axis=0))
-                tinp = g.tensors[op.inputs[0]]
-                bscale = tinp.scale * op.w_scale
-                bias = (np.round(op.bias / bscale) * bscale).astype(np.float32)
+                bq, grid = op.int32_bias(g.tensors[op.inputs[0]].scale)
+                bias = (bq * grid).astype(np.float32)
             else:
                 wname = const(op.output + ".w", (wq * op.w_scale[:, None, None, None]).astype(np.float32))
                 bias = op.bias.astype(np.float32)

@@ -50,8 +50,8 @@ def _op(op: Op, args: list[np.ndarray], tensors: dict[str, QTensor]) -> np.ndarr
         bias = op.bias
         tin = tensors[op.inputs[0]]
         if tin.fixed:  # the int32 bias TFLite stores
-            bscale = tin.scale * op.w_scale
-            bias = np.round(op.bias / bscale) * bscale
+            bq, grid = op.int32_bias(tin.scale)
+            bias = bq * grid
         y = conv_nhwc(x, w, op.stride, op.pad, op.depthwise) + bias.astype(np.float32)
         if op.act == "relu":
             y = np.maximum(y, 0)

@@ -152,9 +152,8 @@ def _conv(w: _Writer, g: Graph, op: Op, target: Target, x: int, y: int) -> None:
     data = _pack_int4(op.weight) if int4 else op.weight.astype(np.int8).tobytes()
     wt = w.tensor(f"{op.output}.weight", op.weight.shape, fb.TensorType.INT4 if int4 else fb.TensorType.INT8,
                   op.w_scale, 0, dim=3 if op.depthwise else 0, data=data)
-    bscale = tin.scale * op.w_scale
-    bias = np.round(op.bias / bscale).clip(-2**31, 2**31 - 1).astype(np.int32)
-    bt = w.tensor(f"{op.output}.bias", bias.shape, fb.TensorType.INT32, bscale, 0, data=bias.tobytes())
+    bias, grid = op.int32_bias(tin.scale)
+    bt = w.tensor(f"{op.output}.bias", bias.shape, fb.TensorType.INT32, grid, 0, data=bias.tobytes())
     if op.depthwise:
         opt = fb.DepthwiseConv2DOptionsT()
         opt.depthMultiplier = 1

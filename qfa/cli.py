@@ -354,7 +354,7 @@ def cmd_predictor(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     import time as _time
     t0 = _time.perf_counter()
-    from .pareto import ParetoSet, SearchError, pareto_key  # light: the saved-set path imports nothing heavy
+    from .pareto import ParetoSet, SearchError, pareto_base  # light: the saved-set path imports nothing heavy
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
@@ -365,8 +365,7 @@ def cmd_search(args: argparse.Namespace) -> None:
                     (table_csv, "latency table"), (table_csv.with_suffix(".json"), "latency table metadata")):
         if not p.is_file():
             raise CLIError(f"{what} not found: {p}", 2)
-    tag = "" if args.bits is None else "-b" + "".join(map(str, args.bits))
-    base = _run_dir(args.checkpoint) / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt_file, pred_path, table_csv)}{tag}"
+    base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
     cached = base.with_suffix(".jsonl").exists() and not args.force
     if cached:
         pset = ParetoSet.load(base)

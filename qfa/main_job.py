@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
 
 ROOT = Path(__file__).resolve().parents[1]
-# hardswish as ADD + MUL: on x86 XNNPACK 1.2-3.4x faster whole subnets than int8 HARD_SWISH (README)
+# hardswish as ADD + MUL: on x86 XNNPACK 1.1-3.4x faster whole subnets than int8 HARD_SWISH (README)
 DEFAULT_TABLE = ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed.csv"
 
 
@@ -62,7 +62,7 @@ def main_job(cfg: JobConfig) -> dict:
     from .data import make_datasets
     from .deploy import export_subnet, verify_tflite
     from .predictor import Predictor, collect, fit, load_rows
-    from .pareto import ParetoSet, SearchError, pareto_key
+    from .pareto import ParetoSet, SearchError, pareto_base
     from .search import search_front
     from .supernet import Supernet
     t_start = time.time()
@@ -131,8 +131,7 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 4. search
     t = time.time()
-    tag = "" if cfg.search_bits is None else "-b" + "".join(map(str, cfg.search_bits))
-    base = run / "pareto" / f"{table_csv.stem}-{pareto_key(ckpt, pred_path, table_csv)}{tag}"
+    base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
     if base.with_suffix(".jsonl").exists():
         pset = ParetoSet.load(base)
         _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .fileio import atomic_write
 
-__all__ = ["ParetoSet", "SearchError", "pareto_key"]
+__all__ = ["ParetoSet", "SearchError", "pareto_key", "pareto_base"]
 
 
 class SearchError(ValueError):
@@ -26,6 +26,13 @@ def pareto_key(checkpoint: Path, predictor_path: Path, table_csv: Path) -> str:
     for p in (predictor_path, table_csv, table_csv.with_suffix(".json")):
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
+
+
+def pareto_base(run: Path, checkpoint: Path, predictor_path: Path, table_csv: Path, bits=None) -> Path:
+    """Where the Pareto set of this (checkpoint, predictor, table, searched bits) lives, without
+    suffix: ``RUN/pareto/TABLE-KEY[-bBITS]``."""
+    tag = "" if bits is None else "-b" + "".join(map(str, bits))
+    return run / "pareto" / f"{table_csv.stem}-{pareto_key(checkpoint, predictor_path, table_csv)}{tag}"
 
 
 class ParetoSet:
