@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.tflite import TARGETS  # noqa: E402
-from hw.table import LatencyTable, TableError, append_row  # noqa: E402
+from hw.table import FEATURES, LatencyTable, TableError, append_row  # noqa: E402
 from qfa.fileio import atomic_write  # noqa: E402
 from hw.transport import TransportError, make_transport  # noqa: E402
 
@@ -146,7 +146,7 @@ def profile(args: argparse.Namespace, transport) -> dict:
         fit_rmse = rmse(coef, np.arange(len(meas)))
         meta["calibration"] = {"coef": [float(c) for c in coef], "subnets": len(meas), "fit_rmse_pct": fit_rmse,
                                "plain_sum_rmse_pct": rmse(plain, np.arange(len(meas))),
-                               "features": ["sum_us", "1", "pieces", "clamped_convs"],
+                               "features": list(FEATURES),
                                "note": "measured us = coef . features, least squares of the relative error on "
                                        "whole subnets (random + the min/max subnet of each resolution), kept only "
                                        "if it beats the plain sum (coef 1,0,0,0) in 2-fold cross-validation"}
@@ -162,8 +162,6 @@ def _save_meta(path: Path, meta: dict) -> None:
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, extremes: bool = False):
     """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets
     (with ``extremes``: the min/max subnets of each resolution among them)."""
-    from hw.entries import entries
-    from hw.table import clamped
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
     sp = table.space
@@ -175,9 +173,7 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
             specs.append(s)
     paths = [_write_model(factory.whole(s, target)) for s in specs]
     meas = np.array([r["median_us"] for r in transport.measure(paths)])
-    x = np.array([[table.overhead + sum(table.rows[e.key] - table.overhead for e in entries(s, target)), 1.0,
-                   len(entries(s, target)), clamped(s)] for s in specs])
-    return x, meas
+    return np.array([table.features(s) for s in specs]), meas
 
 
 def validate(args: argparse.Namespace, transport) -> dict:
@@ -185,7 +181,7 @@ def validate(args: argparse.Namespace, transport) -> dict:
     table = LatencyTable.load(Path(args.out_dir) / f"{args.device}.csv")
     x, meas = _whole(table, BlockFactory(table.space), transport, table.target, args.validate, seed=2)
     pred_raw = x[:, 0]
-    pred = table.correct(x[:, 0], x[:, 2], x[:, 3])
+    pred = x @ table.coef
     err = (pred - meas) / meas
     res = {"n": len(meas), "rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
            "within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)), "within_10pct": float(100 * np.mean(np.abs(err) <= 0.10)),

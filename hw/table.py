@@ -23,7 +23,7 @@ from qfa.space import SearchSpace, SubnetSpec, get_space
 
 from .entries import TOKENS, Entry, entries, token
 
-__all__ = ["LatencyTable", "TableError", "FIELDS", "append_row", "clamped"]
+__all__ = ["LatencyTable", "TableError", "FIELDS", "FEATURES", "append_row", "clamped"]
 
 
 def clamped(spec: SubnetSpec) -> int:
@@ -31,6 +31,7 @@ def clamped(spec: SubnetSpec) -> int:
     return sum(q.a < 8 for q in spec.all_bits())
 
 FIELDS = list(Entry._fields) + ["key", "median_us", "p10_us", "p90_us", "count", "cv"]
+FEATURES = ("sum_us", "1", "pieces", "clamped_convs")  # of the fitted correction (LatencyTable.features)
 
 
 class TableError(ValueError):
@@ -90,16 +91,15 @@ class LatencyTable:
                              "profile it (hw/profile.py --resolution ...)")
         return v - self.overhead
 
+    def features(self, spec: SubnetSpec) -> np.ndarray:
+        """[plain sum (us), 1, pieces, clamped convs]: ``features @ coef`` is the prediction (us)."""
+        ents = entries(spec, self.target)
+        return np.array([self.overhead + sum(self._entry_us(e) for e in ents), 1.0, len(ents), clamped(spec)])
+
     def predict(self, spec: SubnetSpec) -> float:
         """Predicted end-to-end latency of ``spec`` in milliseconds."""
         self.check_space(spec.space)
-        ents = entries(spec, self.target)
-        us = self.overhead + sum(self._entry_us(e) for e in ents)
-        return float(self.correct(np.array([us]), np.array([len(ents)]), np.array([clamped(spec)]))[0]) / 1000.0
-
-    def correct(self, sum_us: np.ndarray, pieces: np.ndarray, n_clamped: np.ndarray) -> np.ndarray:
-        """Fitted whole-model latency (us) from the plain sum and the structure counts."""
-        return self.coef[0] * sum_us + self.coef[1] + self.coef[2] * pieces + self.coef[3] * n_clamped
+        return float(self.features(spec) @ self.coef) / 1000.0
 
     # ---- vectorised prediction over genomes -------------------------------------------------
     def _build_luts(self) -> dict:
@@ -171,7 +171,7 @@ class LatencyTable:
                 us = us + np.where(on, v, 0.0)
                 n_clamped = n_clamped + on * sub8[sl[:, 2:]].sum(1)
         pieces = 3 + depth.sum(1)
-        return self.correct(us, pieces, n_clamped) / 1000.0
+        return np.column_stack([us, np.ones_like(us), pieces, n_clamped]) @ self.coef / 1000.0
 
     def predict_specs(self, specs: Sequence[SubnetSpec]) -> np.ndarray:
         return self.predict_many(np.stack([self.space.encode(s) for s in specs]))
