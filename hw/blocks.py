@@ -49,6 +49,7 @@ class BlockFactory:
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         torch.manual_seed(seed)
+        self.space = space
         self.net = Supernet(space)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +26,10 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export.tflite import TARGETS  # noqa: E402
+from hw.build import build, write_model  # noqa: E402
 from hw.table import FEATURES, LatencyTable, TableError, append_row  # noqa: E402
 from qfa.fileio import atomic_write  # noqa: E402
+from qfa.space import SpecError  # noqa: E402
 from hw.transport import TransportError, make_transport  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +40,13 @@ def _transport(args: argparse.Namespace):
                           args.ssh_option, args.remote_python)
 
 
-def _cache_dir() -> Path:
-    d = Path(os.environ.get("QFA_CACHE", Path.home() / ".cache" / "qfa")) / "models"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _write_model(blob: bytes) -> Path:
-    p = _cache_dir() / (hashlib.sha256(blob).hexdigest()[:20] + ".tflite")
-    if not p.exists():
-        atomic_write(p, blob)
-    return p
+def probe_specs(table: LatencyTable, resolutions: list[int]) -> list:
+    """Max-depth specs that together touch every table key at ``resolutions``."""
+    from hw.entries import TOKENS
+    sp = table.space
+    probes = (table.probe(r, k, e, t) for r in resolutions for k in sp.kernels for e in sp.expands
+              for t in np.ndindex(*(len(TOKENS),) * 3))
+    return [s for s in probes if s is not None]
 
 
 def _host_facts() -> dict:
@@ -74,7 +72,7 @@ def _host_facts() -> dict:
 def profile(args: argparse.Namespace, transport) -> dict:
     from qfa.space import get_space
     from hw.blocks import BlockFactory, overhead_model
-    from hw.entries import TOKENS, entries
+    from hw.entries import entries
 
     space = get_space(args.space)
     target = TARGETS[args.deploy]
@@ -103,29 +101,29 @@ def profile(args: argparse.Namespace, transport) -> dict:
                                    "clamp ('i8c') and share one entry; W8A8 is 'i8'; int4 weights ('i4') only "
                                    "under tflite-int4w for CONV_2D", **({"device_facts": facts} if facts else {})})
     if "overhead_us" not in meta:
-        meta["overhead_us"] = transport.measure([_write_model(overhead_model(target))])[0]["median_us"]
+        meta["overhead_us"] = transport.measure([write_model(overhead_model(target))])[0]["median_us"]
     _save_meta(meta_path, meta)
 
     factory = BlockFactory(space)
     table = LatencyTable({}, meta, space)
-    probes = [(r, k, e, t) for r in resolutions for k in space.kernels for e in space.expands
-              for t in np.ndindex(*(len(TOKENS),) * 3)]
-    specs = [s for s in (table.probe(r, k, e, tuple(t)) for r, k, e, t in probes) if s is not None]
-    n_new, t0 = 0, time.time()
-    for i, spec in enumerate(specs):
-        if all(en.key in done for en in entries(spec, target)):
-            continue
-        pieces = [(en, b) for en, b in factory.pieces(spec, target) if en.key not in done]
-        uniq = {}
-        for en, b in pieces:
-            uniq.setdefault(en.key, (en, b))
-        paths = [_write_model(b) for _, b in uniq.values()]
-        for (en, _), res in zip(uniq.values(), transport.measure(paths)):
+    specs = probe_specs(table, resolutions)
+    todo = [s for s in specs if any(en.key not in done for en in entries(s, target))]
+    t0 = time.time()
+
+    def built(i: int, n: int) -> None:
+        if not args.json:
+            print(f"\rprofile: built models of {i}/{n} shapes ({args.jobs} jobs), {time.time() - t0:.0f}s",
+                  end="", file=sys.stderr, flush=True)
+    paths = build(todo, target, args.jobs, progress=built)
+    n_new = 0
+    for i, spec in enumerate(todo):
+        new = {en.key: en for en in entries(spec, target) if en.key not in done}
+        for en, res in zip(new.values(), transport.measure([paths[k] for k in new])):
             append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in ("median_us", "p10_us", "p90_us", "count", "cv")}})
             done.add(en.key)
             n_new += 1
         if not args.json:
-            print(f"\rprofile: {i + 1}/{len(specs)} shapes, {len(done)} entries ({n_new} new), "
+            print(f"\rprofile: measured {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
                   f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
     if not args.json:
         print(file=sys.stderr)
@@ -155,6 +153,40 @@ def profile(args: argparse.Namespace, transport) -> dict:
             "calibration": meta.get("calibration")}
 
 
+def estimate(args: argparse.Namespace, transport) -> dict:
+    """Time to build a table here, extrapolated from building and timing a random sample of
+    its shapes, and one random whole subnet (the calibration set), on this transport."""
+    from qfa.space import get_space
+    from hw.blocks import BlockFactory
+    from hw.entries import entries
+
+    space, target = get_space(args.space), TARGETS[args.deploy]
+    resolutions = args.resolution or list(space.resolutions)
+    table = LatencyTable({}, {"target": target.name, "overhead_us": 0.0}, space)
+    specs = probe_specs(table, resolutions)
+    keys = {en.key for s in specs for en in entries(s, target)}
+    rng = np.random.default_rng(0)
+    sample = [specs[i] for i in sorted(rng.choice(len(specs), min(len(specs), args.estimate), replace=False))]
+    with tempfile.TemporaryDirectory() as tmp:  # a private cache: time the real conversion
+        t = time.perf_counter()
+        paths = build(sample, target, 1, root=tmp)
+        t_build = (time.perf_counter() - t) / len(sample)
+        uniq = sorted({en.key for s in sample for en in entries(s, target)})
+        t = time.perf_counter()
+        transport.measure([paths[k] for k in uniq])
+        t_entry = (time.perf_counter() - t) / len(uniq)
+        factory, whole = BlockFactory(space), space.sample(rng).replace(resolution=max(resolutions))
+        t = time.perf_counter()
+        transport.measure([write_model(factory.whole(whole, target), tmp)])
+        t_whole = time.perf_counter() - t
+    blocks_s = t_build * len(specs) / max(args.jobs, 1) + t_entry * len(keys)
+    return {"space": space.name, "resolutions": resolutions, "target": target.name, "shapes": len(specs),
+            "entries": len(keys), "sampled_shapes": len(sample), "build_s_per_shape": round(t_build, 2),
+            "measure_s_per_entry": round(t_entry, 3), "jobs": args.jobs, "estimated_blocks_s": round(blocks_s),
+            "estimated_calibration_s": round(args.calib_subnets * t_whole),
+            "estimated_total_s": round(blocks_s + args.calib_subnets * t_whole)}
+
+
 def _save_meta(path: Path, meta: dict) -> None:
     atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
 
@@ -171,7 +203,7 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
         s = table.space.sample(rng)
         if s.resolution in res_ok:
             specs.append(s)
-    paths = [_write_model(factory.whole(s, target)) for s in specs]
+    paths = [write_model(factory.whole(s, target)) for s in specs]
     meas = np.array([r["median_us"] for r in transport.measure(paths)])
     return np.array([table.features(s) for s in specs]), meas
 
@@ -207,10 +239,10 @@ def validate(args: argparse.Namespace, transport) -> dict:
     return res
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hw/profile.py", description=__doc__.split("\n\n")[0],
+def build_parser(prog: str = "hw/profile.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", required=True, help="table name: latency_tables/NAME.csv")
+    p.add_argument("--device", help="table name: latency_tables/NAME.csv (required unless --estimate)")
     p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb[:SERIAL] (default local)")
     p.add_argument("--space", default="fmnist", help="search-space preset (default fmnist)")
     p.add_argument("--resolution", type=int, nargs="+", help="resolutions to measure (default: all of the space)")
@@ -221,24 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-option", action="append", metavar="OPT", help="extra ssh -o option (repeatable), "
                    "e.g. IdentityFile=~/.ssh/pi; your ~/.ssh/config applies anyway")
     p.add_argument("--remote-python", default="python3", help="python on the device (ssh; default python3)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes converting block models (default: all cores; timing runs alone afterwards)")
     p.add_argument("--runs", type=int, default=200, help="timed invokes per model (default 200)")
     p.add_argument("--warmup", type=int, default=30, help="warm-up invokes per model (default 30)")
     p.add_argument("--calib-subnets", type=int, default=40, help="whole subnets measured to fit the correction (default 40)")
     p.add_argument("--validate", type=int, metavar="N", help="measure N random subnets end to end and compare")
+    p.add_argument("--estimate", type=int, metavar="K", help="measure nothing into a table: time K sampled shapes "
+                   "and print the estimated time of the whole table (e.g. --space paper --resolution 224 --estimate 3)")
     p.add_argument("--out-dir", default=str(ROOT / "latency_tables"))
     p.add_argument("--json", action="store_true")
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if not args.device and not args.estimate:
+        parser.error("--device is required")
     transport = None
     try:
         transport = _transport(args)
-        res = validate(args, transport) if args.validate else profile(args, transport)
-    except (TableError, TransportError, FileNotFoundError) as e:
-        print(f"profile: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, TableError) else 1
+        res = (validate(args, transport) if args.validate else estimate(args, transport) if args.estimate
+               else profile(args, transport))
+    except (TableError, TransportError, SpecError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (TableError, SpecError)) else 1
     except KeyboardInterrupt:
         print("\nprofile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
         return 130

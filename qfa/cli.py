@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--json", action="store_true")
     sp2.set_defaults(func=cmd_search)
 
+    # listed for --help; main() hands `qfa profile ...` to hw/profile.py's own parser
+    sub.add_parser("profile", help="measure a device into a latency table (same as python hw/profile.py)", add_help=False)
+
     rp = sub.add_parser("run", help="the main job: train, table, predictor, search, export, verify",
                         description="The whole flow on Fashion-MNIST, resumable (rerun to continue):\n"
                                     "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
@@ -573,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["profile"]:
+        from hw.profile import main as profile_main
+        return profile_main(argv[1:], prog="qfa profile")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -46,11 +46,12 @@ def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: 
 
 def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], train: ImageSet, test: ImageSet,
                    calib_images: int = 2000, test_images: int | None = None,
-                   device: str | torch.device = "cpu", progress=None) -> list[dict]:
-    """For each spec: calibrate on training images, then top-1 on ``test``."""
+                   device: str | torch.device = "cpu", progress=None, calib_seed: int = CALIB_SEED) -> list[dict]:
+    """For each spec: calibrate on training images (the draw ``calib_seed`` picks), then top-1
+    on ``test``."""
     rows = []
     for spec in specs:
-        calibrate(net, spec, calib_batches(train, calib_images), calib_images)
+        calibrate(net, spec, calib_batches(train, calib_images, seed=calib_seed), calib_images)
         net.eval()
         with net.active(spec):
             top1 = accuracy(net, test, spec.resolution, test_images, device)

@@ -108,3 +108,31 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path):
     bad[bad.index("--out-dir") + 1] = str(tmp_path / "other")
     bad = subprocess.run(bad, capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "not found" in bad.stderr
+
+
+def test_block_models_build_in_parallel_identically_and_are_cached_by_key(tmp_path):
+    from export.tflite import TARGETS
+    from hw.build import build
+    tgt = TARGETS["tflite-int8"]
+    specs = [SPACE.min_spec(bits=2), SPACE.max_spec(bits=8).replace(resolution=24)]
+    par = build(specs, tgt, 2, root=tmp_path / "a")
+    one = build(specs, tgt, 1, root=tmp_path / "b")
+    assert par.keys() == {e.key for s in specs for e in entries(s, tgt)} == one.keys()
+    assert all(par[k].read_bytes() == one[k].read_bytes() for k in par)
+    stamp = {p: p.stat().st_mtime_ns for p in par.values()}
+    assert build(specs, tgt, 2, root=tmp_path / "a") == par  # a rerun converts nothing
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in par.values())
+
+
+def test_qfa_profile_forwards_and_estimates_a_table(table_dir):
+    def qfa(*args):
+        return subprocess.run([sys.executable, "-m", "qfa", "profile", *args], capture_output=True, text=True,
+                              timeout=600, cwd=ROOT)
+    bad = qfa("--device", "x", "--space", "nope")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "qfa profile: error: unknown space 'nope'; available: fmnist, paper"]
+    r = qfa("--estimate", "1", "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "2", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    est = json.loads(r.stdout)
+    assert est["entries"] == len(pd.read_csv(table_dir / "t.csv"))  # counted without building the table
+    assert 0 < est["estimated_blocks_s"] <= est["estimated_total_s"]

@@ -1,0 +1,106 @@
+"""Block models on disk: built by ``export``'s lowering, cached by table key, in parallel.
+
+Conversion is host work and independent per spec, so it runs across processes before any
+timing starts (timing stays alone on the device). A model's cache path is its table key under a
+fingerprint of the code that lowers it, so a rerun (or another table of the same target)
+rebuilds nothing, and a change to the lowering never reuses a stale model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterable
+
+from qfa.fileio import atomic_write
+
+__all__ = ["cache_dir", "write_model", "model_path", "build", "code_fingerprint"]
+
+ROOT = Path(__file__).resolve().parents[1]
+# the code a block model's bytes depend on
+_LOWERING = ["export/ir.py", "export/lower.py", "export/tflite.py", "hw/blocks.py", "hw/entries.py",
+             "qfa/fold.py", "qfa/calibrate.py", "qfa/quant.py", "qfa/supernet.py", "qfa/elastic/ops.py",
+             "qfa/elastic/blocks.py"]
+
+
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """``root``/models, by default under $QFA_CACHE or ~/.cache/qfa."""
+    d = Path(root or os.environ.get("QFA_CACHE", Path.home() / ".cache" / "qfa")) / "models"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def write_model(blob: bytes, root: str | os.PathLike | None = None) -> Path:
+    """A one-off model (whole subnet, overhead probe), cached by content."""
+    p = cache_dir(root) / (hashlib.sha256(blob).hexdigest()[:20] + ".tflite")
+    if not p.exists():
+        atomic_write(p, blob)
+    return p
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256()
+    for rel in _LOWERING:
+        p = ROOT / rel
+        h.update(rel.encode() + (p.read_bytes() if p.exists() else b""))
+    return h.hexdigest()[:12]
+
+
+def model_path(key: str, target: str, fingerprint: str, root: str | os.PathLike | None = None) -> Path:
+    return cache_dir(root) / f"{target}-{fingerprint}" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".tflite")
+
+
+_factory = None
+
+
+def _init(space_json: dict, seed: int) -> None:
+    global _factory
+    import torch
+    from qfa.space import SearchSpace
+    from .blocks import BlockFactory
+    torch.set_num_threads(1)
+    _factory = BlockFactory(SearchSpace.from_json(space_json), seed)
+
+
+def _build_one(spec_text: str, target_name: str, fingerprint: str, root: str | None) -> int:
+    from export.tflite import TARGETS
+    spec = _factory.space.parse(spec_text)
+    n = 0
+    for en, blob in _factory.pieces(spec, TARGETS[target_name]):
+        p = model_path(en.key, target_name, fingerprint, root)
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(p, blob)
+            n += 1
+    return n
+
+
+def build(specs: Iterable, target, jobs: int, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+          root: str | None = None) -> dict[str, Path]:
+    """Cached path of every piece of ``specs`` (table key -> .tflite), building the missing
+    ones with ``jobs`` processes (1: in this process); ``root``: another cache folder."""
+    from .entries import entries
+    fp = code_fingerprint()
+    specs = list(specs)
+    paths = {en.key: model_path(en.key, target.name, fp, root) for s in specs for en in entries(s, target)}
+    todo = [s for s in specs if any(not paths[en.key].exists() for en in entries(s, target))]
+    if not todo:
+        return paths
+    space_json = todo[0].space.to_json()
+    if jobs <= 1:
+        _init(space_json, seed)
+        results = (_build_one(str(s), target.name, fp, root) for s in todo)
+        for i, _ in enumerate(results):
+            if progress:
+                progress(i + 1, len(todo))
+        return paths
+    # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init,
+                             initargs=(space_json, seed)) as ex:
+        n = len(todo)
+        for i, _ in enumerate(ex.map(_build_one, [str(s) for s in todo], [target.name] * n, [fp] * n, [root] * n)):
+            if progress:
+                progress(i + 1, len(todo))
+    return paths
