@@ -519,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     pp.add_argument("action", choices=["collect", "fit"])
     pp.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
-    pp.add_argument("--n", type=int, default=400, help="subnets to label (collect; default 400)")
+    pp.add_argument("--subnets", "--n", dest="n", type=int, default=400,
+                    help="subnets to label (collect; default 400; under torchrun spell it --subnets: torchrun "
+                         "reads a bare --n as its own --nnodes/--nproc-per-node)")
     pp.add_argument("--data-csv", help="label CSV (default RUN/predictor_data.csv)")
     pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
     pp.add_argument("--calib-images", type=int, default=500, help="calibration images per subnet (default 500)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 from pathlib import Path
@@ -24,14 +25,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
 def append_csv_row(path: str | os.PathLike, fields: Sequence[str], row: Mapping) -> None:
     """Append one CSV row (header first if the file is new) in one write + fsync: a crash
-    loses nothing written before it and leaves no partial row."""
-    path = Path(path)
+    loses nothing written before it and leaves no partial row. An exclusive lock lets several
+    processes (torchrun ranks) append to one file: one header, whole rows."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fields, extrasaction="ignore")
-    if not path.exists() or path.stat().st_size == 0:
-        w.writeheader()
-    w.writerow(row)
-    with open(path, "a", newline="") as f:
+    with open(Path(path), "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released on close
+        if f.seek(0, os.SEEK_END) == 0:
+            w.writeheader()
+        w.writerow(row)
         f.write(buf.getvalue())
         f.flush()
         os.fsync(f.fileno())

@@ -33,6 +33,28 @@ def test_collect_appends_resumes_and_uses_the_holdout(tmp_path):
     assert kinds.count("uniform") == kinds.count("max_depth") == 2
 
 
+def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from qfa.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "last.pt", {"space_json": json.dumps(SPACE.to_json()), "act_quant": "bq",
+                                           "model": Supernet(SPACE).state_dict(), "step": 0})
+    args = ["-m", "qfa", "predictor", "collect", "--checkpoint", str(tmp_path), "--subnets", "6",
+            "--calib-images", "64", "--eval-images", "200", "--json", "--data-csv"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float reduction order in both runs
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+                          *args, str(tmp_path / "two.csv")], capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, *args, str(tmp_path / "one.csv")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert (tmp_path / "two.csv").read_text().count("hash,") == 1  # one header from two writers
+    rows = lambda f: sorted((r["hash"], r["top1"]) for r in load_rows(tmp_path / f))  # noqa: E731
+    assert len(rows("two.csv")) == 6 and rows("two.csv") == rows("one.csv")
+
+
 def test_onehot_is_invariant_to_inactive_genes():
     rng = np.random.default_rng(0)
     spec = SPACE.sample(rng)
