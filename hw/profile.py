@@ -40,6 +40,14 @@ def _transport(args: argparse.Namespace):
                           args.ssh_option, args.remote_python)
 
 
+def _resolutions(args: argparse.Namespace, space) -> list[int]:
+    resolutions = args.resolution or list(space.resolutions)
+    bad = [r for r in resolutions if r not in space.resolutions]
+    if bad:
+        raise TableError(f"resolution {bad} not in space {space.name!r} {list(space.resolutions)}")
+    return resolutions
+
+
 def probe_specs(table: LatencyTable, resolutions: list[int]) -> list:
     """Max-depth specs that together touch every table key at ``resolutions``."""
     from hw.entries import TOKENS
@@ -76,10 +84,7 @@ def profile(args: argparse.Namespace, transport) -> dict:
 
     space = get_space(args.space)
     target = TARGETS[args.deploy]
-    resolutions = args.resolution or list(space.resolutions)
-    bad = [r for r in resolutions if r not in space.resolutions]
-    if bad:
-        raise TableError(f"resolution {bad} not in space {space.name!r} {list(space.resolutions)}")
+    resolutions = _resolutions(args, space)
     out = Path(args.out_dir) / f"{args.device}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_path = out.with_suffix(".json")
@@ -161,7 +166,7 @@ def estimate(args: argparse.Namespace, transport) -> dict:
     from hw.entries import entries
 
     space, target = get_space(args.space), TARGETS[args.deploy]
-    resolutions = args.resolution or list(space.resolutions)
+    resolutions = _resolutions(args, space)
     table = LatencyTable({}, {"target": target.name, "overhead_us": 0.0}, space)
     specs = probe_specs(table, resolutions)
     keys = {en.key for s in specs for en in entries(s, target)}
