@@ -17,9 +17,8 @@ from export.ir import Graph
 from export.tflite import TARGETS, to_tflite
 from export.verify import TFLiteModel, op_summary
 
-from .calibrate import calibrate
 from .data import resize
-from .evaluate import calib_batches
+from .evaluate import calib_batches, calibrate_best
 from .fileio import atomic_write
 from .fold import fold
 from .space import SubnetSpec
@@ -30,14 +29,14 @@ __all__ = ["export_subnet", "verify_tflite"]
 
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
                   calib_images: int = 2000, range_images: int = 512, uint8_io: bool = False,
-                  via: str = "direct", onnx_out: Path | None = None) -> dict[str, Any]:
+                  via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1) -> dict[str, Any]:
     """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically.
 
     ``via="onnx2tf"``: the float folded model through ONNX and onnx2tf, calibrated on the same
     images (scales re-derived by the converter: the comparison path). ``onnx_out``: also write
-    the Q/DQ ONNX model there."""
+    the Q/DQ ONNX model there. ``calib_draws``: see :func:`qfa.evaluate.calibrate_best`."""
     t0 = time.perf_counter()
-    calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
+    cal = calibrate_best(net, spec, data, calib_images, calib_draws)
     sub = extract(net, spec)
     images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
     tgt = TARGETS[target]
@@ -71,6 +70,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
                   "scale": tin.scale, "zero_point": tin.zero_point + (128 if uint8_io else 0), "shift": tin.shift},
         "layers": graph.summary()["layers"],
         "max_zero_point_fraction_lsb": graph.summary()["max_zero_point_rounding_lsb"],
+        "calibration": {k: v for k, v in cal.items() if k != "holdout_top1_draws"},
         "bytes": len(blob), "fold_s": round(t1 - t0, 2), "convert_s": round(convert_s, 3),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from .data import ImageSet, resize
 from .space import SubnetSpec
 from .supernet import Supernet
 
-__all__ = ["calib_batches", "accuracy", "evaluate_specs", "CALIB_SEED"]
+__all__ = ["calib_batches", "accuracy", "calibrate_best", "evaluate_specs", "CALIB_SEED"]
 
 CALIB_SEED = 1234
 
@@ -44,18 +44,43 @@ def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: 
     return 100.0 * correct / max(total, 1)
 
 
-def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], train: ImageSet, test: ImageSet,
+def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet], calib_images: int = 2000,
+                   draws: int = 1, select_images: int | None = None, device: str | torch.device = "cpu") -> dict:
+    """Calibrate ``spec`` on ``calib_images`` training images; with ``draws`` > 1, on each of
+    that many random draws, keeping the one with the best top-1 on the held-out split.
+
+    At 2 bits, which 2,000 images calibrate a subnet moves its top-1 by ~0.4 points (sd), and a
+    draw that is good on the held-out split is good on the test set (min W2A2 subnet, 10
+    draws: held-out vs test r = 0.81). Only training data is used to choose."""
+    seeds = [CALIB_SEED + 97 * k for k in range(max(draws, 1))]
+    holdout = []
+    for seed in seeds:
+        calibrate(net, spec, calib_batches(data["train"], calib_images, seed=seed), calib_images)
+        if len(seeds) > 1:
+            net.eval()
+            with net.active(spec):
+                holdout.append(accuracy(net, data["holdout"], spec.resolution, select_images, device))
+    info = {"images": calib_images, "seed": seeds[0], "draws": len(seeds)}
+    if holdout:
+        best = int(np.argmax(holdout))
+        info.update(seed=seeds[best], holdout_top1=holdout[best], holdout_top1_draws=holdout)
+        if best != len(seeds) - 1:  # calibration is deterministic per draw: redo the chosen one
+            calibrate(net, spec, calib_batches(data["train"], calib_images, seed=seeds[best]), calib_images)
+    return info
+
+
+def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], data: dict[str, ImageSet],
                    calib_images: int = 2000, test_images: int | None = None,
-                   device: str | torch.device = "cpu", progress=None, calib_seed: int = CALIB_SEED) -> list[dict]:
-    """For each spec: calibrate on training images (the draw ``calib_seed`` picks), then top-1
-    on ``test``."""
+                   device: str | torch.device = "cpu", progress=None, calib_draws: int = 1) -> list[dict]:
+    """For each spec: calibrate on training images (the best of ``calib_draws`` draws on the
+    held-out split), then top-1 on the test set."""
     rows = []
     for spec in specs:
-        calibrate(net, spec, calib_batches(train, calib_images, seed=calib_seed), calib_images)
+        cal = calibrate_best(net, spec, data, calib_images, calib_draws, device=device)
         net.eval()
         with net.active(spec):
-            top1 = accuracy(net, test, spec.resolution, test_images, device)
-        rows.append({"hash": spec.hash, "spec": str(spec), "top1": top1})
+            top1 = accuracy(net, data["test"], spec.resolution, test_images, device)
+        rows.append({"hash": spec.hash, "spec": str(spec), "top1": top1, "calibration": cal})
         if progress:
             progress(rows[-1])
     return rows

@@ -55,6 +55,30 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
     assert len(rows("two.csv")) == 6 and rows("two.csv") == rows("one.csv")
 
 
+def test_calibrate_best_keeps_the_draw_best_on_the_held_out_split():
+    from qfa.calibrate import calibrate
+    from qfa.evaluate import CALIB_SEED, calib_batches, calibrate_best
+    from tests.conftest import perturb
+    torch.manual_seed(0)
+    net = Supernet(SPACE)
+    perturb(net, seed=3)
+    data = make_datasets(None, 32)
+    spec = SPACE.min_spec(bits=2)
+
+    def buffers(seed=None):
+        if seed is not None:
+            calibrate(net, spec, calib_batches(data["train"], 64, seed=seed), 64)
+        return torch.cat([b.flatten().float() for n, b in net.named_buffers() if "running" in n]).nan_to_num(7.0)
+    info = calibrate_best(net, spec, data, calib_images=64, draws=3, select_images=300)
+    kept = buffers()
+    held = info["holdout_top1_draws"]
+    assert len(held) == 3 and info["holdout_top1"] == max(held)
+    assert info["seed"] == CALIB_SEED + 97 * int(np.argmax(held))
+    assert torch.equal(kept, buffers(info["seed"]))  # the net is left calibrated on the chosen draw
+    others = [CALIB_SEED + 97 * k for k in range(3) if CALIB_SEED + 97 * k != info["seed"]]
+    assert all(not torch.equal(kept, buffers(s)) for s in others)
+
+
 def test_onehot_is_invariant_to_inactive_genes():
     rng = np.random.default_rng(0)
     spec = SPACE.sample(rng)
