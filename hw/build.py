@@ -57,11 +57,15 @@ _factory = None
 
 def _init(space_json: dict, seed: int) -> None:
     global _factory
-    import torch
     from qfa.space import SearchSpace
     from .blocks import BlockFactory
-    torch.set_num_threads(1)
     _factory = BlockFactory(SearchSpace.from_json(space_json), seed)
+
+
+def _worker_init(space_json: dict, seed: int) -> None:
+    import torch
+    torch.set_num_threads(1)  # one process per core
+    _init(space_json, seed)
 
 
 def _build_one(spec_text: str, target_name: str, fingerprint: str, root: str | None) -> int:
@@ -97,7 +101,7 @@ def build(specs: Iterable, target, jobs: int, seed: int = 0, progress: Callable[
                 progress(i + 1, len(todo))
         return paths
     # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init,
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
                              initargs=(space_json, seed)) as ex:
         n = len(todo)
         for i, _ in enumerate(ex.map(_build_one, [str(s) for s in todo], [target.name] * n, [fp] * n, [root] * n)):

@@ -203,15 +203,16 @@ def test_sort_channels_keeps_max_subnet_function(fmnist_train):
     torch.manual_seed(3)
     net = Supernet(get_space("fmnist"))
     perturb(net, seed=3)
+    net.double()  # exact: float32 differs by up to 1e-3 on one thread (channel order changes conv rounding)
     spec = net.space.max_spec(bits=FP)
-    x = resize(fmnist_train[:8], spec.resolution)
+    x = resize(fmnist_train[:8], spec.resolution).double()
     net.train()
     net.dropout.eval()
     with torch.no_grad(), net.active(spec):
         before = net(x)
         net.sort_channels()
         after = net(x)
-    assert torch.allclose(before, after, atol=1e-4)
+    assert torch.allclose(before, after, rtol=0, atol=1e-10)
     imp = net.stages[1][0].project.weight.abs().sum(dim=(0, 2, 3))
     assert (imp[:-1] >= imp[1:]).all()
 
