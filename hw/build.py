@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable
@@ -92,19 +93,17 @@ def build(specs: Iterable, target, jobs: int, seed: int = 0, progress: Callable[
     todo = [s for s in specs if any(not paths[en.key].exists() for en in entries(s, target))]
     if not todo:
         return paths
-    space_json = todo[0].space.to_json()
-    if jobs <= 1:
-        _init(space_json, seed)
-        results = (_build_one(str(s), target.name, fp, root) for s in todo)
-        for i, _ in enumerate(results):
+    space_json, n = todo[0].space.to_json(), len(todo)
+    args = ([str(s) for s in todo], [target.name] * n, [fp] * n, [root] * n)
+    with ExitStack() as stack:
+        if jobs <= 1:
+            _init(space_json, seed)
+            results = map(_build_one, *args)
+        else:  # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
+            ex = stack.enter_context(ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                                                         initializer=_worker_init, initargs=(space_json, seed)))
+            results = ex.map(_build_one, *args)
+        for i, _ in enumerate(results, 1):
             if progress:
-                progress(i + 1, len(todo))
-        return paths
-    # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                             initargs=(space_json, seed)) as ex:
-        n = len(todo)
-        for i, _ in enumerate(ex.map(_build_one, [str(s) for s in todo], [target.name] * n, [fp] * n, [root] * n)):
-            if progress:
-                progress(i + 1, len(todo))
+                progress(i, n)
     return paths
