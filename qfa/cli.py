@@ -211,7 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"{row['top1']:6.2f}%  {row['hash']}  {row['spec']}", flush=True)
     if not args.json:
         print(f"{'top1':>7s}  {'hash':16s}  spec   (test set: {args.test_images or len(data['test'])} images, "
-              f"calibration: {args.calib_images} training images)")
+              f"calibration: {args.calib_images} training images"
+              + (f", best of {args.calib_draws} draws on the held-out split)" if args.calib_draws > 1 else ")"))
     rows = evaluate_specs(net, specs, data, args.calib_images, args.test_images, progress=show,
                           calib_draws=args.calib_draws)
     if args.json:
