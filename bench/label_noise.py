@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qfa.calibrate import calibrate  # noqa: E402
 from qfa.data import make_datasets, resize  # noqa: E402
-from qfa.evaluate import CALIB_SEED, calib_batches  # noqa: E402
+from qfa.evaluate import calib_batches, calib_seeds  # noqa: E402
 from qfa.predictor import strata_specs  # noqa: E402
 from qfa.supernet import Supernet  # noqa: E402
 
@@ -51,9 +51,8 @@ def main() -> None:
     specs = [s for _, s in strata_specs(net.space, args.n, seed=11)]
     c = np.zeros((2, len(specs), min(args.eval_images, len(data["holdout"]))), bool)
     for i, spec in enumerate(specs):
-        for k in range(2):
-            calibrate(net, spec, calib_batches(data["train"], args.calib_images, seed=CALIB_SEED + 97 * k),
-                      args.calib_images)
+        for k, seed in enumerate(calib_seeds(2)):
+            calibrate(net, spec, calib_batches(data["train"], args.calib_images, seed=seed), args.calib_images)
             net.eval()
             c[k, i] = correct(net, spec, data["holdout"], args.eval_images)
         print(f"\r{i + 1}/{len(specs)} labelled twice", end="", file=sys.stderr, flush=True)

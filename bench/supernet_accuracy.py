@@ -18,23 +18,22 @@ import time
 
 import numpy as np
 
-from qfa.calibrate import calibrate
 from qfa.data import make_datasets
-from qfa.evaluate import CALIB_SEED, accuracy, calib_batches, evaluate_specs
+from qfa.evaluate import accuracy, calibrate_best, evaluate_specs
 from qfa.supernet import Supernet
 
 BITS = (8, 4, 3, 2)
 
 
 def _draws(net: Supernet, spec, data: dict, calib: int, test: int | None, k: int) -> dict:
-    """Test top-1 over ``k`` calibration draws: mean, sd, and that of the best draw on held-out."""
-    held, tst = [], []
-    for d in range(k):
-        calibrate(net, spec, calib_batches(data["train"], calib, seed=CALIB_SEED + 97 * d), calib)
-        net.eval()
+    """Test top-1 over ``k`` calibration draws: mean, sd, and that of the draw calibrate_best keeps."""
+    tst = []
+
+    def on_draw(seed: int, held: float) -> None:
         with net.active(spec):
-            held.append(accuracy(net, data["holdout"], spec.resolution))
             tst.append(accuracy(net, data["test"], spec.resolution, test))
+    info = calibrate_best(net, spec, data, calib, k, on_draw=on_draw)
+    held = info["holdout_top1_draws"]
     return {"mean": float(np.mean(tst)), "sd": float(np.std(tst, ddof=1)), "selected": tst[int(np.argmax(held))],
             "test_draws": tst, "holdout_draws": held}
 

@@ -69,17 +69,14 @@ def _worker_init(space_json: dict, seed: int) -> None:
     _init(space_json, seed)
 
 
-def _build_one(spec_text: str, target_name: str, fingerprint: str, root: str | None) -> int:
+def _build_one(spec_text: str, target_name: str, fingerprint: str, root: str | None) -> None:
     from export.tflite import TARGETS
     spec = _factory.space.parse(spec_text)
-    n = 0
     for en, blob in _factory.pieces(spec, TARGETS[target_name]):
         p = model_path(en.key, target_name, fingerprint, root)
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(p, blob)
-            n += 1
-    return n
 
 
 def build(specs: Iterable, target, jobs: int, seed: int = 0, progress: Callable[[int, int], None] | None = None,

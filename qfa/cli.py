@@ -421,6 +421,12 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _add_calib_draws(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
+                   "and keep the best on the held-out training split (2-bit subnets move ~0.4 points between "
+                   "draws; default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qfa", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -480,9 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "precision) or random:N:B (every conv at B bits)")
     ep.add_argument("--seed", type=int, default=0)
     ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
-    ep.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
-                    "and keep the best on the held-out training split (2-bit subnets move ~0.4 points between "
-                    "draws; default 1)")
+    _add_calib_draws(ep)
     ep.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")
     ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
     ep.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -511,9 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--verify", action="store_true", help="run the file on the test set and compare with PyTorch")
     xp.add_argument("--threshold", type=float, default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
     xp.add_argument("--test-images", type=int, default=None, help="limit the verification images (default: all)")
-    xp.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
-                    "and keep the best on the held-out training split (2-bit subnets move ~0.4 points between "
-                    "draws; default 1)")
+    _add_calib_draws(xp)
     xp.add_argument("--calib-images", type=int, default=2000, help="calibration images (default 2000)")
     xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     xp.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -1,7 +1,7 @@
 """Calibrate-then-measure: top-1 of subnets on a dataset (no retraining, ever)."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -12,9 +12,14 @@ from .data import ImageSet, resize
 from .space import SubnetSpec
 from .supernet import Supernet
 
-__all__ = ["calib_batches", "accuracy", "calibrate_best", "evaluate_specs", "CALIB_SEED"]
+__all__ = ["calib_batches", "calib_seeds", "accuracy", "calibrate_best", "evaluate_specs", "CALIB_SEED"]
 
 CALIB_SEED = 1234
+
+
+def calib_seeds(draws: int) -> list[int]:
+    """The seeds of the first ``draws`` calibration draws (the first is the default draw)."""
+    return [CALIB_SEED + 97 * k for k in range(max(draws, 1))]
 
 
 def calib_batches(train: ImageSet, n_images: int, batch: int = 64, seed: int = CALIB_SEED,
@@ -45,14 +50,16 @@ def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: 
 
 
 def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet], calib_images: int = 2000,
-                   draws: int = 1, select_images: int | None = None, device: str | torch.device = "cpu") -> dict:
+                   draws: int = 1, select_images: int | None = None, device: str | torch.device = "cpu",
+                   on_draw: Callable[[int, float], None] | None = None) -> dict:
     """Calibrate ``spec`` on ``calib_images`` training images; with ``draws`` > 1, on each of
     that many random draws, keeping the one with the best top-1 on the held-out split.
 
     At 2 bits, which 2,000 images calibrate a subnet moves its top-1 by ~0.4 points (sd), and a
     draw that is good on the held-out split is good on the test set (min W2A2 subnet, 10
-    draws: held-out vs test r = 0.81). Only training data is used to choose."""
-    seeds = [CALIB_SEED + 97 * k for k in range(max(draws, 1))]
+    draws: held-out vs test r = 0.81). Only training data is used to choose. ``on_draw(seed,
+    held-out top-1)`` is called while the net holds each draw's calibration (in eval mode)."""
+    seeds = calib_seeds(draws)
     holdout = []
     for seed in seeds:
         calibrate(net, spec, calib_batches(data["train"], calib_images, seed=seed), calib_images)
@@ -60,6 +67,8 @@ def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet], c
             net.eval()
             with net.active(spec):
                 holdout.append(accuracy(net, data["holdout"], spec.resolution, select_images, device))
+            if on_draw:
+                on_draw(seed, holdout[-1])
     info = {"images": calib_images, "seed": seeds[0], "draws": len(seeds)}
     if holdout:
         best = int(np.argmax(holdout))
