@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 
 if __package__ in (None, ""):  # run as a script: python hw/profile.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # the repo root instead of hw/, whose profile.py would shadow the standard library's
+    # (imported by torch.compile when calibration compiles the quantizers)
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from export.tflite import TARGETS  # noqa: E402
 from hw.build import build, write_model  # noqa: E402

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fused
 from .space import FP
 
 __all__ = [
@@ -27,7 +28,8 @@ __all__ = [
     "ACT_QUANTIZERS", "make_act_quantizer",
 ]
 
-_EPS = torch.finfo(torch.float32).eps
+_EPS = fused.EPS
+_range_params = fused.range_params
 _LN2 = math.log(2.0)
 
 
@@ -57,20 +59,12 @@ def batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xd.amin(dim=0).mean(), xd.amax(dim=0).mean()
 
 
-def _range_params(lo, hi, qmin, qmax):
-    lo = lo.clamp(max=0.0)
-    hi = hi.clamp(min=0.0)
-    s = ((hi - lo) / (qmax - qmin)).clamp(min=_EPS)
-    z = (qmin - torch.round(lo / s)).clamp(qmin, qmax)
-    return s, z
-
-
 class _AffineFakeQuant(torch.autograd.Function):
     """Fused BatchQuant fake quantization with hand-written straight-through gradients.
 
-    Same values and gradients as the composed form (:func:`affine_fake_quant_reference`), in a
-    few in-place passes and one autograd node instead of ~20: the per-call scalar arithmetic
-    (range, step, zero point) runs outside autograd, and the in-range mask is kept as bytes.
+    Same values and gradients as the composed form (:func:`affine_fake_quant_reference`), in
+    one autograd node instead of ~20: the per-call scalar arithmetic (range, step, zero point)
+    runs outside autograd and the elementwise work is one fused loop each way (:mod:`qfa.fused`).
     """
 
     @staticmethod
@@ -78,22 +72,18 @@ class _AffineFakeQuant(torch.autograd.Function):
         s, z = _range_params(lo, hi, qmin, qmax)
         c = alpha / s
         zo = z + offset
-        v = torch.addcmul(zo, x, c)
-        if not any(ctx.needs_input_grad):  # calibration, evaluation, teacher: no mask needed
-            return v.clamp_(qmin, qmax).round_().sub_(zo).div_(c)
-        inside = (v >= qmin).logical_and_(v <= qmax)
-        y = v.clamp_(qmin, qmax).round_().sub_(zo).div_(c)
-        ctx.save_for_backward(x, y, inside, alpha, s)
-        return y
+        if any(ctx.needs_input_grad):  # not in calibration, evaluation or the teacher
+            ctx.save_for_backward(x, c, zo, alpha, s)
+            ctx.qrange = (qmin, qmax)
+        return fused.affine_forward(x, c, zo, qmin, qmax)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, y, inside, alpha, s = ctx.saved_tensors
-        gx = g * inside
-        # y ~ x inside the range (d/dalpha = (x - y)/alpha), y = const outside (d/dalpha = -y/alpha)
-        galpha = (torch.dot(gx.reshape(-1), x.reshape(-1)) - torch.dot(g.reshape(-1), y.reshape(-1))) / alpha
-        goffset = (g.sum() - gx.sum()) * (-s / alpha)
-        return gx, None, None, galpha.reshape(alpha.shape), goffset.reshape(alpha.shape), None, None
+        x, c, zo, alpha, s = ctx.saved_tensors
+        gx, xg_minus_yg, g_outside = fused.affine_backward(g.contiguous(), x, c, zo, *ctx.qrange)
+        # y ~ x inside the range (dy/dalpha = (x - y)/alpha), y = const outside (dy/dalpha = -y/alpha)
+        return (gx, None, None, (xg_minus_yg / alpha).reshape(alpha.shape),
+                (g_outside * (-s / alpha)).reshape(alpha.shape), None, None)
 
 
 def affine_fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor,
@@ -298,20 +288,15 @@ class _LSQWeightFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, step, qmin: int, qmax: int, g: float):  # type: ignore[override]
         s = step.abs().clamp(min=_EPS)
-        r = w / s
-        inside = (r >= qmin).logical_and_(r <= qmax)
-        q = r.clamp(qmin, qmax).round_()
-        ctx.save_for_backward(r, q, inside, step)
-        ctx.g = g
-        return q * s
+        ctx.save_for_backward(w, s, step)
+        ctx.qrange, ctx.g = (qmin, qmax), g
+        return fused.lsq_forward(w, s, qmin, qmax)
 
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
-        r, q, inside, step = ctx.saved_tensors
-        gw = gy * inside
-        ds = torch.where(inside, q - r, q)
-        gstep = (gy * ds).sum() * ctx.g * torch.sign(step)
-        return gw, gstep.reshape(step.shape), None, None, None
+        w, s, step = ctx.saved_tensors
+        gw, gsum = fused.lsq_backward(gy.contiguous(), w, s, *ctx.qrange)
+        return gw, (gsum * ctx.g * torch.sign(step)).reshape(step.shape), None, None, None
 
 
 class QuantBank(nn.Module):
