@@ -27,6 +27,7 @@ class StageCfg:
     bits: list[int]
     lr: float
     warmup_epochs: float = 0.0
+    n_random: int | None = None             # random subnets a step here; None: the config's n_random
 
 
 @dataclass
@@ -82,6 +83,8 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name!r}: epochs and lr must be positive")
         if self.act_quant not in ("bq", "minmax", "lsq"):
             raise ConfigError(f"act_quant must be bq, minmax or lsq, got {self.act_quant!r}")
+        if any(s.n_random is not None and s.n_random < 0 for s in self.stages):
+            raise ConfigError("a stage's n_random must be >= 0")
         if self.batch_size < 1 or self.n_random < 0:
             raise ConfigError("batch_size must be >= 1 and n_random >= 0")
 

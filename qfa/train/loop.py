@@ -321,10 +321,12 @@ class Trainer:
                                        self.cfg.amp, self.cfg.channels_last)
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
                 stage_end = min(int(self.bounds[idx + 1]), end)
+                n_random = self.cfg.stages[idx].n_random
+                n_random = self.cfg.n_random if n_random is None else n_random
                 for x, y in self._loader(epoch, pos):
                     torch.manual_seed(_step_seed(self.cfg.seed, self.step))
                     rng = np.random.default_rng([self.cfg.seed, self.step])
-                    specs = self.space.sandwich(rng, self.cfg.n_random, bits=self._stage_bits(idx))
+                    specs = self.space.sandwich(rng, n_random, bits=self._stage_bits(idx))
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss = step_fn(x, y, specs)
