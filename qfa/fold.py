@@ -20,13 +20,12 @@ from export.reference import calibrate_ranges
 
 from .elastic.blocks import ElasticMBConv, ElasticSE
 from .elastic.ops import ElasticConv2d
-from .quant import BatchQuant, LSQActQuant, _range_params
+from .fused import EPS as _EPS, range_params
+from .quant import BatchQuant, LSQActQuant
 from .space import BlockSpec, QBits
 from .supernet import Subnet
 
 __all__ = ["fold", "act_grid", "fold_weight"]
-
-_EPS = torch.finfo(torch.float32).eps
 
 
 @torch.no_grad()
@@ -35,7 +34,7 @@ def act_grid(q: torch.nn.Module) -> tuple[float, float, int, int]:
     if isinstance(q, LSQActQuant):
         s = float(q.step.abs().clamp(min=_EPS))
         return s, -float(q.beta) / s, q.qmin, q.qmax
-    s, z = _range_params(q.running_min, q.running_max, q.qmin, q.qmax)
+    s, z = range_params(q.running_min, q.running_max, q.qmin, q.qmax)
     if isinstance(q, BatchQuant):  # x^ = (q - z - offset) * s / alpha
         return float(s) / float(q.alpha), float(z) + float(q.offset), q.qmin, q.qmax
     return float(s), float(z), q.qmin, q.qmax  # MinMax: alpha 1, offset 0

@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 _EPS = fused.EPS
-_range_params = fused.range_params
 _LN2 = math.log(2.0)
 
 
@@ -69,7 +68,7 @@ class _AffineFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo, hi, alpha, offset, qmin: int, qmax: int):  # type: ignore[override]
-        s, z = _range_params(lo, hi, qmin, qmax)
+        s, z = fused.range_params(lo, hi, qmin, qmax)
         c = alpha / s
         zo = z + offset
         if any(ctx.needs_input_grad):  # not in calibration, evaluation or the teacher
@@ -101,7 +100,7 @@ def affine_fake_quant(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, alpha
 def affine_fake_quant_reference(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, alpha: torch.Tensor,
                                 offset: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """The same quantizer composed from autograd ops: the specification the fused one is tested against."""
-    s, z = _range_params(lo, hi, qmin, qmax)
+    s, z = fused.range_params(lo, hi, qmin, qmax)
     v = torch.clamp(alpha * x / s + z + offset, qmin, qmax)
     return (round_ste(v) - z - offset) * s / alpha
 
