@@ -4,9 +4,12 @@ Eager PyTorch runs a fake quantizer as ~6 passes forward and ~8 backward over th
 which made the quantized training step ~1.4x the float one. Each function below is the
 definition (run eagerly for small tensors, where a compiled call's guard checks cost more than
 the passes it saves) and is handed to ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on
-GPU) for large ones, where it becomes one fused loop. The backward passes recompute the forward
-from ``x`` instead of saving the output and a mask: less memory, and the recompute is free
-inside the fused loop.
+GPU) for large ones, where it becomes one fused loop. Callers pass tensors flattened to 1-D and
+they are detached here, so one compiled graph serves every layer (4 graphs in all over 60
+training steps). Given shaped, sliced weights dynamo specialised on size-1 dims, strides and
+views' bases, and built 4 graphs of ``lsq_backward`` alone within 25 steps; past its limit of
+8 a function runs eagerly. The backward passes recompute the forward from ``x`` instead of
+saving the output and a mask: less memory, and the recompute is free inside the fused loop.
 
 ``QFA_COMPILE=0`` keeps everything eager; if compilation fails (no C++ compiler, an
 unsupported backend) the toolkit warns once and stays eager, with the same values.
@@ -37,8 +40,8 @@ def _compiled_above(fn: Callable, min_numel: int) -> Callable:
     def call(x: torch.Tensor, *args):
         global _enabled
         if _enabled and x.numel() >= min_numel:
-            try:
-                return compiled(x, *args)
+            try:  # detached: no requires_grad flag, and no view base whose shape dynamo would guard on
+                return compiled(x.detach(), *(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, same values
                 _enabled = False
                 warnings.warn(f"qfa: torch.compile of the fake quantizers failed ({type(e).__name__}); "

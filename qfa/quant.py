@@ -74,14 +74,14 @@ class _AffineFakeQuant(torch.autograd.Function):
         if any(ctx.needs_input_grad):  # not in calibration, evaluation or the teacher
             ctx.save_for_backward(x, c, zo, alpha, s)
             ctx.qrange = (qmin, qmax)
-        return fused.affine_forward(x, c, zo, qmin, qmax)
+        return fused.affine_forward(x.reshape(-1), c, zo, qmin, qmax).view(x.shape)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, c, zo, alpha, s = ctx.saved_tensors
-        gx, xg_minus_yg, g_outside = fused.affine_backward(g.contiguous(), x, c, zo, *ctx.qrange)
+        gx, xg_minus_yg, g_outside = fused.affine_backward(g.reshape(-1), x.reshape(-1), c, zo, *ctx.qrange)
         # y ~ x inside the range (dy/dalpha = (x - y)/alpha), y = const outside (dy/dalpha = -y/alpha)
-        return (gx, None, None, (xg_minus_yg / alpha).reshape(alpha.shape),
+        return (gx.view(x.shape), None, None, (xg_minus_yg / alpha).reshape(alpha.shape),
                 (g_outside * (-s / alpha)).reshape(alpha.shape), None, None)
 
 
@@ -289,13 +289,13 @@ class _LSQWeightFn(torch.autograd.Function):
         s = step.abs().clamp(min=_EPS)
         ctx.save_for_backward(w, s, step)
         ctx.qrange, ctx.g = (qmin, qmax), g
-        return fused.lsq_forward(w, s, qmin, qmax)
+        return fused.lsq_forward(w.reshape(-1), s, qmin, qmax).view(w.shape)
 
     @staticmethod
     def backward(ctx, gy):  # type: ignore[override]
         w, s, step = ctx.saved_tensors
-        gw, gsum = fused.lsq_backward(gy.contiguous(), w, s, *ctx.qrange)
-        return gw, (gsum * ctx.g * torch.sign(step)).reshape(step.shape), None, None, None
+        gw, gsum = fused.lsq_backward(gy.reshape(-1), w.reshape(-1), s, *ctx.qrange)
+        return gw.view(w.shape), (gsum * ctx.g * torch.sign(step)).reshape(step.shape), None, None, None
 
 
 class QuantBank(nn.Module):

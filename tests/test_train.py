@@ -47,13 +47,16 @@ def test_config_presets_and_overrides(tmp_path):
     assert cfg.batch_size == 16 and cfg.stages[2].lr == 0.02 and cfg.act_quant == "minmax"
     assert [s.name for s in cfg.stages] == ["float", "stage0", "stage1"]
     assert cfg.stages[0].bits == [FP] and FP not in cfg.stages[2].bits
+    assert [s.n_random for s in cfg.stages] == [2, None, None]  # float stage: BigNAS's 2 random subnets
+    assert load_config("fmnist", ["stage1.n_random=1"]).stages[2].n_random == 1
     paper = load_config("paper")
     assert paper.space_bits == [2, 3, 4, 32] and paper.n_random == 4 and paper.grad_clip == 500
     toml = tmp_path / "c.toml"
     toml.write_text('space = "fmnist"\nbatch_size = 4\n[[stages]]\nname = "s"\nepochs = 1\nbits = [4]\nlr = 0.1\n')
     assert load_config(str(toml)).batch_size == 4
     for bad, msg in ((["nope=1"], "unknown config key 'nope'"), (["stage9.lr=1"], "no stage named 'stage9'"),
-                     (["stage1.foo=1"], "stages have no field 'foo'"), (["act_quant=xx"], "act_quant must be")):
+                     (["stage1.foo=1"], "stages have no field 'foo'"), (["act_quant=xx"], "act_quant must be"),
+                     (["float.n_random=-1"], "n_random must be >= 0")):
         with pytest.raises(ConfigError, match=msg):
             load_config("fmnist", bad)
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
