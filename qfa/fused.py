@@ -5,11 +5,11 @@ which made the quantized training step ~1.4x the float one. Each function below 
 definition (run eagerly for small tensors, where a compiled call's guard checks cost more than
 the passes it saves) and is handed to ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on
 GPU) for large ones, where it becomes one fused loop. Callers pass tensors flattened to 1-D and
-they are detached here, so one compiled graph serves every layer (4 graphs in all over 60
-training steps). Given shaped, sliced weights dynamo specialised on size-1 dims, strides and
-views' bases, and built 4 graphs of ``lsq_backward`` alone within 25 steps; past its limit of
-8 a function runs eagerly. The backward passes recompute the forward from ``x`` instead of
-saving the output and a mask: less memory, and the recompute is free inside the fused loop.
+they are detached here, so one graph per function serves every layer (4 in all over 60 steps of
+bench/train_step's loop); shaped, sliced weights made dynamo specialise on size-1 dims, strides
+and view bases, towards its limit of 8 graphs, past which it runs a function eagerly. The
+backward passes recompute the forward from ``x`` instead of saving the output and a mask: less
+memory, and the recompute is free inside the fused loop.
 
 ``QFA_COMPILE=0`` keeps everything eager; if compilation fails (no C++ compiler, an
 unsupported backend) the toolkit warns once and stays eager, with the same values.
@@ -31,25 +31,23 @@ _enabled = os.environ.get("QFA_COMPILE", "1") != "0"
 def _fused(min_numel: int) -> Callable[[Callable], Callable]:
     """Compile the decorated function for tensors of at least ``min_numel`` elements (the size
     from which the compiled call beat the eager one on 2 x86 cores)."""
-    return lambda fn: _compiled_above(fn, min_numel)
+    def wrap(fn: Callable) -> Callable:
+        compiled = torch.compile(fn, dynamic=True)  # lazy: compiles at the first large call
 
+        def call(x: torch.Tensor, *args):
+            global _enabled
+            if _enabled and x.numel() >= min_numel:
+                try:  # detached: no requires_grad flag, and no view base whose shape dynamo would guard on
+                    return compiled(x.detach(), *(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
+                except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, same values
+                    _enabled = False
+                    warnings.warn(f"qfa: torch.compile of the fake quantizers failed ({type(e).__name__}); "
+                                  "running them eagerly (slower, same values)", RuntimeWarning, stacklevel=2)
+            return fn(x, *args)
 
-def _compiled_above(fn: Callable, min_numel: int) -> Callable:
-    compiled = torch.compile(fn, dynamic=True)  # lazy: compiles at the first large call
-
-    def call(x: torch.Tensor, *args):
-        global _enabled
-        if _enabled and x.numel() >= min_numel:
-            try:  # detached: no requires_grad flag, and no view base whose shape dynamo would guard on
-                return compiled(x.detach(), *(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
-            except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, same values
-                _enabled = False
-                warnings.warn(f"qfa: torch.compile of the fake quantizers failed ({type(e).__name__}); "
-                              "running them eagerly (slower, same values)", RuntimeWarning, stacklevel=2)
-        return fn(x, *args)
-
-    call.__doc__, call.__name__, call.eager = fn.__doc__, fn.__name__, fn
-    return call
+        call.__doc__, call.__name__, call.eager = fn.__doc__, fn.__name__, fn
+        return call
+    return wrap
 
 
 def range_params(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
