@@ -6,6 +6,8 @@ same), so a table entry and the shipped model run the same TFLite ops.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from export.ir import Graph, Op, QTensor
@@ -43,6 +45,18 @@ def split(g: Graph, spec: SubnetSpec) -> list[Graph]:
     return [slice_graph(g, ops) for ops in groups]
 
 
+@contextmanager
+def _one_thread():
+    """Float sums taken in another order can flip a rounding: a cached model must not depend
+    on how many threads the process that built it had."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class BlockFactory:
     """Builds the pieces of any spec from one random supernet with trained-like quantizers
     (fractional zero points, so the shift ADDs a trained model has are there too)."""
@@ -50,7 +64,8 @@ class BlockFactory:
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.space = space
-        self.net = Supernet(space)
+        with _one_thread():
+            self.net = Supernet(space)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for m in self.net.modules():
@@ -59,9 +74,10 @@ class BlockFactory:
         self.images = torch.randn(32, space.in_channels, max(space.resolutions), max(space.resolutions), generator=g)
 
     def graph(self, spec: SubnetSpec, shifts: bool = True) -> Graph:
-        x = torch.nn.functional.interpolate(self.images, size=spec.resolution, mode="bilinear", align_corners=False)
-        calibrate(self.net, spec, [x], len(x))
-        return fold(extract(self.net, spec), x[:16], shifts=shifts)
+        with _one_thread():
+            x = torch.nn.functional.interpolate(self.images, size=spec.resolution, mode="bilinear", align_corners=False)
+            calibrate(self.net, spec, [x], len(x))
+            return fold(extract(self.net, spec), x[:16], shifts=shifts)
 
     def pieces(self, spec: SubnetSpec, target: Target) -> list[tuple[Entry, bytes]]:
         """(entry, .tflite bytes) for every piece of ``spec``."""
