@@ -45,7 +45,6 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=1000)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     net = Supernet.from_checkpoint(args.checkpoint)
     data = make_datasets(None, max(net.space.resolutions))
     specs = [s for _, s in strata_specs(net.space, args.n, seed=11)]

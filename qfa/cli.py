@@ -533,9 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "reads a bare --n as its own --nnodes/--nproc-per-node)")
     pp.add_argument("--data-csv", help="label CSV (default RUN/predictor_data.csv)")
     pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
-    pp.add_argument("--calib-images", type=int, default=500, help="calibration images per subnet (default 500)")
-    pp.add_argument("--eval-images", type=int, default=2000, help="held-out images per subnet (default 2000)")
-    pp.add_argument("--epochs", type=int, default=300, help="MLP training epochs (fit; default 300)")
+    pp.add_argument("--calib-images", type=int, default=2000,
+                    help="calibration images per subnet (default 2000, as an export calibrates)")
+    pp.add_argument("--eval-images", type=int, help="held-out images per subnet (default all: fewer make noisier labels)")
+    pp.add_argument("--epochs", type=int, default=150, help="MLP training epochs (fit; default 150)")
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     pp.add_argument("--json", action="store_true")

@@ -37,7 +37,7 @@ class JobConfig:
     n_predictor: int = 60
     calib_images: int = 500
     eval_images: int = 2000
-    predictor_epochs: int = 300
+    predictor_epochs: int = 150
     pop: int = 200
     gens: int = 100
     test_images: int | None = None       # verification images (default: the whole test set)

@@ -1,15 +1,19 @@
-"""Accuracy predictor: labels from the held-out split of the TRAINING set, an MLP on a one-hot
-genome (the paper's encoding), numpy inference for search.
+"""Accuracy predictor: labels from the held-out split of the TRAINING set, a ridge regression or
+MLP on a one-hot genome (the paper's encoding, plus resolution interactions), numpy inference
+for search.
 
-Encoding ``onehot+cost/1`` (documented, stable): ``SearchSpace.encode`` gives one integer
+Encoding ``onehot+res+cost/2`` (documented, stable): ``SearchSpace.encode`` gives one integer
 gene per choice; each gene becomes a one-hot block of ``genome_upper()[i]`` entries; the genes
 of inactive block slots (beyond a stage's depth) are all-zero blocks, so two genomes of the same
-subnet encode identically. Appended: log MACs, log BitOPs and log parameters from the cost
-model, standardised with the training set's mean and std (stored with the predictor).
+subnet encode identically. Then the same one-hot again once per resolution, zero unless the
+subnet runs at that resolution: what a choice costs depends on the resolution (the six worst
+non-uniform subnets of the trained fmnist supernet all run at 32 px with a 2-bit weight or
+activation in the first block), which one coefficient per gene cannot express. Appended: log MACs, log BitOPs and log parameters from
+the cost model, standardised with the training set's mean and std (stored with the predictor).
+``onehot+cost/1`` (no resolution copies) is still read.
 
 Model: chosen by 5-fold cross-validated Kendall tau on the training subnets among ridge
-regressions (a one-layer network) and ReLU MLPs; with a few hundred labels the linear model
-usually wins (measured: see README).
+regressions (a one-layer network) and a ReLU MLP (measured: see README).
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import numpy as np
 from .fileio import append_csv_row, atomic_write
 from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
-__all__ = ["onehot", "strata_specs", "collect", "load_rows", "Predictor", "fit", "searched_pairs", "PredictorError"]
+__all__ = ["ENCODING", "features", "onehot", "strata_specs", "collect", "load_rows", "Predictor", "fit",
+           "searched_pairs", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum"]
 
@@ -60,8 +65,22 @@ def cost_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     return np.column_stack([np.log(c["macs"]), np.log(c["bitops"]), np.log(c["params"])]).astype(np.float32)
 
 
-def features(space: SearchSpace, genomes: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    return np.column_stack([onehot(space, genomes), (cost_features(space, genomes) - mu) / sd]).astype(np.float32)
+ENCODING = "onehot+res+cost/2"
+_BY_RESOLUTION = {"onehot+cost/1": False, ENCODING: True}
+
+
+def features(space: SearchSpace, genomes: np.ndarray, mu: np.ndarray, sd: np.ndarray,
+             encoding: str = ENCODING) -> np.ndarray:
+    if encoding not in _BY_RESOLUTION:
+        raise PredictorError(f"unknown predictor encoding {encoding!r}")
+    g = np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len)
+    x = onehot(space, g)
+    parts = [x]
+    if _BY_RESOLUTION[encoding]:
+        res = g[:, 0]
+        parts += [x * (res == r)[:, None] for r in range(len(space.resolutions))]
+    parts.append((cost_features(space, g) - mu) / sd)
+    return np.concatenate(parts, axis=1, dtype=np.float32)
 
 
 def onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
@@ -107,14 +126,19 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
         return [r for r in csv.DictReader(f) if r.get("top1")]
 
 
-def collect(net, data: dict, out: Path, n: int, calib_images: int = 500, eval_images: int = 2000,
-            seed: int = 0, rank: int = 0, world: int = 1, progress: Callable[[int, int, dict], None] | None = None,
-            device: str = "cpu") -> int:
-    """Calibrate and evaluate ``n`` stratified specs on the held-out split; append rows to
-    ``out`` (CSV, one fsync'd line each); skip specs already there. Rank r of a torchrun world
-    takes every world-th spec. Returns the number of rows added."""
-    from .calibrate import calibrate
+def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
+            eval_images: int | None = None, seed: int = 0, rank: int = 0, world: int = 1,
+            progress: Callable[[int, int, dict], None] | None = None, device: str = "cpu") -> int:
+    """Calibrate and evaluate ``n`` stratified specs on the held-out split (all of it by
+    default); append rows to ``out`` (CSV, one fsync'd line each); skip specs already there.
+    Rank r of a torchrun world takes every world-th spec. Returns the number of rows added.
+
+    The default calibration is the one an export uses, so a label is the held-out top-1 of the
+    subnet as it ships."""
+    from .calibrate import DEFAULT_CALIB_IMAGES, calibrate
     from .evaluate import accuracy, calib_batches
+    calib_images = calib_images or DEFAULT_CALIB_IMAGES
+    n_eval = min(eval_images or len(data["holdout"]), len(data["holdout"]))
     done = {r["hash"] for r in load_rows(out)}
     added = 0
     plan = strata_specs(net.space, n, seed)
@@ -125,8 +149,8 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int = 500, eval_im
         net.eval()
         with net.active(spec):
             top1 = accuracy(net, data["holdout"], spec.resolution, eval_images, device)
-        row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}",
-               "images": min(eval_images, len(data["holdout"])), "calib_images": calib_images, "stratum": kind}
+        row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}", "images": n_eval,
+               "calib_images": calib_images, "stratum": kind}
         append_csv_row(out, FIELDS, row)
         done.add(spec.hash)
         added += 1
@@ -144,7 +168,8 @@ class Predictor:
     def predict_many(self, space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
         if space.hash != self.meta["space_hash"]:
             raise PredictorError(f"predictor was fitted on space {self.meta['space_hash']}, not {space.hash}")
-        x = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]))
+        x = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]),
+                     self.meta.get("encoding", "onehot+cost/1"))
         return _forward(self.weights, x) * self.std + self.mean
 
     def predict(self, spec: SubnetSpec) -> float:
@@ -216,8 +241,8 @@ def _forward(weights, x: np.ndarray) -> np.ndarray:
     return h[:, 0]
 
 
-def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 400, layers: int = 3, epochs: int = 300,
-        val_fraction: float = 0.2, seed: int = 0) -> tuple[Predictor, dict]:
+def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int = 2, epochs: int = 150,
+        val_fraction: float = 0.2, seed: int = 0, encoding: str = ENCODING) -> tuple[Predictor, dict]:
     """Choose and train the predictor on ``rows``; report RMSE / Kendall tau / Spearman rho on
     held-out subnets (never used for training or model choice)."""
     from scipy.stats import kendalltau, spearmanr
@@ -232,10 +257,10 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 400, layers: int
     val, tr = perm[:n_val], perm[n_val:]
     cf = cost_features(space, g[tr])
     mu, sd = cf.mean(0), cf.std(0) + 1e-6
-    x = features(space, g, mu, sd)
+    x = features(space, g, mu, sd, encoding)
     mean, std = float(y[tr].mean()), float(y[tr].std() + 1e-6)
     t = (y - mean) / std
-    candidates = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam)) for lam in (1.0, 3.0, 10.0, 30.0)}
+    candidates = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam)) for lam in (3.0, 10.0, 30.0, 100.0, 300.0)}
     candidates[f"mlp({layers}x{hidden})"] = lambda xx, yy: _mlp(xx, yy, hidden, layers, epochs, seed)
     folds = np.array_split(rng.permutation(tr), 5) if len(tr) >= 25 else [tr[: len(tr) // 2]]
     cv = {}
@@ -247,7 +272,7 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 400, layers: int
         cv[name] = float(np.nanmean(taus))
     best = max(cv, key=cv.get)
     weights = candidates[best](x[tr], t[tr])
-    meta = {"space_hash": space.hash, "encoding": "onehot+cost/1", "cost_mu": mu.tolist(), "cost_sd": sd.tolist(),
+    meta = {"space_hash": space.hash, "encoding": encoding, "cost_mu": mu.tolist(), "cost_sd": sd.tolist(),
             "model": best, "cv_kendall_tau": cv}
     pred = Predictor(weights, mean, std, meta)
     pv = pred.predict_many(space, g[val])
