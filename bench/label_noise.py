@@ -83,6 +83,12 @@ def main() -> None:
             res["images_for_tau_0.8"] = n_img
     for k, v in res.items():
         print(f"{k:36s} {v}")
+    diff = acc[0] - acc[1]
+    print("largest calibration swings (points, draw 1 - draw 2): "
+          + ", ".join(f"{diff[i]:+.2f} (subnet {i}, {specs[i].resolution}px, {acc[:, i].mean():.2f}%)"
+                      for i in np.argsort(-np.abs(diff))[:5]))
+    print(f"median |swing| {np.median(np.abs(diff)):.2f} points; label sd without the largest swing: "
+          f"{np.std(np.delete(diff, np.argmax(np.abs(diff)))) / np.sqrt(2):.2f}")
     print(f"labels: noise sd {noise_sd:.2f} vs true spread {true_sd:.2f} points; two labelings tau "
           f"{res['tau_two_labelings']:.2f}; a perfect predictor's tau ceiling {res['tau_ceiling_perfect_predictor']:.2f}")
     if args.json:
