@@ -8,9 +8,10 @@ of inactive block slots (beyond a stage's depth) are all-zero blocks, so two gen
 subnet encode identically. Then the same one-hot again once per resolution, zero unless the
 subnet runs at that resolution: what a choice costs depends on the resolution (the six worst
 non-uniform subnets of the trained fmnist supernet all run at 32 px with a 2-bit weight or
-activation in the first block), which one coefficient per gene cannot express. Appended: log MACs, log BitOPs and log parameters from
-the cost model, standardised with the training set's mean and std (stored with the predictor).
-``onehot+cost/1`` (no resolution copies) is still read.
+activation in the first block), which one coefficient per gene cannot express. Appended: log
+MACs, log BitOPs and log parameters from the cost model, standardised with the training set's
+mean and std (stored with the predictor). ``onehot+cost/1`` (no resolution copies) is still
+read, and used for spaces of more than 4 resolutions.
 
 Model: chosen by 5-fold cross-validated Kendall tau on the training subnets among ridge
 regressions (a one-layer network) and a ReLU MLP (measured: see README).
@@ -290,7 +291,8 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
     x = features(space, g, mu, sd, encoding)
     mean, std = float(y[tr].mean()), float(y[tr].std() + 1e-6)
     t = (y - mean) / std
-    candidates = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam)) for lam in (3.0, 10.0, 30.0, 100.0, 300.0)}
+    candidates = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam))
+                  for lam in (3.0, 10.0, 30.0, 100.0, 300.0)}
     candidates[f"mlp({layers}x{hidden})"] = lambda xx, yy: _mlp(xx, yy, hidden, layers, epochs, seed)
     folds = np.array_split(rng.permutation(tr), 5) if len(tr) >= 25 else [tr[: len(tr) // 2]]
     cv, oof = {}, {}
