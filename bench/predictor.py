@@ -4,20 +4,22 @@
 
 One fixed 20% of the labelled subnets is held out (never trained on); each model is fitted on
 the first N of the rest and scored on it: Kendall tau, Spearman rho and RMSE (points). The
-encodings are those ``qfa.predictor.features`` reads; the models are ``fit``'s candidates.
-Which of them ``qfa predictor fit`` picks is decided by cross-validation on the training
-subnets alone; this script shows the whole grid, and so how much more labels would buy.
+encodings are those ``qfa.predictor.features`` reads; the models are ``qfa.predictor.models()``
+(the MLP only with --mlp). Which of them ``qfa predictor fit`` picks is decided by
+cross-validation on the training subnets alone; this script shows the whole grid, and so how
+much more labels would buy.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.predictor import _BY_RESOLUTION, _forward, _mlp, _ridge, cost_features, features, load_rows  # noqa: E402
+from qfa.predictor import _BY_RESOLUTION, _forward, cost_features, features, load_rows, models  # noqa: E402
 from qfa.space import SearchSpace, get_space  # noqa: E402
 
 
@@ -32,7 +34,6 @@ def main() -> None:
     rows = load_rows(args.data)
     if not rows:
         sys.exit(f"error: no labelled subnets in {args.data}")
-    import json
     space: SearchSpace = get_space(json.loads(rows[0]["spec"])["space"])
     g = np.stack([space.encode(space.parse(r["spec"])) for r in rows])
     y = np.array([float(r["top1"]) for r in rows])
@@ -40,15 +41,13 @@ def main() -> None:
     n_val = len(y) // 5
     val, pool = perm[:n_val], perm[n_val:]
     sizes = sorted({n for n in args.sizes if n < len(pool)} | {len(pool)})
-    models = {f"ridge(lambda={lam:g})": (lambda x, t, lam=lam: _ridge(x, t, lam)) for lam in (10.0, 30.0, 100.0)}
-    if args.mlp:
-        models["mlp(2x256)"] = lambda x, t: _mlp(x, t, 256, 2, 150, args.seed)
+    candidates = {k: v for k, v in models(seed=args.seed).items() if args.mlp or not k.startswith("mlp")}
     print(f"{len(y)} labelled subnets ({Path(args.data).name}), {n_val} held out; "
           f"label sd {y[val].std():.2f} points on them")
     print("Kendall tau / Spearman rho / RMSE on the held-out subnets, by training labels:")
-    print(f"{'encoding':20s} {'model':18s} " + " ".join(f"{n:>17d}" for n in sizes))
+    print(f"{'encoding':20s} {'model':19s} " + " ".join(f"{n:>17d}" for n in sizes))
     for enc in _BY_RESOLUTION:
-        for name, make in models.items():
+        for name, make in candidates.items():
             cells = []
             for n in sizes:
                 tr = pool[:n]
@@ -58,7 +57,7 @@ def main() -> None:
                 p = _forward(make(x[tr], (y[tr] - m) / s), x[val]) * s + m
                 cells.append(f"{kendalltau(p, y[val])[0]:.3f}/{spearmanr(p, y[val])[0]:.3f}/"
                              f"{np.sqrt(np.mean((p - y[val]) ** 2)):.2f}")
-            print(f"{enc:20s} {name:18s} " + " ".join(f"{c:>17s}" for c in cells), flush=True)
+            print(f"{enc:20s} {name:19s} " + " ".join(f"{c:>17s}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":

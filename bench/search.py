@@ -76,10 +76,10 @@ def main() -> None:
         from hw.runner import time_model
         from qfa.data import make_datasets
         from qfa.deploy import export_subnet, verify_tflite
+        from qfa.evaluate import accuracy
         from qfa.supernet import Supernet
         net = Supernet.from_checkpoint(run)
         pset = ParetoSet.from_front(space, front, table.target.name)
-        from qfa.evaluate import accuracy
         print("budget   predicted / true held-out top-1 / test top-1 (PyTorch, TFLite)   predicted / measured latency")
         with tempfile.TemporaryDirectory() as tmp:
             for b in budgets:

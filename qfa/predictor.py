@@ -29,7 +29,7 @@ import numpy as np
 from .fileio import append_csv_row, atomic_write
 from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
-__all__ = ["ENCODING", "features", "onehot", "strata_specs", "collect", "load_rows", "Predictor", "fit",
+__all__ = ["ENCODING", "features", "onehot", "strata_specs", "collect", "load_rows", "Predictor", "models", "fit",
            "searched_pairs", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum"]
@@ -253,6 +253,15 @@ def _forward(weights, x: np.ndarray) -> np.ndarray:
     return h[:, 0]
 
 
+def models(hidden: int = 256, layers: int = 2, epochs: int = 150,
+           seed: int = 0) -> dict[str, Callable[[np.ndarray, np.ndarray], list]]:
+    """The candidates ``fit`` chooses among: name -> (features, standardised top-1) -> weights."""
+    out = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam))
+           for lam in (3.0, 10.0, 30.0, 100.0, 300.0)}
+    out[f"mlp({layers}x{hidden})"] = lambda xx, yy: _mlp(xx, yy, hidden, layers, epochs, seed)
+    return out
+
+
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pool-adjacent-violators: knots (block mean x, block mean y) of the least-squares
     non-decreasing fit of y on x; block means of y strictly increase."""
@@ -264,7 +273,7 @@ def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             last = blocks.pop()
             blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
     b = np.array(blocks)
-    return (b[:, 0] / b[:, 2]).astype(np.float64), (b[:, 1] / b[:, 2]).astype(np.float64)
+    return b[:, 0] / b[:, 2], b[:, 1] / b[:, 2]
 
 
 def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int = 2, epochs: int = 150,
@@ -291,9 +300,7 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
     x = features(space, g, mu, sd, encoding)
     mean, std = float(y[tr].mean()), float(y[tr].std() + 1e-6)
     t = (y - mean) / std
-    candidates = {f"ridge(lambda={lam})": (lambda xx, yy, lam=lam: _ridge(xx, yy, lam))
-                  for lam in (3.0, 10.0, 30.0, 100.0, 300.0)}
-    candidates[f"mlp({layers}x{hidden})"] = lambda xx, yy: _mlp(xx, yy, hidden, layers, epochs, seed)
+    candidates = models(hidden, layers, epochs, seed)
     folds = np.array_split(rng.permutation(tr), 5) if len(tr) >= 25 else [tr[: len(tr) // 2]]
     cv, oof = {}, {}
     for name, make in candidates.items():
@@ -306,7 +313,7 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
     best = max(cv, key=cv.get)
     weights = candidates[best](x[tr], t[tr])
     meta = {"space_hash": space.hash, "encoding": encoding, "cost_mu": mu.tolist(), "cost_sd": sd.tolist(),
-            "model": best, "cv_kendall_tau": cv, "link": "isotonic on out-of-fold predictions"}
+            "model": best, "cv_kendall_tau": cv}
     seen = ~np.isnan(oof[best])
     pred = Predictor(weights, mean, std, meta, _isotonic(oof[best][seen], y[seen]))
     pv = pred.predict_many(space, g[val])
