@@ -60,11 +60,14 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tu
 
 
 # The grid's scalars (c, zo) come in computed: inside a compiled loop inductor would recompute
-# them for every element (measured 2x slower).
+# them for every element (measured 2x slower). c*x + zo is a multiply then an add, never addcmul:
+# eager addcmul is a fused multiply-add (one rounding), inductor's loop rounds twice, and the odd
+# value that lands on a .5 then rounds the other way (a block model's bytes then depended on
+# whether its builder ran compiled).
 @_fused(min_numel=1 << 16)
 def affine_forward(x: torch.Tensor, c: torch.Tensor, zo: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """x^ = (round(clamp(c*x + zo)) - zo) / c, with c = alpha/s and zo = z + offset."""
-    return torch.addcmul(zo, x, c).clamp_(qmin, qmax).round_().sub_(zo).div_(c)
+    return (x * c).add_(zo).clamp_(qmin, qmax).round_().sub_(zo).div_(c)
 
 
 @_fused(min_numel=1 << 13)
@@ -72,7 +75,7 @@ def affine_backward(g: torch.Tensor, x: torch.Tensor, c: torch.Tensor, zo: torch
                     qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Straight-through gradient of x (zero where clamped), and the sums the scalar gradients
     need: alpha * dL/dalpha = sum(g*x inside) - sum(g*y), and sum(g outside)."""
-    v = torch.addcmul(zo, x, c)
+    v = (x * c).add_(zo)
     gx = g * ((v >= qmin) & (v <= qmax))
     y = v.clamp_(qmin, qmax).round_().sub_(zo).div_(c)
     return gx, (gx * x).sum() - (g * y).sum(), g.sum() - gx.sum()
