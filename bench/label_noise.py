@@ -1,12 +1,15 @@
 """How well can any predictor rank subnets, given how noisy its accuracy labels are?
 
-    python bench/label_noise.py --checkpoint runs/fmnist_bq [--n 40] [--eval-images 6000] [--calib-images 1000]
+    python bench/label_noise.py --checkpoint runs/fmnist_f3 [--n 40] [--draws 2] [--eval-images 6000]
+                                [--calib-images 8000]
 
-Labels each of ``n`` stratified specs twice, with independent calibration images, keeping the
-per-image correctness on the held-out split. From that it measures the label noise (calibration
-part: same images, other calibration set; sampling part: disjoint halves of the images) and the
-spread of the subnets' true accuracies, then simulates the Kendall tau a PERFECT predictor would
-score against labels of this quality: the ceiling for the predictor target.
+Labels each of ``n`` stratified specs ``draws`` times, with independent calibration images,
+keeping the per-image correctness on the held-out split. Run it at two ``--calib-images`` to see
+what a calibration size costs in label noise and in the worst subnet's spread. From that it
+measures the label noise (calibration part: same images, other calibration set; sampling part:
+disjoint halves of the images) and the spread of the subnets' true accuracies, then simulates
+the Kendall tau a PERFECT predictor would score against labels of this quality: the ceiling for
+the predictor target.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from scipy.stats import kendalltau
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.calibrate import calibrate  # noqa: E402
+from qfa.calibrate import DEFAULT_CALIB_IMAGES, calibrate  # noqa: E402
 from qfa.data import make_datasets, resize  # noqa: E402
 from qfa.evaluate import calib_batches, calib_seeds  # noqa: E402
 from qfa.predictor import strata_specs  # noqa: E402
@@ -42,34 +45,40 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--eval-images", type=int, default=6000)
-    ap.add_argument("--calib-images", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=2, help="calibration draws per subnet (>= 2)")
+    ap.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.draws < 2:
+        ap.error("--draws must be at least 2")
     net = Supernet.from_checkpoint(args.checkpoint)
     data = make_datasets(None, max(net.space.resolutions))
     specs = [s for _, s in strata_specs(net.space, args.n, seed=11)]
-    c = np.zeros((2, len(specs), min(args.eval_images, len(data["holdout"]))), bool)
+    c = np.zeros((args.draws, len(specs), min(args.eval_images, len(data["holdout"]))), bool)
     for i, spec in enumerate(specs):
-        for k, seed in enumerate(calib_seeds(2)):
+        for k, seed in enumerate(calib_seeds(args.draws)):
             calibrate(net, spec, calib_batches(data["train"], args.calib_images, seed=seed), args.calib_images)
             net.eval()
             c[k, i] = correct(net, spec, data["holdout"], args.eval_images)
-        print(f"\r{i + 1}/{len(specs)} labelled twice", end="", file=sys.stderr, flush=True)
+        print(f"\r{i + 1}/{len(specs)} labelled {args.draws} times", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     m = c.shape[2]
-    acc = 100 * c.mean(axis=2)                       # (2 calibrations, n)
+    acc = 100 * c.mean(axis=2)                       # (draws, n)
     half = m // 2
     h1, h2 = 100 * c[0, :, :half].mean(1), 100 * c[0, :, half:2 * half].mean(1)
-    calib_sd = float(np.std(acc[0] - acc[1]) / np.sqrt(2))            # per label, same images
+    dev = acc - acc.mean(1, keepdims=True)            # a draw that moves every subnet alike ranks the same
+    calib_sd = float(np.sqrt(np.var(dev, axis=0, ddof=1).mean()))     # per label, same images
     sample_sd_half = float(np.std(h1 - h2) / np.sqrt(2))              # per label of m/2 images
     sample_sd = sample_sd_half / np.sqrt(2)                            # per label of m images
     noise_sd = float(np.hypot(calib_sd, sample_sd))
     obs_var = float(np.var(acc.mean(0)))
-    # the mean of the two labelings: half the calibration variance, all the sampling variance (same images)
-    true_sd = float(np.sqrt(max(obs_var - calib_sd ** 2 / 2 - sample_sd ** 2, 1e-9)))
+    # the mean of the labelings: 1/draws of the calibration variance, all the sampling variance (same images)
+    true_sd = float(np.sqrt(max(obs_var - calib_sd ** 2 / args.draws - sample_sd ** 2, 1e-9)))
     rng = np.random.default_rng(0)
     sims = [kendalltau(t := rng.normal(0, true_sd, 200), t + rng.normal(0, noise_sd, 200))[0] for _ in range(200)]
-    res = {"subnets": len(specs), "eval_images": m, "calib_images": args.calib_images,
+    spread = acc.max(0) - acc.min(0)                 # per subnet, over its draws
+    res = {"subnets": len(specs), "draws": args.draws, "eval_images": m, "calib_images": args.calib_images,
+           "median_spread": round(float(np.median(spread)), 3), "max_spread": round(float(spread.max()), 3),
            "label_sd_calibration": round(calib_sd, 3), "label_sd_sampling": round(sample_sd, 3),
            "label_sd": round(noise_sd, 3), "true_accuracy_sd": round(true_sd, 3),
            "tau_two_labelings": round(float(kendalltau(acc[0], acc[1])[0]), 3),
@@ -83,14 +92,12 @@ def main() -> None:
             res["images_for_tau_0.8"] = n_img
     for k, v in res.items():
         print(f"{k:36s} {v}")
-    diff = acc[0] - acc[1]
-    print("largest calibration swings (points, draw 1 - draw 2): "
-          + ", ".join(f"{diff[i]:+.2f} (subnet {i}, {specs[i].resolution}px, {acc[:, i].mean():.2f}%)"
-                      for i in np.argsort(-np.abs(diff))[:5]))
-    print(f"median |swing| {np.median(np.abs(diff)):.2f} points; label sd without the largest swing: "
-          f"{np.std(np.delete(diff, np.argmax(np.abs(diff)))) / np.sqrt(2):.2f}")
+    print(f"largest spreads over {args.draws} draws (points): "
+          + ", ".join(f"{spread[i]:.2f} (subnet {i}, {specs[i].resolution}px, "
+                      f"{acc[:, i].min():.2f}-{acc[:, i].max():.2f}%)" for i in np.argsort(-spread)[:5]))
     print(f"labels: noise sd {noise_sd:.2f} vs true spread {true_sd:.2f} points; two labelings tau "
-          f"{res['tau_two_labelings']:.2f}; a perfect predictor's tau ceiling {res['tau_ceiling_perfect_predictor']:.2f}")
+          f"{res['tau_two_labelings']:.2f}; a perfect predictor's tau ceiling "
+          f"{res['tau_ceiling_perfect_predictor']:.2f}")
     if args.json:
         print(json.dumps(res))
 

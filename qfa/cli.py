@@ -211,9 +211,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"{row['top1']:6.2f}%  {row['hash']}  {row['spec']}", flush=True)
     if not args.json:
         print(f"{'top1':>7s}  {'hash':16s}  spec   (test set: {args.test_images or len(data['test'])} images, "
-              f"calibration: {args.calib_images} training images"
+              f"calibration: {_calib_images(args)} training images"
               + (f", best of {args.calib_draws} draws on the held-out split)" if args.calib_draws > 1 else ")"))
-    rows = evaluate_specs(net, specs, data, args.calib_images, args.test_images, progress=show,
+    rows = evaluate_specs(net, specs, data, _calib_images(args), args.test_images, progress=show,
                           calib_draws=args.calib_draws)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "results": rows}))
@@ -273,7 +273,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise CLIError(f"--onnx must end in .onnx: {args.onnx}", 2)
     from export.onnx2tf_path import Onnx2tfError
     try:
-        res = export_subnet(net, spec, data, out, args.target, args.calib_images, uint8_io=args.uint8,
+        res = export_subnet(net, spec, data, out, args.target, _calib_images(args), uint8_io=args.uint8,
                             via=args.via, onnx_out=Path(args.onnx) if args.onnx else None, calib_draws=args.calib_draws)
     except Onnx2tfError as e:
         raise CLIError(str(e), 1) from None
@@ -326,7 +326,11 @@ def cmd_predictor(args: argparse.Namespace) -> None:
         def progress(i: int, n: int, row: dict) -> None:
             if not args.json:
                 print(f"\rcollect: {i}/{n}  last {float(row['top1']):.2f}% ({row['stratum']})", end="", file=sys.stderr, flush=True)
-        added = collect(net, data, out, args.n, args.calib_images, args.eval_images, args.seed, rank, world, progress, device)
+        try:
+            added = collect(net, data, out, args.n, _calib_images(args), args.eval_images, args.seed, rank, world,
+                            progress, device)
+        except PredictorError as e:
+            raise CLIError(str(e), 2) from None
         if not args.json:
             print(file=sys.stderr)
         _emit(args, {"data": str(out), "added": added, "rows": len(load_rows(out))},
@@ -421,10 +425,17 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _add_calib_draws(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
-                   "and keep the best on the held-out training split (2-bit subnets move ~0.4 points between "
-                   "draws; default 1)")
+def _add_calib(p: argparse.ArgumentParser, draws: bool = True) -> None:
+    p.add_argument("--calib-images", type=int, metavar="N",
+                   help="training images that calibrate each subnet (default: qfa.calibrate's, 8000)")
+    if draws:
+        p.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
+                       "and keep the best on the held-out training split (default 1)")
+
+
+def _calib_images(args: argparse.Namespace) -> int:
+    from .calibrate import DEFAULT_CALIB_IMAGES  # imports torch: only where a subnet is calibrated
+    return args.calib_images or DEFAULT_CALIB_IMAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -486,8 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "precision) or random:N:B (every conv at B bits)")
     ep.add_argument("--seed", type=int, default=0)
     ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
-    _add_calib_draws(ep)
-    ep.add_argument("--calib-images", type=int, default=2000, help="calibration images per subnet (default 2000)")
+    _add_calib(ep)
     ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
     ep.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ep.set_defaults(func=cmd_eval)
@@ -515,8 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--verify", action="store_true", help="run the file on the test set and compare with PyTorch")
     xp.add_argument("--threshold", type=float, default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
     xp.add_argument("--test-images", type=int, default=None, help="limit the verification images (default: all)")
-    _add_calib_draws(xp)
-    xp.add_argument("--calib-images", type=int, default=2000, help="calibration images (default 2000)")
+    _add_calib(xp)
     xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     xp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     xp.set_defaults(func=cmd_export)
@@ -533,8 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "reads a bare --n as its own --nnodes/--nproc-per-node)")
     pp.add_argument("--data-csv", help="label CSV (default RUN/predictor_data.csv)")
     pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
-    pp.add_argument("--calib-images", type=int, default=2000,
-                    help="calibration images per subnet (default 2000, as an export calibrates)")
+    _add_calib(pp, draws=False)
     pp.add_argument("--eval-images", type=int, help="held-out images per subnet (default all: fewer make noisier labels)")
     pp.add_argument("--epochs", type=int, default=150, help="MLP training epochs (fit; default 150)")
     pp.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ from export.ir import Graph
 from export.tflite import TARGETS, to_tflite
 from export.verify import TFLiteModel, op_summary
 
+from .calibrate import DEFAULT_CALIB_IMAGES
 from .data import resize
 from .evaluate import calib_batches, calibrate_best
 from .fileio import atomic_write
@@ -28,7 +29,7 @@ __all__ = ["export_subnet", "verify_tflite"]
 
 
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
-                  calib_images: int = 2000, range_images: int = 512, uint8_io: bool = False,
+                  calib_images: int = DEFAULT_CALIB_IMAGES, range_images: int = 512, uint8_io: bool = False,
                   via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1) -> dict[str, Any]:
     """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically.
 

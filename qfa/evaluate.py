@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .calibrate import calibrate
+from .calibrate import DEFAULT_CALIB_IMAGES, calibrate
 from .data import ImageSet, resize
 from .space import SubnetSpec
 from .supernet import Supernet
@@ -49,7 +49,8 @@ def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: 
     return 100.0 * correct / max(total, 1)
 
 
-def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet], calib_images: int = 2000,
+def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet],
+                   calib_images: int = DEFAULT_CALIB_IMAGES,
                    draws: int = 1, select_images: int | None = None, device: str | torch.device = "cpu",
                    on_draw: Callable[[int, float], None] | None = None) -> dict:
     """Calibrate ``spec`` on ``calib_images`` training images; with ``draws`` > 1, on each of
@@ -79,7 +80,7 @@ def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet], c
 
 
 def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], data: dict[str, ImageSet],
-                   calib_images: int = 2000, test_images: int | None = None,
+                   calib_images: int = DEFAULT_CALIB_IMAGES, test_images: int | None = None,
                    device: str | torch.device = "cpu", progress=None, calib_draws: int = 1) -> list[dict]:
     """For each spec: calibrate on training images (the best of ``calib_draws`` draws on the
     held-out split), then top-1 on the test set."""

@@ -53,6 +53,12 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
     assert (tmp_path / "two.csv").read_text().count("hash,") == 1  # one header from two writers
     rows = lambda f: sorted((r["hash"], r["top1"]) for r in load_rows(tmp_path / f))  # noqa: E731
     assert len(rows("two.csv")) == 6 and rows("two.csv") == rows("one.csv")
+    before = (tmp_path / "one.csv").read_bytes()
+    other = [a if a != "64" else "128" for a in args]  # --calib-images 128 onto labels calibrated on 64
+    mixed = subprocess.run([sys.executable, *other, str(tmp_path / "one.csv")], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1, mixed.stderr[-2000:]
+    assert "calibrated on [64] images" in mixed.stderr and (tmp_path / "one.csv").read_bytes() == before
 
 
 def test_calibrate_best_keeps_the_draw_best_on_the_held_out_split():
