@@ -141,7 +141,7 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
     calib_images = calib_images or DEFAULT_CALIB_IMAGES
     n_eval = min(eval_images or len(data["holdout"]), len(data["holdout"]))
     rows = load_rows(out)
-    other = {int(r["calib_images"]) for r in rows} - {calib_images}
+    other = {int(r["calib_images"]) for r in rows if r.get("calib_images")} - {calib_images}
     if other:  # one file, one labelling: a predictor fitted on a mix learns the calibration size
         raise PredictorError(f"{out} holds labels calibrated on {sorted(other)} images, not {calib_images}; "
                              f"pass --calib-images {max(other)} to extend it, or another --data-csv")
