@@ -22,8 +22,8 @@ __all__ = ["cache_dir", "write_model", "model_path", "build", "code_fingerprint"
 ROOT = Path(__file__).resolve().parents[1]
 # the code a block model's bytes depend on
 _LOWERING = ["export/ir.py", "export/lower.py", "export/tflite.py", "hw/blocks.py", "hw/entries.py",
-             "qfa/fold.py", "qfa/calibrate.py", "qfa/quant.py", "qfa/fused.py", "qfa/supernet.py", "qfa/elastic/ops.py",
-             "qfa/elastic/blocks.py"]
+             "qfa/fold.py", "qfa/calibrate.py", "qfa/quant.py", "qfa/fused.py", "qfa/supernet.py",
+             "qfa/elastic/ops.py", "qfa/elastic/blocks.py"]
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:

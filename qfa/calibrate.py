@@ -19,9 +19,9 @@ from .supernet import Supernet
 
 __all__ = ["calibrate", "DEFAULT_CALIB_IMAGES"]
 
-# 8,000, not 2,000: on the fmnist supernet a few 2-bit, 32-px subnets lost up to 7 points of
-# held-out top-1 to an unlucky 2,000-image draw; at 8,000, four draws agreed within 0.15 points
-# (bench/calibration.py). Exports, `qfa eval` and predictor labels all calibrate this way.
+# 8,000, not 2,000: on the fmnist supernet two 2,000-image draws moved one 32-px subnet's
+# held-out top-1 by 7.1 points; at 8,000 the largest move over the same 24 subnets was 0.63
+# (bench/label_noise.py). Exports, `qfa eval` and predictor labels all calibrate this way.
 DEFAULT_CALIB_IMAGES = 8000
 
 
