@@ -46,13 +46,13 @@ def main() -> None:
           f"label sd {y[val].std():.2f} points on them")
     print("Kendall tau / Spearman rho / RMSE on the held-out subnets, by training labels:")
     print(f"{'encoding':20s} {'model':19s} " + " ".join(f"{n:>17d}" for n in sizes))
+    cfs = {n: cost_features(space, g[pool[:n]]) for n in sizes}  # standardised on each training prefix
     for enc in _BY_RESOLUTION:
+        xs = {n: features(space, g, cf.mean(0), cf.std(0) + 1e-6, enc) for n, cf in cfs.items()}
         for name, make in candidates.items():
             cells = []
             for n in sizes:
-                tr = pool[:n]
-                cf = cost_features(space, g[tr])
-                x = features(space, g, cf.mean(0), cf.std(0) + 1e-6, enc)
+                tr, x = pool[:n], xs[n]
                 m, s = y[tr].mean(), y[tr].std() + 1e-6
                 p = _forward(make(x[tr], (y[tr] - m) / s), x[val]) * s + m
                 cells.append(f"{kendalltau(p, y[val])[0]:.3f}/{spearmanr(p, y[val])[0]:.3f}/"

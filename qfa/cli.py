@@ -209,11 +209,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     def show(row: dict) -> None:
         if not args.json:
             print(f"{row['top1']:6.2f}%  {row['hash']}  {row['spec']}", flush=True)
+    calib_images = _calib_images(args)
     if not args.json:
         print(f"{'top1':>7s}  {'hash':16s}  spec   (test set: {args.test_images or len(data['test'])} images, "
-              f"calibration: {_calib_images(args)} training images"
+              f"calibration: {calib_images} training images"
               + (f", best of {args.calib_draws} draws on the held-out split)" if args.calib_draws > 1 else ")"))
-    rows = evaluate_specs(net, specs, data, _calib_images(args), args.test_images, progress=show,
+    rows = evaluate_specs(net, specs, data, calib_images, args.test_images, progress=show,
                           calib_draws=args.calib_draws)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "results": rows}))
