@@ -1,13 +1,19 @@
-"""Predictor quality against label count, per encoding and model.
+"""Predictor quality against label count, per encoding, target and model.
 
     python bench/predictor.py runs/fmnist_f3/predictor_data.csv [--sizes 100 200 400] [--mlp]
+                              [--encodings split+res+cost/3 ...] [--targets top1 inverse_error]
+                              [--label-sd 0.28]
 
 One fixed 20% of the labelled subnets is held out (never trained on); each model is fitted on
 the first N of the rest and scored on it: Kendall tau, Spearman rho and RMSE (points). The
-encodings are those ``qfa.predictor.features`` reads; the models are ``qfa.predictor.models()``
+encodings are those ``qfa.predictor.features`` reads (ENCODINGS), the targets what a model is
+fitted to (TARGETS: top-1 or -1/error); the models are ``qfa.predictor.models()``
 (the MLP only with --mlp). Which of them ``qfa predictor fit`` picks is decided by
 cross-validation on the training subnets alone; this script shows the whole grid, and so how
-much more labels would buy.
+much more labels would buy. With ``--label-sd`` (the label noise that bench/label_noise.py
+measures) it also prints what tau these held-out subnets allow at all: the labels themselves,
+ranked against labels with that much more noise. Their spread includes one helping of noise
+already, so this bounds a perfect predictor's tau from ABOVE.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.predictor import _BY_RESOLUTION, _forward, cost_features, features, load_rows, models  # noqa: E402
+from qfa.predictor import ENCODINGS, TARGETS, _forward, cost_features, features, load_rows, models  # noqa: E402
 from qfa.space import SearchSpace, get_space  # noqa: E402
 
 
@@ -29,6 +35,9 @@ def main() -> None:
     ap.add_argument("data", help="label CSV (qfa predictor collect)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--mlp", action="store_true", help="also the MLP (slower: seconds per fit)")
+    ap.add_argument("--encodings", nargs="+", choices=list(ENCODINGS), default=list(ENCODINGS))
+    ap.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    ap.add_argument("--label-sd", type=float, help="label noise sd (points): print the tau ceiling")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rows = load_rows(args.data)
@@ -44,21 +53,26 @@ def main() -> None:
     candidates = {k: v for k, v in models(seed=args.seed).items() if args.mlp or not k.startswith("mlp")}
     print(f"{len(y)} labelled subnets ({Path(args.data).name}), {n_val} held out; "
           f"label sd {y[val].std():.2f} points on them")
+    if args.label_sd:
+        rng = np.random.default_rng(args.seed)
+        bound = np.mean([kendalltau(y[val], y[val] + rng.normal(0, args.label_sd, n_val))[0] for _ in range(500)])
+        print(f"a perfect predictor scores at most tau {bound:.3f} on them (label noise sd {args.label_sd} points)")
     print("Kendall tau / Spearman rho / RMSE on the held-out subnets, by training labels:")
-    print(f"{'encoding':20s} {'model':19s} " + " ".join(f"{n:>17d}" for n in sizes))
+    print(f"{'encoding':18s} {'target':13s} {'model':19s} " + " ".join(f"{n:>17d}" for n in sizes))
     cfs = {n: cost_features(space, g[pool[:n]]) for n in sizes}  # standardised on each training prefix
-    for enc in _BY_RESOLUTION:
+    for enc in args.encodings:
         xs = {n: features(space, g, cf.mean(0), cf.std(0) + 1e-6, enc) for n, cf in cfs.items()}
-        for name, make in candidates.items():
-            cells = []
-            for n in sizes:
-                tr, x = pool[:n], xs[n]
-                m, s = y[tr].mean(), y[tr].std() + 1e-6
-                p = _forward(make(x[tr], (y[tr] - m) / s), x[val]) * s + m
-                cells.append(f"{kendalltau(p, y[val])[0]:.3f}/{spearmanr(p, y[val])[0]:.3f}/"
-                             f"{np.sqrt(np.mean((p - y[val]) ** 2)):.2f}")
-            print(f"{enc:20s} {name:19s} " + " ".join(f"{c:>17s}" for c in cells), flush=True)
-
+        for tname, (to_target, from_target) in ((t, TARGETS[t]) for t in args.targets):
+            u = to_target(y)
+            for name, make in candidates.items():
+                cells = []
+                for n in sizes:
+                    tr, x = pool[:n], xs[n]
+                    m, s = u[tr].mean(), u[tr].std() + 1e-12
+                    p = from_target(_forward(make(x[tr], (u[tr] - m) / s), x[val]) * s + m)
+                    cells.append(f"{kendalltau(p, y[val])[0]:.3f}/{spearmanr(p, y[val])[0]:.3f}/"
+                                 f"{np.sqrt(np.mean((p - y[val]) ** 2)):.2f}")
+                print(f"{enc:18s} {tname:13s} {name:19s} " + " ".join(f"{c:>17s}" for c in cells), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -352,7 +352,8 @@ def cmd_predictor(args: argparse.Namespace) -> None:
     dest = Path(args.out or _run_dir(args.checkpoint) / "predictor.safetensors")
     pred.save(dest)
     _emit(args, {"predictor": str(dest), **metrics},
-          lambda: print(f"wrote {dest} ({metrics['model']}, chosen by 5-fold CV on the training subnets)\n"
+          lambda: print(f"wrote {dest} ({metrics['model']} on {metrics['encoding']}, fitted to {metrics['target']}; "
+                        f"chosen by 5-fold CV on the training subnets)\n"
                         f"  held-out subnets: {metrics['n_val']} of {metrics['n']}  RMSE {metrics['rmse']:.3f} "
                         f"points  Kendall tau {metrics['kendall_tau']:.3f}  Spearman rho {metrics['spearman_rho']:.3f}"))
 

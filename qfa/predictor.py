@@ -1,17 +1,27 @@
 """Accuracy predictor: labels from the held-out split of the TRAINING set, a ridge regression or
-MLP on a one-hot genome (the paper's encoding, plus resolution interactions), numpy inference
-for search.
+MLP on a one-hot genome (the paper's encoding, split and repeated per resolution), numpy
+inference for search.
 
-Encoding ``onehot+res+cost/2`` (documented, stable): ``SearchSpace.encode`` gives one integer
-gene per choice; each gene becomes a one-hot block of ``genome_upper()[i]`` entries; the genes
-of inactive block slots (beyond a stage's depth) are all-zero blocks, so two genomes of the same
-subnet encode identically. Then the same one-hot again once per resolution, zero unless the
-subnet runs at that resolution: what a choice costs depends on the resolution (the six worst
-non-uniform subnets of the trained fmnist supernet all run at 32 px with a 2-bit weight or
-activation in the first block), which one coefficient per gene cannot express. Appended: log
-MACs, log BitOPs and log parameters from the cost model, standardised with the training set's
-mean and std (stored with the predictor). ``onehot+cost/1`` (no resolution copies) is still
-read, and used for spaces of more than 4 resolutions.
+Encoding ``split+res+cost/3`` (documented, stable): ``SearchSpace.encode`` gives one integer
+gene per choice. Each architecture gene (resolution, depth, kernel, expand) becomes a one-hot
+block of ``genome_upper()[i]`` entries; each precision gene (one conv's (w, a) pair) becomes TWO
+one-hot blocks, weight bits and activation bits, over ``space.bits``: what a 2-bit activation
+costs hardly depends on the weight bits beside it, and 2 x 5 coefficients per conv are learned
+from a few hundred labels where 17 pair coefficients were not (5-fold CV tau on the trained
+fmnist supernet: 0.650 split vs 0.628 pairs). Genes of inactive block slots (beyond a stage's
+depth) are all-zero blocks, so two genomes of the same subnet encode identically. Then the
+same one-hot again once per resolution, zero unless the subnet runs at that resolution: what a
+choice costs depends on the resolution (the worst non-uniform subnets of that supernet all run
+at 32 px with a 2-bit activation in the first block), which one coefficient per gene cannot
+express. Appended: log MACs, log BitOPs and log parameters from the cost model, standardised
+with the training set's mean and std (stored with the predictor). Without the resolution copies
+(``split+cost/3``) for spaces of more than 4 resolutions. The earlier ``onehot+cost/1`` and
+``onehot+res+cost/2`` (one block per (w, a) pair) are still read.
+
+Target: the model is fitted to ``-1/(100 - top1)``, not top-1. Quantization errors compound: a
+low-bit layer costs more points in a subnet that already errs more (uniform W2A2 subnets lose
+8-10 points, far more than the sum of their layers' average costs), and an additive model of the
+reciprocal error rate fits that (CV tau +0.01 to +0.03 over top-1, more than log error or logit).
 
 Model: chosen by 5-fold cross-validated Kendall tau on the training subnets among ridge
 regressions (a one-layer network) and a ReLU MLP (measured: see README).
@@ -29,7 +39,8 @@ import numpy as np
 from .fileio import append_csv_row, atomic_write
 from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
-__all__ = ["ENCODING", "features", "onehot", "strata_specs", "collect", "load_rows", "Predictor", "models", "fit",
+__all__ = ["ENCODING", "ENCODINGS", "TARGETS", "features", "onehot", "split_onehot", "strata_specs", "collect",
+           "load_rows", "Predictor", "models", "fit",
            "searched_pairs", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum"]
@@ -66,25 +77,8 @@ def cost_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     return np.column_stack([np.log(c["macs"]), np.log(c["bitops"]), np.log(c["params"])]).astype(np.float32)
 
 
-ENCODING = "onehot+res+cost/2"
-_BY_RESOLUTION = {"onehot+cost/1": False, ENCODING: True}
-
-
-def features(space: SearchSpace, genomes: np.ndarray, mu: np.ndarray, sd: np.ndarray,
-             encoding: str = ENCODING) -> np.ndarray:
-    if encoding not in _BY_RESOLUTION:
-        raise PredictorError(f"unknown predictor encoding {encoding!r}")
-    g = np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len)
-    x = onehot(space, g)
-    parts = [x]
-    if _BY_RESOLUTION[encoding]:
-        res = g[:, 0]
-        parts += [x * (res == r)[:, None] for r in range(len(space.resolutions))]
-    parts.append((cost_features(space, g) - mu) / sd)
-    return np.concatenate(parts, axis=1, dtype=np.float32)
-
-
 def onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
+    """One block per gene (the paper's genome encoding)."""
     g = space.canonical(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
     upper = space.genome_upper()
     offsets = np.concatenate([[0], np.cumsum(upper)[:-1]])
@@ -92,6 +86,69 @@ def onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(_active_genes(space, g))
     x[rows, offsets[cols] + g[rows, cols]] = 1.0
     return x
+
+
+def _precision_genes(space: SearchSpace) -> np.ndarray:
+    slot = np.zeros(space.SLOT_GENES, bool)
+    slot[2:] = True  # kernel, expand, then the block's three convs' (w, a) genes
+    return np.concatenate([np.zeros(1 + len(space.stages), bool), np.tile(slot, space.n_slots), np.ones(4, bool)])
+
+
+def split_onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
+    """Architecture genes one block each; each (w, a) gene a weight-bits and an activation-bits
+    block."""
+    g = space.canonical(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
+    prec, nb = _precision_genes(space), len(space.bits)
+    w_of = np.array([space.bits.index(q.w) for q in space.bit_pairs])
+    a_of = np.array([space.bits.index(q.a) for q in space.bit_pairs])
+    width = np.where(prec, 2 * nb, space.genome_upper())
+    offsets = np.concatenate([[0], np.cumsum(width)[:-1]])
+    x = np.zeros((len(g), int(width.sum())), np.float32)
+    active = _active_genes(space, g)
+    rows, cols = np.nonzero(active & ~prec)
+    x[rows, offsets[cols] + g[rows, cols]] = 1.0
+    rows, cols = np.nonzero(active & prec)
+    x[rows, offsets[cols] + w_of[g[rows, cols]]] = 1.0
+    x[rows, offsets[cols] + nb + a_of[g[rows, cols]]] = 1.0
+    return x
+
+
+ENCODING = "split+res+cost/3"
+ENCODINGS: dict[str, tuple[Callable[[SearchSpace, np.ndarray], np.ndarray], bool]] = {
+    "onehot+cost/1": (onehot, False),  # name -> (gene blocks, one copy per resolution?)
+    "onehot+res+cost/2": (onehot, True),
+    "split+cost/3": (split_onehot, False),
+    ENCODING: (split_onehot, True),
+}
+
+
+def features(space: SearchSpace, genomes: np.ndarray, mu: np.ndarray, sd: np.ndarray,
+             encoding: str = ENCODING) -> np.ndarray:
+    if encoding not in ENCODINGS:
+        raise PredictorError(f"unknown predictor encoding {encoding!r}")
+    blocks, by_resolution = ENCODINGS[encoding]
+    g = np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len)
+    x = blocks(space, g)
+    parts = [x]
+    if by_resolution:
+        res = g[:, 0]
+        parts += [x * (res == r)[:, None] for r in range(len(space.resolutions))]
+    parts.append((cost_features(space, g) - mu) / sd)
+    return np.concatenate(parts, axis=1, dtype=np.float32)
+
+
+def _inverse_error(top1: np.ndarray) -> np.ndarray:
+    return -1.0 / np.maximum(100.0 - top1, 1e-2)
+
+
+def _from_inverse_error(t: np.ndarray) -> np.ndarray:
+    return 100.0 + 1.0 / np.clip(t, -1e2, -1e-2)  # outputs past the range: 0% and 99.99%
+
+
+TARGETS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "top1": (lambda v: v, lambda v: v),  # name -> (from top-1 to the target, back)
+    "inverse_error": (_inverse_error, _from_inverse_error),
+}
 
 
 def strata_specs(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[str, SubnetSpec]]:
@@ -183,7 +240,8 @@ class Predictor:
             raise PredictorError(f"predictor was fitted on space {self.meta['space_hash']}, not {space.hash}")
         x = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]),
                      self.meta.get("encoding", "onehot+cost/1"))
-        raw = _forward(self.weights, x) * self.std + self.mean
+        from_target = TARGETS[self.meta.get("target", "top1")][1]  # files before targets: top-1
+        raw = from_target(_forward(self.weights, x) * self.std + self.mean)
         return raw if self.link is None else np.interp(raw, *self.link)
 
     def predict(self, spec: SubnetSpec) -> float:
@@ -282,14 +340,16 @@ def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int = 2, epochs: int = 150,
-        val_fraction: float = 0.2, seed: int = 0, encoding: str | None = None) -> tuple[Predictor, dict]:
+        val_fraction: float = 0.2, seed: int = 0, encoding: str | None = None,
+        target: str = "inverse_error") -> tuple[Predictor, dict]:
     """Choose and train the predictor on ``rows``; report RMSE / Kendall tau / Spearman rho on
     held-out subnets (never used for training or model choice). ``encoding`` defaults to
     ENCODING for spaces of up to 4 resolutions; with more (paper: 25) a copy per resolution
-    would multiply the features (and the search's cost) by that many, so they keep
-    ``onehot+cost/1``."""
+    would multiply the features (and the search's cost) by that many, so they use
+    ``split+cost/3``. ``target``: a key of TARGETS, what the model is fitted to."""
     if encoding is None:
-        encoding = ENCODING if len(space.resolutions) <= 4 else "onehot+cost/1"
+        encoding = ENCODING if len(space.resolutions) <= 4 else "split+cost/3"
+    to_target, from_target = TARGETS[target]
     from scipy.stats import kendalltau, spearmanr
     if len(rows) < 10:
         raise PredictorError(f"only {len(rows)} labelled subnets: collect at least 10 (qfa predictor collect)")
@@ -303,8 +363,9 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
     cf = cost_features(space, g[tr])
     mu, sd = cf.mean(0), cf.std(0) + 1e-6
     x = features(space, g, mu, sd, encoding)
-    mean, std = float(y[tr].mean()), float(y[tr].std() + 1e-6)
-    t = (y - mean) / std
+    u = to_target(y)
+    mean, std = float(u[tr].mean()), float(u[tr].std() + 1e-12)
+    t = (u - mean) / std
     candidates = models(hidden, layers, epochs, seed)
     folds = np.array_split(rng.permutation(tr), 5) if len(tr) >= 25 else [tr[: len(tr) // 2]]
     cv, oof = {}, {}
@@ -312,18 +373,18 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
         taus, oof[name] = [], np.full(len(y), np.nan)
         for f in folds:
             rest = np.setdiff1d(tr, f)
-            oof[name][f] = _forward(make(x[rest], t[rest]), x[f]) * std + mean
+            oof[name][f] = from_target(_forward(make(x[rest], t[rest]), x[f]) * std + mean)
             taus.append(kendalltau(oof[name][f], y[f])[0])
         cv[name] = float(np.nanmean(taus))
     best = max(cv, key=cv.get)
     weights = candidates[best](x[tr], t[tr])
-    meta = {"space_hash": space.hash, "encoding": encoding, "cost_mu": mu.tolist(), "cost_sd": sd.tolist(),
-            "model": best, "cv_kendall_tau": cv}
+    meta = {"space_hash": space.hash, "encoding": encoding, "target": target, "cost_mu": mu.tolist(),
+            "cost_sd": sd.tolist(), "model": best, "cv_kendall_tau": cv}
     seen = ~np.isnan(oof[best])
     pred = Predictor(weights, mean, std, meta, _isotonic(oof[best][seen], y[seen]))
     pv = pred.predict_many(space, g[val])
-    metrics = {"n": len(rows), "n_train": len(tr), "n_val": len(val), "model": best,
-               "rmse": float(np.sqrt(np.mean((pv - y[val]) ** 2))), "kendall_tau": float(kendalltau(pv, y[val])[0]),
+    metrics = {"n": len(rows), "n_train": len(tr), "n_val": len(val), "model": best, "encoding": encoding,
+               "target": target, "rmse": float(np.sqrt(np.mean((pv - y[val]) ** 2))), "kendall_tau": float(kendalltau(pv, y[val])[0]),
                "spearman_rho": float(spearmanr(pv, y[val])[0]), "val_top1_range": [float(y[val].min()), float(y[val].max())]}
     pred.meta["metrics"] = metrics
     return pred, metrics

@@ -9,7 +9,7 @@ import torch
 from hw.table import LatencyTable
 from qfa.cost import CostModel
 from qfa.data import make_datasets
-from qfa.predictor import ENCODING, collect, fit, load_rows, onehot, strata_specs
+from qfa.predictor import ENCODING, collect, fit, load_rows, onehot, split_onehot, strata_specs
 from qfa.search import ParetoSet, SearchError, deployed_bytes, search_front
 from qfa.space import get_space
 from qfa.supernet import Supernet
@@ -93,7 +93,57 @@ def test_onehot_is_invariant_to_inactive_genes():
     ns = len(SPACE.stages)
     if spec.depths[0] < 3:  # scribble on an inactive slot of stage 1
         g2[1 + ns + 2 * SPACE.SLOT_GENES] = 2
-    np.testing.assert_array_equal(onehot(SPACE, g[None]), onehot(SPACE, g2[None]))
+    for blocks in (onehot, split_onehot):
+        np.testing.assert_array_equal(blocks(SPACE, g[None]), blocks(SPACE, g2[None]))
+
+
+def test_split_encoding_marks_each_conv_weight_and_activation_bits_once():
+    rng = np.random.default_rng(3)
+    specs = [SPACE.sample(rng) for _ in range(20)]
+    x = split_onehot(SPACE, np.stack([SPACE.encode(s) for s in specs]))
+    convs = np.array([2 + 3 * sum(s.depths) + 2 for s in specs])  # first block 2, three per block, head 2
+    # one arch block per resolution, depth and active kernel/expand gene; two per active conv
+    np.testing.assert_array_equal(x.sum(1), 1 + len(SPACE.stages) + 2 * np.array([sum(s.depths) for s in specs])
+                                  + 2 * convs)
+    nb = len(SPACE.bits)  # the first block's first conv: its activation-bits block follows its weight-bits one
+    first = x[:, -(4 * 2 * nb):-(3 * 2 * nb)]
+    np.testing.assert_array_equal(first[:, nb + SPACE.bits.index(2)], [s.first[0].a == 2 for s in specs])
+    np.testing.assert_array_equal(first[:, SPACE.bits.index(2)], [s.first[0].w == 2 for s in specs])
+
+
+def _synthetic_rows(n: int, top1, seed: int = 2) -> list[dict]:
+    specs = [s for _, s in strata_specs(SPACE, n, seed=seed)]
+    y = np.array([top1(s) for s in specs]) + np.random.default_rng(0).normal(0, 0.1, n)
+    return [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)]
+
+
+def _a2_convs(s) -> int:
+    return sum(q.a == 2 for q in (*s.first, *(q for b in s.blocks for q in b.bits), *s.head))
+
+
+def test_split_encoding_learns_an_activation_bit_cost_from_fewer_labels():
+    """Synthetic labels where every 2-bit activation costs 0.4 points, whatever the weight bits
+    beside it: one weight-bits and one activation-bits block per conv learn it from 150 labels
+    better than one block per (w, a) pair."""
+    rows = _synthetic_rows(150, lambda s: 90 - 0.4 * _a2_convs(s))
+    rmse = {enc: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encoding=enc, target="top1")[1]["rmse"]
+            for enc in ("onehot+cost/1", "split+cost/3")}
+    assert rmse["split+cost/3"] < 0.75 * rmse["onehot+cost/1"], rmse
+
+
+def test_inverse_error_target_fits_compounding_errors():
+    """Synthetic labels whose error rate grows as 1 / (1 - 0.025 n) with n 2-bit activations (each
+    costs more points the more there are): fitted to -1/error the additive model fits them, to
+    top-1 it cannot; and the saved predictor maps its output back to top-1."""
+    rows = _synthetic_rows(200, lambda s: 100 - 10 / (1 - 0.025 * _a2_convs(s)))
+    fits = {t: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encoding="split+cost/3", target=t) for t in
+            ("top1", "inverse_error")}
+    rmse = {t: m["rmse"] for t, (_, m) in fits.items()}
+    assert rmse["inverse_error"] < 0.6 * rmse["top1"], rmse
+    pred = fits["inverse_error"][0]
+    y = np.array([float(r["top1"]) for r in rows])
+    assert abs(np.median(pred.predict_many(SPACE, np.stack([SPACE.encode(SPACE.parse(r["spec"])) for r in rows])))
+               - np.median(y)) < 1.0
 
 
 def test_encoding_learns_what_a_choice_costs_at_each_resolution():
