@@ -1,30 +1,28 @@
 """Accuracy predictor: labels from the held-out split of the TRAINING set, a ridge regression or
-MLP on a one-hot genome (the paper's encoding, split and repeated per resolution), numpy
-inference for search.
+MLP on a one-hot genome (the paper's encoding, plus resolution interactions), numpy inference
+for search.
 
-Encoding ``split+res+cost/3`` (documented, stable): ``SearchSpace.encode`` gives one integer
-gene per choice. Each architecture gene (resolution, depth, kernel, expand) becomes a one-hot
-block of ``genome_upper()[i]`` entries; each precision gene (one conv's (w, a) pair) becomes TWO
-one-hot blocks, weight bits and activation bits, over ``space.bits``: what a 2-bit activation
-costs hardly depends on the weight bits beside it, and 2 x 5 coefficients per conv are learned
-from a few hundred labels where 17 pair coefficients were not (5-fold CV tau on the trained
-fmnist supernet: 0.650 split vs 0.628 pairs). Genes of inactive block slots (beyond a stage's
-depth) are all-zero blocks, so two genomes of the same subnet encode identically. Then the
-same one-hot again once per resolution, zero unless the subnet runs at that resolution: what a
-choice costs depends on the resolution (the worst non-uniform subnets of that supernet all run
-at 32 px with a 2-bit activation in the first block), which one coefficient per gene cannot
-express. Appended: log MACs, log BitOPs and log parameters from the cost model, standardised
-with the training set's mean and std (stored with the predictor). Without the resolution copies
-(``split+cost/3``) for spaces of more than 4 resolutions. The earlier ``onehot+cost/1`` and
-``onehot+res+cost/2`` (one block per (w, a) pair) are still read.
+Encoding ``onehot+res+cost/2`` (documented, stable): ``SearchSpace.encode`` gives one integer
+gene per choice; each gene becomes a one-hot block of ``genome_upper()[i]`` entries; the genes
+of inactive block slots (beyond a stage's depth) are all-zero blocks, so two genomes of the same
+subnet encode identically. Then the same one-hot again once per resolution, zero unless the
+subnet runs at that resolution: what a choice costs depends on the resolution (the six worst
+non-uniform subnets of the trained fmnist supernet all run at 32 px with a 2-bit weight or
+activation in the first block), which one coefficient per gene cannot express. Appended: log
+MACs, log BitOPs and log parameters from the cost model, standardised with the training set's
+mean and std (stored with the predictor). ``onehot+cost/1`` (no resolution copies) for spaces
+of more than 4 resolutions. The ``split+...`` variants give each (w, a) gene two blocks, weight
+bits and activation bits, instead of one per pair: what a 2-bit activation costs hardly depends
+on the weight bits beside it, and 37% fewer features are learned from the same labels. Neither
+wins everywhere (bench/predictor.py), so ``fit`` chooses by cross-validation.
 
-Target: the model is fitted to ``-1/(100 - top1)``, not top-1. Quantization errors compound: a
-low-bit layer costs more points in a subnet that already errs more (uniform W2A2 subnets lose
+Target: the model is fitted to ``-1/(100 - top1)``, not to top-1. Quantization errors compound:
+a low-bit layer costs more points in a subnet that already errs more (uniform W2A2 subnets lose
 8-10 points, far more than the sum of their layers' average costs), and an additive model of the
-reciprocal error rate fits that (CV tau +0.01 to +0.03 over top-1, more than log error or logit).
+reciprocal error rate fits that better (bench/predictor.py: held-out tau +0.005 to +0.02).
 
-Model: chosen by 5-fold cross-validated Kendall tau on the training subnets among ridge
-regressions (a one-layer network) and a ReLU MLP (measured: see README).
+Model: encoding x model chosen by 5-fold cross-validated Kendall tau on the training subnets,
+the models being ridge regressions (a one-layer network) and a ReLU MLP (measured: see README).
 """
 from __future__ import annotations
 
@@ -40,7 +38,7 @@ from .fileio import append_csv_row, atomic_write
 from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
 __all__ = ["ENCODING", "ENCODINGS", "TARGETS", "features", "onehot", "split_onehot", "strata_specs", "collect",
-           "load_rows", "Predictor", "models", "fit",
+           "load_rows", "Predictor", "models", "default_encodings", "fit",
            "searched_pairs", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum"]
@@ -113,12 +111,12 @@ def split_onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     return x
 
 
-ENCODING = "split+res+cost/3"
+ENCODING = "onehot+res+cost/2"
 ENCODINGS: dict[str, tuple[Callable[[SearchSpace, np.ndarray], np.ndarray], bool]] = {
     "onehot+cost/1": (onehot, False),  # name -> (gene blocks, one copy per resolution?)
-    "onehot+res+cost/2": (onehot, True),
+    ENCODING: (onehot, True),
     "split+cost/3": (split_onehot, False),
-    ENCODING: (split_onehot, True),
+    "split+res+cost/3": (split_onehot, True),
 }
 
 
@@ -339,16 +337,19 @@ def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return b[:, 0] / b[:, 2], b[:, 1] / b[:, 2]
 
 
+def default_encodings(space: SearchSpace) -> tuple[str, ...]:
+    """What ``fit`` chooses among: with up to 4 resolutions the resolution copies; with more
+    (paper: 25) a copy per resolution would multiply the features (and the search's cost) by
+    that many."""
+    return ("onehot+res+cost/2", "split+res+cost/3") if len(space.resolutions) <= 4 else ("onehot+cost/1", "split+cost/3")
+
+
 def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int = 2, epochs: int = 150,
-        val_fraction: float = 0.2, seed: int = 0, encoding: str | None = None,
+        val_fraction: float = 0.2, seed: int = 0, encodings: Sequence[str] | None = None,
         target: str = "inverse_error") -> tuple[Predictor, dict]:
-    """Choose and train the predictor on ``rows``; report RMSE / Kendall tau / Spearman rho on
-    held-out subnets (never used for training or model choice). ``encoding`` defaults to
-    ENCODING for spaces of up to 4 resolutions; with more (paper: 25) a copy per resolution
-    would multiply the features (and the search's cost) by that many, so they use
-    ``split+cost/3``. ``target``: a key of TARGETS, what the model is fitted to."""
-    if encoding is None:
-        encoding = ENCODING if len(space.resolutions) <= 4 else "split+cost/3"
+    """Choose (encoding x model, by 5-fold CV tau on the training subnets) and train the
+    predictor on ``rows``; report RMSE / Kendall tau / Spearman rho on held-out subnets (never
+    used for training or any choice). ``target``: a key of TARGETS, what the model is fitted to."""
     to_target, from_target = TARGETS[target]
     from scipy.stats import kendalltau, spearmanr
     if len(rows) < 10:
@@ -362,29 +363,32 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
     val, tr = perm[:n_val], perm[n_val:]
     cf = cost_features(space, g[tr])
     mu, sd = cf.mean(0), cf.std(0) + 1e-6
-    x = features(space, g, mu, sd, encoding)
+    xs = {enc: features(space, g, mu, sd, enc) for enc in (encodings or default_encodings(space))}
     u = to_target(y)
     mean, std = float(u[tr].mean()), float(u[tr].std() + 1e-12)
     t = (u - mean) / std
     candidates = models(hidden, layers, epochs, seed)
     folds = np.array_split(rng.permutation(tr), 5) if len(tr) >= 25 else [tr[: len(tr) // 2]]
     cv, oof = {}, {}
-    for name, make in candidates.items():
-        taus, oof[name] = [], np.full(len(y), np.nan)
-        for f in folds:
-            rest = np.setdiff1d(tr, f)
-            oof[name][f] = from_target(_forward(make(x[rest], t[rest]), x[f]) * std + mean)
-            taus.append(kendalltau(oof[name][f], y[f])[0])
-        cv[name] = float(np.nanmean(taus))
-    best = max(cv, key=cv.get)
-    weights = candidates[best](x[tr], t[tr])
-    meta = {"space_hash": space.hash, "encoding": encoding, "target": target, "cost_mu": mu.tolist(),
-            "cost_sd": sd.tolist(), "model": best, "cv_kendall_tau": cv}
-    seen = ~np.isnan(oof[best])
-    pred = Predictor(weights, mean, std, meta, _isotonic(oof[best][seen], y[seen]))
+    for enc, x in xs.items():
+        for name, make in candidates.items():
+            key = (enc, name)
+            taus, oof[key] = [], np.full(len(y), np.nan)
+            for f in folds:
+                rest = np.setdiff1d(tr, f)
+                oof[key][f] = from_target(_forward(make(x[rest], t[rest]), x[f]) * std + mean)
+                taus.append(kendalltau(oof[key][f], y[f])[0])
+            cv[key] = float(np.nanmean(taus))
+    enc, best = max(cv, key=cv.get)
+    weights = candidates[best](xs[enc][tr], t[tr])
+    meta = {"space_hash": space.hash, "encoding": enc, "target": target, "cost_mu": mu.tolist(),
+            "cost_sd": sd.tolist(), "model": best, "cv_kendall_tau": {f"{m} on {e}": v for (e, m), v in cv.items()}}
+    seen = ~np.isnan(oof[enc, best])
+    pred = Predictor(weights, mean, std, meta, _isotonic(oof[enc, best][seen], y[seen]))
     pv = pred.predict_many(space, g[val])
-    metrics = {"n": len(rows), "n_train": len(tr), "n_val": len(val), "model": best, "encoding": encoding,
-               "target": target, "rmse": float(np.sqrt(np.mean((pv - y[val]) ** 2))), "kendall_tau": float(kendalltau(pv, y[val])[0]),
-               "spearman_rho": float(spearmanr(pv, y[val])[0]), "val_top1_range": [float(y[val].min()), float(y[val].max())]}
+    metrics = {"n": len(rows), "n_train": len(tr), "n_val": len(val), "model": best, "encoding": enc,
+               "target": target, "rmse": float(np.sqrt(np.mean((pv - y[val]) ** 2))),
+               "kendall_tau": float(kendalltau(pv, y[val])[0]), "spearman_rho": float(spearmanr(pv, y[val])[0]),
+               "val_top1_range": [float(y[val].min()), float(y[val].max())]}
     pred.meta["metrics"] = metrics
     return pred, metrics

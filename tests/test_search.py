@@ -126,7 +126,7 @@ def test_split_encoding_learns_an_activation_bit_cost_from_fewer_labels():
     beside it: one weight-bits and one activation-bits block per conv learn it from 150 labels
     better than one block per (w, a) pair."""
     rows = _synthetic_rows(150, lambda s: 90 - 0.4 * _a2_convs(s))
-    rmse = {enc: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encoding=enc, target="top1")[1]["rmse"]
+    rmse = {enc: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encodings=[enc], target="top1")[1]["rmse"]
             for enc in ("onehot+cost/1", "split+cost/3")}
     assert rmse["split+cost/3"] < 0.75 * rmse["onehot+cost/1"], rmse
 
@@ -136,7 +136,7 @@ def test_inverse_error_target_fits_compounding_errors():
     costs more points the more there are): fitted to -1/error the additive model fits them, to
     top-1 it cannot; and the saved predictor maps its output back to top-1."""
     rows = _synthetic_rows(200, lambda s: 100 - 10 / (1 - 0.025 * _a2_convs(s)))
-    fits = {t: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encoding="split+cost/3", target=t) for t in
+    fits = {t: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encodings=["split+cost/3"], target=t) for t in
             ("top1", "inverse_error")}
     rmse = {t: m["rmse"] for t, (_, m) in fits.items()}
     assert rmse["inverse_error"] < 0.6 * rmse["top1"], rmse
@@ -156,7 +156,7 @@ def test_encoding_learns_what_a_choice_costs_at_each_resolution():
     c = CostModel(SPACE).of_specs(specs)
     y = 85 + np.log(c["bitops"] / 1e9) - 3 * hurt + np.random.default_rng(0).normal(0, 0.1, len(specs))
     rows = [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)]
-    rmse = {enc: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encoding=enc)[1]["rmse"]
+    rmse = {enc: fit(SPACE, rows, hidden=32, layers=1, epochs=20, encodings=[enc])[1]["rmse"]
             for enc in ("onehot+cost/1", ENCODING)}
     assert rmse[ENCODING] < 0.6 * rmse["onehot+cost/1"], rmse
 
