@@ -62,7 +62,8 @@ def main() -> None:
     cfs = {n: cost_features(space, g[pool[:n]]) for n in sizes}  # standardised on each training prefix
     for enc in args.encodings:
         xs = {n: features(space, g, cf.mean(0), cf.std(0) + 1e-6, enc) for n, cf in cfs.items()}
-        for tname, (to_target, from_target) in ((t, TARGETS[t]) for t in args.targets):
+        for tname in args.targets:
+            to_target, from_target = TARGETS[tname]
             u = to_target(y)
             for name, make in candidates.items():
                 cells = []
@@ -73,6 +74,7 @@ def main() -> None:
                     cells.append(f"{kendalltau(p, y[val])[0]:.3f}/{spearmanr(p, y[val])[0]:.3f}/"
                                  f"{np.sqrt(np.mean((p - y[val]) ** 2)):.2f}")
                 print(f"{enc:18s} {tname:13s} {name:19s} " + " ".join(f"{c:>17s}" for c in cells), flush=True)
+
 
 if __name__ == "__main__":
     main()
