@@ -101,7 +101,7 @@ def test_split_encoding_marks_each_conv_weight_and_activation_bits_once():
     rng = np.random.default_rng(3)
     specs = [SPACE.sample(rng) for _ in range(20)]
     x = split_onehot(SPACE, np.stack([SPACE.encode(s) for s in specs]))
-    convs = np.array([2 + 3 * sum(s.depths) + 2 for s in specs])  # first block 2, three per block, head 2
+    convs = np.array([len(s.all_bits()) for s in specs])
     # one arch block per resolution, depth and active kernel/expand gene; two per active conv
     np.testing.assert_array_equal(x.sum(1), 1 + len(SPACE.stages) + 2 * np.array([sum(s.depths) for s in specs])
                                   + 2 * convs)
@@ -118,7 +118,7 @@ def _synthetic_rows(n: int, top1, seed: int = 2) -> list[dict]:
 
 
 def _a2_convs(s) -> int:
-    return sum(q.a == 2 for q in (*s.first, *(q for b in s.blocks for q in b.bits), *s.head))
+    return sum(q.a == 2 for q in s.all_bits())
 
 
 def test_split_encoding_learns_an_activation_bit_cost_from_fewer_labels():
