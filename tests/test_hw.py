@@ -94,7 +94,8 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path):
     parsing of benchmark_model's output, and the table written from it."""
     import os
     standins = ROOT / "tests" / "standins"
-    env = {**os.environ, "PATH": f"{standins}:{os.environ['PATH']}", "QFA_FAKE_DEVICE": str(tmp_path / "phone"),
+    # the stand-ins run with `python3` from PATH: make it this interpreter (a venv's bin is not on PATH)
+    env = {**os.environ, "PATH": os.pathsep.join([str(standins), str(Path(sys.executable).parent), os.environ["PATH"]]), "QFA_FAKE_DEVICE": str(tmp_path / "phone"),
            "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
            "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
