@@ -4,19 +4,32 @@ quantized vs the same loop in float (identical architectures, every conv FP), an
     python bench/train_step.py                                   # fmnist, batch 64, CPU
     python bench/train_step.py --space paper --batch 8 --resolution 128 --steps 5
     python bench/train_step.py --space paper --device cuda --amp --channels-last   # GPU, r128..224
+    python bench/train_step.py --contend            # alone, then beside a niced `qfa cost` loop
+
+``--contend`` is the A/B of training beside another process: the loop of ``nice -n 10 qfa cost``
+runs in a session of its own, as a command typed in another terminal would (the kernel's
+autogroups then give it an equal share whatever its nice value). ``--threads auto`` (the trainer's
+default) lets :class:`qfa.train.cores.CoreShare` size the thread pool; ``--threads N`` fixes it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from qfa.space import FP, get_space
 from qfa.supernet import Subnet, Supernet
+from qfa.train.cores import CoreShare
 from qfa.train.step import SandwichStep, param_groups
 
 
@@ -47,6 +60,43 @@ class Loop:
         return time.perf_counter() - t
 
 
+def measure(loops: dict, fspecs, qspecs, warmup: int, cores: CoreShare | None) -> dict[str, list[float]]:
+    """Step times of each loop, interleaved, so drifting machine load hits both alike."""
+    times = {"float": [], "quantized": []}
+    for i in range(len(qspecs)):
+        for name, specs in (("float", fspecs[i]), ("quantized", qspecs[i])):
+            dt = loops[name](specs)
+            if cores is not None:
+                cores()
+            if i >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def competitor(space: str) -> int:
+    """Start a loop of ``nice -n 10 qfa cost`` in a new session, not a child of this process
+    (``setsid -f``), so the trainer's own-CPU accounting does not count it; returns its pgid."""
+    spec = get_space(space).max_spec(bits=4).dumps()
+    pidfile = Path(tempfile.mkstemp(suffix=".pid")[1])
+    loop = f'echo $$ > {pidfile}; while true; do nice -n 10 "$0" -m qfa cost --space {space} --spec "$1" >/dev/null 2>&1; done'
+    subprocess.run(["setsid", "-f", "bash", "-c", loop, sys.executable, spec], check=True)
+    for _ in range(100):
+        if pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    pidfile.unlink()
+    time.sleep(2)
+    return pid
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return os.uname().machine
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="fmnist", choices=["fmnist", "paper"])
@@ -58,6 +108,8 @@ def main() -> None:
     ap.add_argument("--bits", default="2,3,4", help="quantized stage bit choices (default 2,3,4)")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--threads", default="auto", help="auto (default, as the trainer) or a fixed count")
+    ap.add_argument("--contend", action="store_true", help="measure alone, then beside a niced qfa loop")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -75,30 +127,52 @@ def main() -> None:
         qspecs = [[s.replace(resolution=args.resolution) for s in step] for step in qspecs]
     fspecs = [[s.with_bits(FP) for s in step] for step in qspecs]
     loops = {"float": Loop(net, teacher, args.batch, device, args), "quantized": Loop(net, teacher, args.batch, device, args)}
-    times = {"float": [], "quantized": []}
-    for i in range(n):  # interleaved, so drifting machine load hits both loops alike
-        for name, specs in (("float", fspecs[i]), ("quantized", qspecs[i])):
-            dt = loops[name](specs)
-            if i >= args.warmup:
-                times[name].append(dt)
-    results = {}
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        results[name] = {"step_s": med, "images_per_s": args.batch / med, "steps_per_s": 1 / med}
+    if args.threads != "auto":
+        torch.set_num_threads(int(args.threads))
+    max_threads = torch.get_num_threads()
+    cores = CoreShare(max_threads) if args.threads == "auto" and device.type == "cpu" else None
+
+    def summary(times: dict) -> dict:
+        out = {}
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            out[name] = {"step_s": med, "images_per_s": args.batch / med, "steps_per_s": 1 / med}
+        return out
+    results = summary(measure(loops, fspecs, qspecs, args.warmup, cores))
     ratio = results["quantized"]["step_s"] / results["float"]["step_s"]
+    contended = None
+    if args.contend:
+        pgid = competitor(args.space)
+        try:
+            contended = summary(measure(loops, fspecs, qspecs, args.warmup, cores))
+            contended["threads_at_end"] = cores.threads if cores else max_threads
+        finally:
+            os.killpg(pgid, signal.SIGTERM)
+        for name in ("float", "quantized"):
+            contended[name]["slowdown"] = contended[name]["step_s"] / results[name]["step_s"]
+        if cores is not None:
+            torch.set_num_threads(max_threads)
     out = {"space": args.space, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), "batch": args.batch, "subnets_per_step": 6,
+           "threads": args.threads if args.threads == "auto" else int(args.threads), "max_threads": max_threads,
+           "cpu": _cpu(), "batch": args.batch, "subnets_per_step": 6,
            "resolution": args.resolution or f"{min(space.resolutions)}..{max(space.resolutions)}",
-           "amp": args.amp, "channels_last": args.channels_last, **results, "quant_float_ratio": ratio}
+           "amp": args.amp, "channels_last": args.channels_last, **results, "quant_float_ratio": ratio,
+           **({"beside_niced_qfa": contended} if contended else {})}
     if args.json:
         print(json.dumps(out))
         return
+    print(f"cpu {out['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"space {args.space}  device {out['device']}  batch {args.batch} x 6 subnets  resolution {out['resolution']}"
-          f"  amp {args.amp}  channels_last {args.channels_last}  threads {out['threads']}")
+          f"  amp {args.amp}  channels_last {args.channels_last}  threads {out['threads']} (at most {max_threads})")
     for name in ("float", "quantized"):
         r = results[name]
         print(f"  {name:9s} {r['step_s']:8.3f} s/step  {r['images_per_s']:8.1f} images/s")
     print(f"  quantized / float step time: {ratio:.3f}  (target <= 1.3)")
+    if contended:
+        print(f"  beside a niced `qfa cost` loop in another session (threads at the end: {contended['threads_at_end']}):")
+        for name in ("float", "quantized"):
+            r = contended[name]
+            print(f"  {name:9s} {r['step_s']:8.3f} s/step  {r['slowdown']:.2f}x alone  (target <= 2)")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class TrainConfig:
     calib_images: int = 2000
     eval_images: int = 2000                 # held-out images per end-of-stage check
     ckpt_every: int = 200                   # steps between checkpoints (and at every stage end)
+    ckpt_every_s: float = 120.0             # ... and at most this many seconds between them
+    threads: int | str = "auto"             # intra-op threads: N, or auto (the cores others leave free)
     device: str = "auto"                    # auto | cpu | cuda
     amp: bool = False                       # bf16 autocast on GPU
     channels_last: bool = False
@@ -85,6 +87,10 @@ class TrainConfig:
             raise ConfigError(f"act_quant must be bq, minmax or lsq, got {self.act_quant!r}")
         if any(s.n_random is not None and s.n_random < 0 for s in self.stages):
             raise ConfigError("a stage's n_random must be >= 0")
+        if not (self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1)):
+            raise ConfigError(f"threads must be auto or an integer >= 1, got {self.threads!r}")
+        if self.ckpt_every < 1 or not self.ckpt_every_s > 0:
+            raise ConfigError("ckpt_every and ckpt_every_s must be positive")
         if self.batch_size < 1 or self.n_random < 0:
             raise ConfigError("batch_size must be >= 1 and n_random >= 0")
 

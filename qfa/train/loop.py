@@ -28,6 +28,7 @@ from ..space import FP, get_space
 from ..supernet import Subnet, Supernet, extract
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
+from .cores import CoreShare
 from .step import SandwichStep, param_groups
 
 __all__ = ["Trainer", "Dist"]
@@ -312,6 +313,10 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
         t_last, img_last, loss_acc, n_acc = time.time(), 0, None, 0
+        t_ckpt = time.monotonic()
+        if isinstance(self.cfg.threads, int):
+            torch.set_num_threads(self.cfg.threads)
+        cores = CoreShare(torch.get_num_threads()) if self.cfg.threads == "auto" and self.device.type == "cpu" else None
         try:
             while self.step < end:
                 idx = self.stage_of(self.step)
@@ -344,8 +349,12 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                     at_epoch_end = self.step % self.steps_per_epoch == 0
-                    if self.step % self.cfg.ckpt_every == 0 or self.step == stage_end or at_epoch_end:
+                    if (self.step % self.cfg.ckpt_every == 0 or self.step == stage_end or at_epoch_end
+                            or time.monotonic() - t_ckpt >= self.cfg.ckpt_every_s):
                         self.save()
+                        t_ckpt = time.monotonic()
+                    if cores is not None:
+                        cores()
                     if self.step == int(self.bounds[idx + 1]) and self.dist.main:  # keep each stage's result
                         os.replace(self._link_last(), self.run_dir / f"stage_{self.cfg.stages[idx].name}.pt")
                     if at_epoch_end or self.step == stage_end:
