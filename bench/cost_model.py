@@ -11,8 +11,8 @@ import time
 import numpy as np
 import torch
 
-from qfa.cost import CostModel, total_costs
-from qfa.space import get_space
+from qfa.core.cost import CostModel, total_costs
+from qfa.core.space import get_space
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.data import make_datasets  # noqa: E402
-from qfa.deploy import export_subnet, verify_tflite  # noqa: E402
-from qfa.supernet import Supernet  # noqa: E402
+from qfa.nn.data import make_datasets  # noqa: E402
+from export.deploy import export_subnet, verify_tflite  # noqa: E402
+from qfa.nn.supernet import Supernet  # noqa: E402
 
 
 def main() -> None:

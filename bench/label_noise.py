@@ -24,11 +24,11 @@ from scipy.stats import kendalltau
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.calibrate import DEFAULT_CALIB_IMAGES, calibrate  # noqa: E402
-from qfa.data import make_datasets, resize  # noqa: E402
-from qfa.evaluate import calib_batches, calib_seeds  # noqa: E402
-from qfa.predictor import strata_specs  # noqa: E402
-from qfa.supernet import Supernet  # noqa: E402
+from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES, calibrate  # noqa: E402
+from qfa.nn.data import make_datasets, resize  # noqa: E402
+from qfa.nn.evaluate import calib_batches, calib_seeds  # noqa: E402
+from qfa.nas.predictor import strata_specs  # noqa: E402
+from qfa.nn.supernet import Supernet  # noqa: E402
 
 
 @torch.no_grad()

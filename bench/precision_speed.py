@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.ir import Graph, Op, QTensor  # noqa: E402
 from export.onnx import to_onnx  # noqa: E402
 from export.onnx2tf_path import onnx2tf_int8  # noqa: E402
-from export.tflite import TARGETS, to_tflite  # noqa: E402
+from export.targets import TARGETS
+from export.tflite import to_tflite  # noqa: E402
 from hw.blocks import BlockFactory, split  # noqa: E402
 from hw.entries import entries  # noqa: E402
 from hw.runner import time_model  # noqa: E402
-from qfa.space import get_space  # noqa: E402
+from qfa.core.space import get_space  # noqa: E402
 
 COLUMNS = (("float32", None, 8), ("int8 W8A8", "tflite-int8", 8), ("int8 W4A4 (clamp)", "tflite-int8", 4),
            ("int4w W4A4", "tflite-int4w", 4), ("int8 W8A8 hswish ADD+MUL", "tflite-int8-hswish-decomposed", 8))
@@ -57,9 +58,9 @@ def _hswish_ops(threads: int) -> list[tuple[str, float, float]]:
 
 def _trained(checkpoint: str, threads: int) -> list[tuple[str, float, float]]:
     """Whole subnets of a trained supernet exported for both hardswish lowerings."""
-    from qfa.data import make_datasets
-    from qfa.deploy import export_subnet
-    from qfa.supernet import Supernet
+    from qfa.nn.data import make_datasets
+    from export.deploy import export_subnet
+    from qfa.nn.supernet import Supernet
     net = Supernet.from_checkpoint(checkpoint)
     sp, rng = net.space, np.random.default_rng(0)
     specs = [("max W8A8", sp.max_spec(bits=8)), ("min W2A2", sp.min_spec(bits=2))]

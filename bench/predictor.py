@@ -6,8 +6,8 @@
 
 One fixed 20% of the labelled subnets is held out (never trained on); each model is fitted on
 the first N of the rest and scored on it: Kendall tau, Spearman rho and RMSE (points). The
-encodings are those ``qfa.predictor.features`` reads (ENCODINGS), the targets what a model is
-fitted to (TARGETS: top-1 or -1/error); the models are ``qfa.predictor.models()``
+encodings are those ``qfa.nas.predictor.features`` reads (ENCODINGS), the targets what a model is
+fitted to (RESPONSES: top-1 or -1/error); the models are ``qfa.nas.predictor.models()``
 (the MLP only with --mlp). Which of them ``qfa predictor fit`` picks is decided by
 cross-validation on the training subnets alone; this script shows the whole grid, and so how
 much more labels would buy. With ``--label-sd`` (the label noise that bench/label_noise.py
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qfa.predictor import ENCODINGS, TARGETS, _forward, cost_features, features, load_rows, models  # noqa: E402
-from qfa.space import SearchSpace, get_space  # noqa: E402
+from qfa.nas.predictor import ENCODINGS, RESPONSES, _forward, cost_features, features, load_rows, models  # noqa: E402
+from qfa.core.space import SearchSpace, get_space  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--mlp", action="store_true", help="also the MLP (slower: seconds per fit)")
     ap.add_argument("--encodings", nargs="+", choices=list(ENCODINGS), default=list(ENCODINGS))
-    ap.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
+    ap.add_argument("--targets", nargs="+", choices=list(RESPONSES), default=list(RESPONSES))
     ap.add_argument("--label-sd", type=float, help="label noise sd (points): print the tau ceiling")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -63,7 +63,7 @@ def main() -> None:
     for enc in args.encodings:
         xs = {n: features(space, g, cf.mean(0), cf.std(0) + 1e-6, enc) for n, cf in cfs.items()}
         for tname in args.targets:
-            to_target, from_target = TARGETS[tname]
+            to_target, from_target = RESPONSES[tname]
             u = to_target(y)
             for name, make in candidates.items():
                 cells = []

@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hw.table import LatencyTable  # noqa: E402
-from qfa.cost import CostModel  # noqa: E402
-from qfa.predictor import Predictor, fit, strata_specs  # noqa: E402
-from qfa.search import ParetoSet, search_front  # noqa: E402
+from qfa.core.cost import CostModel  # noqa: E402
+from qfa.nas.predictor import Predictor, fit, strata_specs  # noqa: E402
+from qfa.nas.search import ParetoSet, search_front  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,10 +74,10 @@ def main() -> None:
     budgets = args.budgets if args.budgets is not None else list(np.quantile(front["latency_ms"], [0.2, 0.5, 0.8]).round(3))
     if budgets:
         from hw.runner import time_model
-        from qfa.data import make_datasets
-        from qfa.deploy import export_subnet, verify_tflite
-        from qfa.evaluate import accuracy
-        from qfa.supernet import Supernet
+        from qfa.nn.data import make_datasets
+        from export.deploy import export_subnet, verify_tflite
+        from qfa.nn.evaluate import accuracy
+        from qfa.nn.supernet import Supernet
         net = Supernet.from_checkpoint(run)
         pset = ParetoSet.from_front(space, front, table.target.name)
         print("budget   predicted / true held-out top-1 / test top-1 (PyTorch, TFLite)   predicted / measured latency")

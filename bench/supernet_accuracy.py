@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from qfa.data import make_datasets
-from qfa.evaluate import accuracy, calibrate_best, evaluate_specs
-from qfa.supernet import Supernet
+from qfa.nn.data import make_datasets
+from qfa.nn.evaluate import accuracy, calibrate_best, evaluate_specs
+from qfa.nn.supernet import Supernet
 
 BITS = (8, 4, 3, 2)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qfa.space import FP, get_space
-from qfa.supernet import Subnet, Supernet
+from qfa.core.space import FP, get_space
+from qfa.nn.supernet import Subnet, Supernet
 from qfa.train.cores import CoreShare
 from qfa.train.step import SandwichStep, param_groups
 

@@ -125,9 +125,6 @@ class Graph:
         zp = [t.zp_error for t in self.tensors.values() if t.learned]
         return {"ops": kinds, "layers": layers, "max_zero_point_rounding_lsb": max(zp, default=0.0)}
 
-    def weight_bytes(self) -> int:
-        return int(sum(op.weight.size for op in self.ops if op.weight is not None))
-
 
 def grid_qparams(scale: float, zero: float, qmin: int, qmax: int) -> dict[str, Any]:
     """Place a learned b-bit grid x = (q - zero) * scale, q in [qmin, qmax], at the bottom of int8.

@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from .ir import Graph, Op, QTensor
-from .reference import conv_nhwc
+from export.ir import Graph, Op, QTensor
+from export.reference import conv_nhwc
 
 __all__ = ["apply_shifts", "refine_weights", "decompose_hswish"]
 

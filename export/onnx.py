@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ir import Graph, QTensor
-from .reference import quantized_const
+from export.ir import Graph, QTensor
+from export.reference import quantized_const
 
 __all__ = ["to_onnx"]
 

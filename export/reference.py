@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .ir import Graph, Op, QTensor, range_qparams
+from export.ir import Graph, Op, QTensor, range_qparams
 
 __all__ = ["run", "calibrate_ranges", "conv_nhwc", "quantized_const", "const_scale"]
 

@@ -1,54 +1,23 @@
 """Write a folded integer graph as a full-integer .tflite flatbuffer, directly.
 
 No converter sits in between, so every activation scale and zero point, every integer weight
-and every weight scale in the file is exactly the graph's (a converter re-derives them: see
-TOOLCHAIN_FACTS.md). Only ai-edge-litert's generated schema and ``flatbuffers`` are needed.
+and every weight scale in the file is exactly the graph's (a converter re-derives them: docs/decisions.md, "Export"). Only ai-edge-litert's generated schema and ``flatbuffers`` are needed.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from .ir import Graph, Op, QTensor
-from .lower import decompose_hswish, refine_weights
-from .reference import const_scale
+from export.ir import Graph, Op, QTensor
+from export.reference import const_scale
+from export.targets import TARGETS, Target
 
-__all__ = ["Target", "TARGETS", "to_tflite"]
+__all__ = ["to_tflite"]
 
-
-@dataclass(frozen=True)
-class Target:
-    """How a folded graph deploys. ``int4_weights``: CONV_2D weights of <= 4 bits stored as
-    INT4 (TFLite has no int4 depthwise); everything else int8 values on the trained grid.
-    ``hswish``: "op" (HARD_SWISH) or "decomposed" (ADD + MUL): which is faster is device-specific."""
-
-    name: str
-    int4_weights: bool = False
-    hswish: str = "op"
-    io_dtype: str = "int8"  # int8 | uint8
-
-    def lower(self, graph: Graph) -> Graph:
-        """Rewrite ``graph`` (in place) into what this target's file holds, so that the graph's
-        reference run and the file agree: refined weight integers, hswish lowering."""
-        refine_weights(graph, self.int4_packs)
-        return decompose_hswish(graph) if self.hswish == "decomposed" else graph
-
-    def deployed(self, op: Op) -> str:
-        """The key a latency table uses for this conv's precision."""
-        return "int4w" if self.int4_packs(op) else "int8"
-
-    def int4_packs(self, op: Op) -> bool:
-        return self.int4_weights and op.kind == "conv" and not op.depthwise and op.w_bits <= 4
-
-
-TARGETS = {t.name: t for t in (Target("tflite-int8"), Target("tflite-int4w", int4_weights=True),
-                               Target("tflite-int8-hswish-decomposed", hswish="decomposed"),
-                               Target("tflite-int4w-hswish-decomposed", int4_weights=True, hswish="decomposed"))}
 
 _B = fb.BuiltinOperator
 _VERSIONS = {_B.CONV_2D: 3, _B.DEPTHWISE_CONV_2D: 3, _B.ADD: 2, _B.MUL: 2, _B.MEAN: 2, _B.HARD_SWISH: 1,

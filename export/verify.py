@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Graph
-from .reference import _op
+from export.ir import Graph
+from export.reference import _op
 
 __all__ = ["TFLiteModel", "op_errors", "op_summary"]
 

@@ -11,14 +11,15 @@ from contextlib import contextmanager
 import torch
 
 from export.ir import Graph, Op, QTensor
-from export.tflite import Target, to_tflite
-from qfa.calibrate import calibrate
-from qfa.fold import fold
-from qfa.quant import BatchQuant
-from qfa.space import SearchSpace, SubnetSpec
-from qfa.supernet import Supernet, extract
+from export.targets import Target
+from export.tflite import to_tflite
+from qfa.nn.calibrate import calibrate
+from export.fold import fold
+from qfa.nn.quant import BatchQuant
+from qfa.core.space import SearchSpace, SubnetSpec
+from qfa.nn.supernet import Supernet, extract
 
-from .entries import Entry, entries
+from hw.entries import Entry, entries
 
 __all__ = ["BlockFactory", "slice_graph", "split", "overhead_model"]
 

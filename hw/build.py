@@ -8,6 +8,7 @@ rebuilds nothing, and a change to the lowering never reuses a stale model.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -15,15 +16,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable
 
-from qfa.fileio import atomic_write
+from qfa.core.fileio import atomic_write
 
 __all__ = ["cache_dir", "write_model", "model_path", "build", "code_fingerprint"]
 
-ROOT = Path(__file__).resolve().parents[1]
-# the code a block model's bytes depend on
-_LOWERING = ["export/ir.py", "export/lower.py", "export/tflite.py", "hw/blocks.py", "hw/entries.py",
-             "qfa/fold.py", "qfa/calibrate.py", "qfa/quant.py", "qfa/fused.py", "qfa/supernet.py",
-             "qfa/elastic/ops.py", "qfa/elastic/blocks.py"]
+# the modules a block model's bytes depend on
+_LOWERING = ("export.ir", "export.lower", "export.targets", "export.tflite", "export.fold", "hw.blocks",
+             "hw.entries", "qfa.nn.calibrate", "qfa.nn.quant", "qfa.nn.fused", "qfa.nn.supernet",
+             "qfa.nn.elastic.ops", "qfa.nn.elastic.blocks")
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
@@ -42,10 +42,14 @@ def write_model(blob: bytes, root: str | os.PathLike | None = None) -> Path:
 
 
 def code_fingerprint() -> str:
+    """Hash of the lowering code's sources, wherever the toolkit is installed (a module that
+    cannot be found is an error, not an empty file)."""
     h = hashlib.sha256()
-    for rel in _LOWERING:
-        p = ROOT / rel
-        h.update(rel.encode() + (p.read_bytes() if p.exists() else b""))
+    for name in _LOWERING:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise RuntimeError(f"code_fingerprint: module {name} not found")
+        h.update(name.encode() + Path(spec.origin).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -58,8 +62,8 @@ _factory = None
 
 def _init(space_json: dict, seed: int) -> None:
     global _factory
-    from qfa.space import SearchSpace
-    from .blocks import BlockFactory
+    from qfa.core.space import SearchSpace
+    from hw.blocks import BlockFactory
     _factory = BlockFactory(SearchSpace.from_json(space_json), seed)
 
 
@@ -70,7 +74,7 @@ def _worker_init(space_json: dict, seed: int) -> None:
 
 
 def _build_one(spec_text: str, target_name: str, fingerprint: str, root: str | None) -> None:
-    from export.tflite import TARGETS
+    from export.targets import TARGETS
     spec = _factory.space.parse(spec_text)
     for en, blob in _factory.pieces(spec, TARGETS[target_name]):
         p = model_path(en.key, target_name, fingerprint, root)
@@ -83,7 +87,7 @@ def build(specs: Iterable, target, jobs: int, seed: int = 0, progress: Callable[
           root: str | None = None) -> dict[str, Path]:
     """Cached path of every piece of ``specs`` (table key -> .tflite), building the missing
     ones with ``jobs`` processes (1: in this process); ``root``: another cache folder."""
-    from .entries import entries
+    from hw.entries import entries
     fp = code_fingerprint()
     specs = list(specs)
     paths = {en.key: model_path(en.key, target.name, fp, root) for s in specs for en in entries(s, target)}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from export.tflite import Target
-from qfa.space import FP, QBits, SearchSpace, SubnetSpec, mid_channels
+from export.targets import Target
+from qfa.core.space import FP, QBits, SearchSpace, SubnetSpec, mid_channels
 
 __all__ = ["Entry", "token", "entries", "TOKENS", "stage_geometry"]
 

@@ -29,14 +29,12 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from export.tflite import TARGETS  # noqa: E402
+from export.targets import TARGETS  # noqa: E402
 from hw.build import build, write_model  # noqa: E402
 from hw.table import FEATURES, LatencyTable, TableError, append_row  # noqa: E402
-from qfa.fileio import atomic_write  # noqa: E402
-from qfa.space import SpecError  # noqa: E402
+from qfa.core.fileio import atomic_write  # noqa: E402
+from qfa.core.space import SpecError  # noqa: E402
 from hw.transport import TransportError, make_transport  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _transport(args: argparse.Namespace):
@@ -82,7 +80,7 @@ def _host_facts() -> dict:
 
 
 def profile(args: argparse.Namespace, transport) -> dict:
-    from qfa.space import get_space
+    from qfa.core.space import get_space
     from hw.blocks import BlockFactory, overhead_model
     from hw.entries import entries
 
@@ -165,7 +163,7 @@ def profile(args: argparse.Namespace, transport) -> dict:
 def estimate(args: argparse.Namespace, transport) -> dict:
     """Time to build a table here, extrapolated from building and timing a random sample of
     its shapes, and one random whole subnet (the calibration set), on this transport."""
-    from qfa.space import get_space
+    from qfa.core.space import get_space
     from hw.blocks import BlockFactory
     from hw.entries import entries
 
@@ -270,7 +268,7 @@ def build_parser(prog: str = "hw/profile.py") -> argparse.ArgumentParser:
     p.add_argument("--validate", type=int, metavar="N", help="measure N random subnets end to end and compare")
     p.add_argument("--estimate", type=int, metavar="K", help="measure nothing into a table: time K sampled shapes "
                    "and print the estimated time of the whole table (e.g. --space paper --resolution 224 --estimate 3)")
-    p.add_argument("--out-dir", default=str(ROOT / "latency_tables"))
+    p.add_argument("--out-dir", default="latency_tables")
     p.add_argument("--json", action="store_true")
     return p
 

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from export.tflite import TARGETS, Target
-from qfa.fileio import append_csv_row
-from qfa.space import SearchSpace, SubnetSpec, get_space
+from export.targets import TARGETS, Target
+from qfa.core.fileio import append_csv_row
+from qfa.core.space import SearchSpace, SubnetSpec, get_space
 
-from .entries import TOKENS, Entry, entries, token
+from hw.entries import TOKENS, Entry, entries, token
 
 __all__ = ["LatencyTable", "TableError", "FIELDS", "FEATURES", "append_row", "clamped"]
 
@@ -39,7 +39,7 @@ class TableError(ValueError):
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Append one measured row atomically (see ``qfa.fileio.append_csv_row``)."""
+    """Append one measured row atomically (see ``qfa.core.fileio.append_csv_row``)."""
     append_csv_row(path, FIELDS, row)
 
 
@@ -78,6 +78,15 @@ class LatencyTable:
             raise TableError(f"{p}: measured for space hash {meta.get('space_hash')}, but {meta['space']!r} is "
                              f"now {space.hash}: re-profile")
         return cls(rows, meta, space)
+
+    @property
+    def resolutions(self) -> list[int]:
+        """The resolutions this table has entries for."""
+        return list(self.meta.get("resolutions", self.space.resolutions))
+
+    @property
+    def target_name(self) -> str:
+        return self.target.name
 
     def check_space(self, space: SearchSpace) -> None:
         if space.hash != self.space.hash:
@@ -141,7 +150,7 @@ class LatencyTable:
         """A spec at max depth whose every block has (k, e) and deployed precision ``toks``
         (expand, depthwise, project; first block and head take the first two): it touches one
         table key of each block shape. None when the target has no such precision."""
-        from qfa.space import BlockSpec
+        from qfa.core.space import BlockSpec
         s = self.space
         qe, qd, qp, qd0 = self._pair(toks[0]), self._pair(toks[1], True), self._pair(toks[2]), self._pair(toks[0], True)
         if None in (qe, qd, qp, qd0):
@@ -155,22 +164,20 @@ class LatencyTable:
         if self._luts is None:
             self._luts = self._build_luts()
         L, s = self._luts, self.space
-        g = np.asarray(genomes, dtype=np.int64).reshape(-1, s.genome_len)
-        ns, dmax = len(s.stages), max(s.depths)
-        r = g[:, 0]
-        depth = np.asarray(s.depths)[g[:, 1:1 + ns]]
-        slots = g[:, 1 + ns:-4].reshape(len(g), ns, dmax, s.SLOT_GENES)
-        us = self.overhead + L["stem"][r] + L["first"][r, g[:, -4], g[:, -3]] + L["head"][r, g[:, -2], g[:, -1]]
+        lay = s.layout
+        g = lay.rows(genomes)
+        r, t = g[:, 0], g[:, lay.tail]
+        active, slots = s.active_slots(g), lay.slots(g)
+        us = self.overhead + L["stem"][r] + L["first"][r, t[:, 0], t[:, 1]] + L["head"][r, t[:, 2], t[:, 3]]
         sub8 = np.array([q.a < 8 for q in s.bit_pairs])
-        n_clamped = sub8[g[:, -4:]].sum(1)
-        for si in range(ns):
-            for d in range(dmax):
-                sl = slots[:, si, d]
+        n_clamped = sub8[t].sum(1)
+        for si in range(lay.n_stages):
+            for d in range(lay.max_depth):
+                sl, on = slots[:, si, d], active[:, si, d]
                 v = L["mb"][si, min(d, 1), r, sl[:, 0], sl[:, 1], sl[:, 2], sl[:, 3], sl[:, 4]]
-                on = d < depth[:, si]
                 us = us + np.where(on, v, 0.0)
                 n_clamped = n_clamped + on * sub8[sl[:, 2:]].sum(1)
-        pieces = 3 + depth.sum(1)
+        pieces = 3 + active.sum((1, 2))
         return np.column_stack([us, np.ones_like(us), pieces, n_clamped]) @ self.coef / 1000.0
 
     def predict_specs(self, specs: Sequence[SubnetSpec]) -> np.ndarray:

@@ -29,7 +29,7 @@ class Local:
         self.threads, self.runs, self.warmup = threads, runs, warmup
 
     def measure(self, paths: list[Path]) -> list[dict]:
-        from .runner import time_model
+        from hw.runner import time_model
         return [time_model(str(p), self.threads, self.warmup, self.runs) for p in paths]
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from qfa.data import load_fashion_mnist, to_tensor
+from qfa.nn.data import load_fashion_mnist, to_tensor
 
 
 @pytest.fixture(scope="session")

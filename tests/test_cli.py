@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from qfa.space import get_space
+from qfa.core.space import get_space
 
 
 def qfa(*args: str) -> subprocess.CompletedProcess:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from qfa.cost import COST_KEYS, CostModel, layer_costs, spec_layers, total_costs
-from qfa.space import FP, QBits, get_space, list_spaces
+from qfa.core.cost import COST_KEYS, CostModel, layer_costs, spec_layers, total_costs
+from qfa.core.space import FP, QBits, get_space, list_spaces
 
 
 @pytest.mark.parametrize("name", list_spaces())

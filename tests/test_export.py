@@ -11,13 +11,14 @@ from ai_edge_litert import schema_py_generated as fb
 from .conftest import perturb
 from export.reference import run
 from export.lower import refine_weights
-from export.tflite import TARGETS, to_tflite
+from export.targets import TARGETS
+from export.tflite import to_tflite
 from export.verify import TFLiteModel, op_errors
-from qfa.calibrate import calibrate
-from qfa.data import resize
-from qfa.fold import fold
-from qfa.space import get_space
-from qfa.supernet import Supernet, extract
+from qfa.nn.calibrate import calibrate
+from qfa.nn.data import resize
+from export.fold import fold
+from qfa.core.space import get_space
+from qfa.nn.supernet import Supernet, extract
 
 SPACE = get_space("fmnist")
 
@@ -86,7 +87,7 @@ def test_fold_computes_each_trained_grid_like_pytorch(supernet, fmnist_train, re
     the int32 bias of 2-bit layers is rounded by up to half of (input scale x weight scale), a
     large share of a 2-bit step: that variant must fail."""
     from export.reference import _op
-    from qfa.elastic.ops import ElasticConv2d
+    from qfa.nn.elastic.ops import ElasticConv2d
     spec = SPACE.min_spec(bits=2)
     x = resize(fmnist_train[:256], spec.resolution)
     calibrate(supernet, spec, x.split(128), 256)

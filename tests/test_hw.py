@@ -11,7 +11,7 @@ import pytest
 from hw.entries import entries
 from hw.table import LatencyTable, TableError
 from hw.transport import parse_benchmark_model
-from qfa.space import get_space
+from qfa.core.space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
@@ -112,7 +112,7 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path):
 
 
 def test_block_models_build_in_parallel_identically_and_are_cached_by_key(tmp_path, monkeypatch):
-    from export.tflite import TARGETS
+    from export.targets import TARGETS
     from hw.build import build
     tgt = TARGETS["tflite-int8"]
     specs = [SPACE.min_spec(bits=2), SPACE.max_spec(bits=8).replace(resolution=24)]

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from qfa import fused
-from qfa.quant import (BatchQuant, LSQActQuant, LSQWeight, MinMaxQuant, QuantBank, affine_fake_quant,
+from qfa.nn import fused
+from qfa.nn.quant import (BatchQuant, LSQActQuant, LSQWeight, MinMaxQuant, QuantBank, affine_fake_quant,
                        affine_fake_quant_reference, batch_range, qrange)
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from hw.table import LatencyTable
-from qfa.cost import CostModel
-from qfa.data import make_datasets
-from qfa.predictor import ENCODING, collect, fit, load_rows, onehot, split_onehot, strata_specs
-from qfa.search import ParetoSet, SearchError, deployed_bytes, search_front
-from qfa.space import get_space
-from qfa.supernet import Supernet
+from qfa.core.cost import CostModel
+from qfa.nn.data import make_datasets
+from qfa.nas.predictor import ENCODING, collect, fit, load_rows, onehot, split_onehot, strata_specs
+from qfa.nas.search import ParetoSet, SearchError, deployed_bytes, search_front
+from qfa.core.space import get_space
+from qfa.nn.supernet import Supernet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
@@ -37,7 +37,7 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
     import os
     import subprocess
     import sys
-    from qfa.checkpoint import save_checkpoint
+    from qfa.nn.checkpoint import save_checkpoint
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "last.pt", {"space_json": json.dumps(SPACE.to_json()), "act_quant": "bq",
                                            "model": Supernet(SPACE).state_dict(), "step": 0})
@@ -62,8 +62,8 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
 
 
 def test_calibrate_best_keeps_the_draw_best_on_the_held_out_split():
-    from qfa.calibrate import calibrate
-    from qfa.evaluate import calib_batches, calib_seeds, calibrate_best
+    from qfa.nn.calibrate import calibrate
+    from qfa.nn.evaluate import calib_batches, calib_seeds, calibrate_best
     from tests.conftest import perturb
     torch.manual_seed(0)
     net = Supernet(SPACE)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from qfa.space import FP, BlockSpec, QBits, SearchSpace, SpecError, StageDef, get_space, list_spaces
+from qfa.core.space import FP, BlockSpec, QBits, SearchSpace, SpecError, StageDef, get_space, list_spaces
 
 SPACES = list_spaces()
 
@@ -81,7 +81,7 @@ def test_json_and_compact_round_trip(name):
 def test_hash_is_stable_across_processes_and_sensitive_to_content():
     s = get_space("fmnist")
     spec = s.max_spec(bits=4)
-    code = ("from qfa.space import get_space; s=get_space('fmnist'); print(s.max_spec(bits=4).hash)")
+    code = ("from qfa.core.space import get_space; s=get_space('fmnist'); print(s.max_spec(bits=4).hash)")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other == spec.hash and len(spec.hash) == 16
     assert s.max_spec(bits=8).hash != spec.hash

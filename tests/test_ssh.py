@@ -73,7 +73,7 @@ def test_ssh_transport_quotes_arguments(sshd, tmp_path):
     url, opts = sshd
     t = SSH(url, extra=[a for o in opts for a in ("-o", o)], python=sys.executable, runs=2, warmup=1)
     odd = tmp_path / "a b;$(touch pwned)'.tflite"
-    from export.tflite import TARGETS
+    from export.targets import TARGETS
     from hw.blocks import overhead_model
     odd.write_bytes(overhead_model(TARGETS["tflite-int8"]))
     try:

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from qfa.calibrate import calibrate
-from qfa.data import resize
-from qfa.elastic.ops import ElasticConv2d
-from qfa.quant import BatchQuant, LSQActQuant, MinMaxQuant
-from qfa.space import FP, SpecError, get_space, mid_channels
-from qfa.supernet import NotCalibratedError, Subnet, Supernet, extract
+from qfa.nn.calibrate import calibrate
+from qfa.nn.data import resize
+from qfa.nn.elastic.ops import ElasticConv2d
+from qfa.nn.quant import BatchQuant, LSQActQuant, MinMaxQuant
+from qfa.core.space import FP, SpecError, get_space, mid_channels
+from qfa.nn.supernet import NotCalibratedError, Subnet, Supernet, extract
 
 from .conftest import perturb
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from qfa.checkpoint import CheckpointError, load_checkpoint
-from qfa.space import FP, get_space
-from qfa.supernet import Supernet
+from qfa.nn.checkpoint import CheckpointError, load_checkpoint
+from qfa.core.space import FP, get_space
+from qfa.nn.supernet import Supernet
 from qfa.train.config import ConfigError, load_config
 from qfa.train.step import SandwichStep, param_groups
 

@@ -21,15 +21,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..calibrate import calibrate
-from ..data import ImageSet, make_datasets
-from ..evaluate import accuracy, calib_batches
-from ..space import FP, get_space
-from ..supernet import Subnet, Supernet, extract
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig
-from .cores import CoreShare
-from .step import SandwichStep, param_groups
+from qfa.nn.calibrate import calibrate
+from qfa.nn.data import ImageSet, make_datasets
+from qfa.nn.evaluate import accuracy, calib_batches
+from qfa.core.space import FP, get_space
+from qfa.nn.supernet import Subnet, Supernet, extract
+from qfa.nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from qfa.train.config import ConfigError, TrainConfig
+from qfa.train.cores import CoreShare
+from qfa.train.step import SandwichStep, param_groups
 
 __all__ = ["Trainer", "Dist"]
 

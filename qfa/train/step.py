@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import resize
-from ..space import SubnetSpec
-from ..supernet import Subnet, Supernet
+from qfa.nn.data import resize
+from qfa.core.space import SubnetSpec
+from qfa.nn.supernet import Subnet, Supernet
 
 __all__ = ["SandwichStep", "soft_cross_entropy", "param_groups"]
 

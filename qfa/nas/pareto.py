@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write
+from qfa.core.fileio import atomic_write
 
 __all__ = ["ParetoSet", "SearchError", "pareto_key", "pareto_base"]
 
@@ -68,6 +68,22 @@ class ParetoSet:
     def load(cls, base: Path) -> "ParetoSet":
         p = base.with_suffix(".jsonl")
         return cls([json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()])
+
+    @staticmethod
+    def spec_at(space, path: Path, index: int):
+        """Spec number ``index`` of a saved set (JSON lines, one ``{"spec": ...}`` a line) and the
+        deployment target its latencies were measured for (None if the line does not say)."""
+        from qfa.core.space import SpecError
+        if not path.is_file():
+            raise SearchError(f"Pareto file not found: {path}")
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if not 0 <= index < len(lines):
+            raise SearchError(f"--index {index} out of range: {path} holds {len(lines)} specs")
+        try:
+            obj = json.loads(lines[index])
+            return space.parse(json.dumps(obj.get("spec", obj))), obj.get("target")
+        except (json.JSONDecodeError, SpecError, AttributeError) as e:
+            raise SearchError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})") from None
 
     def answer(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> dict:
         """Most accurate subnet with predicted latency <= budget / (1 + margin) (and bytes)."""

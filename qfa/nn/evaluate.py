@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .calibrate import DEFAULT_CALIB_IMAGES, calibrate
-from .data import ImageSet, resize
-from .space import SubnetSpec
-from .supernet import Supernet
+from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES, calibrate
+from qfa.nn.data import ImageSet, resize
+from qfa.core.space import SubnetSpec
+from qfa.nn.supernet import Supernet
 
 __all__ = ["calib_batches", "calib_seeds", "accuracy", "calibrate_best", "evaluate_specs", "CALIB_SEED"]
 

@@ -6,18 +6,19 @@ after that is answered from the saved set (the paper's zero marginal cost per ne
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hw.table import LatencyTable
+from qfa.core.cost import CostModel, LatencyModel
+from qfa.nas.predictor import Predictor, searched_pairs
+from qfa.nas.pareto import ParetoSet, SearchError, pareto_base, pareto_key
+from qfa.core.space import FP, QBits, SearchSpace
 
-from .cost import CostModel
-from .predictor import Predictor, searched_pairs
-from .pareto import ParetoSet, SearchError, pareto_key
-from .space import FP, QBits, SearchSpace
-
-__all__ = ["make_problem", "search_front", "ParetoSet", "SearchError", "pareto_key", "deployed_bytes"]
+__all__ = ["make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
+           "pareto_key",
+           "deployed_bytes"]
 
 OBJECTIVES = ("top1", "latency_ms", "bytes")
 
@@ -26,14 +27,10 @@ def deployed_bytes(cost: CostModel, genomes: np.ndarray) -> np.ndarray:
     """Weight + bias bytes as TFLite int8 stores them: every weight one byte whatever its
     nominal bitwidth, biases int32 (the nominal-bit size is ``CostModel(...)["bytes"]``)."""
     s = cost.space
-    ns = len(s.stages)
 
     def bytes_at(qi: int) -> np.ndarray:  # every searchable conv at pair qi
-        g = np.array(genomes, dtype=np.int64, copy=True).reshape(-1, s.genome_len)
-        slots = g[:, 1 + ns:-4].reshape(len(g), -1, s.SLOT_GENES)
-        slots[..., 2:] = qi
-        g[:, 1 + ns:-4] = slots.reshape(len(g), -1)
-        g[:, -4:] = qi
+        g = np.array(s.layout.rows(genomes), copy=True)
+        g[:, s.layout.pair_genes] = qi
         return cost(g)["bytes"]
 
     by_w = {q.w: i for i, q in enumerate(s.bit_pairs) if q.w != FP}
@@ -44,7 +41,7 @@ def deployed_bytes(cost: CostModel, genomes: np.ndarray) -> np.ndarray:
     return b1 + (b1 - b2) / (w1 - w2) * (8 - w1)
 
 
-def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable, bits: Sequence[int] | None = None):
+def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyModel, bits: Sequence[int] | None = None):
     """A vectorised pymoo Problem: one call scores a whole population (minimise -top1,
     latency, bytes). Pair genes index the allowed bit pairs (``bits`` restricts them, e.g.
     (8,) for W8A8-only deployments); ``problem.to_genome`` maps a solution to a space genome."""
@@ -54,12 +51,9 @@ def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
         raise SearchError(f"no trained bit pair uses only bits {list(bits)}")
     allowed = np.array([space.bit_pairs.index(q) for q in pairs])
     upper = space.genome_upper().copy()
-    pair_genes = np.zeros(space.genome_len, bool)
-    ns = len(space.stages)
-    pair_genes[1 + ns:-4] = np.tile([False, False, True, True, True], (len(upper) - ns - 5) // 5)
-    pair_genes[-4:] = True
+    pair_genes = space.layout.pair_genes
     upper[pair_genes] = len(allowed)
-    res_ok = [i for i, r in enumerate(space.resolutions) if r in table.meta.get("resolutions", space.resolutions)]
+    res_ok = [i for i, r in enumerate(space.resolutions) if r in table.resolutions]
     lo = np.zeros(space.genome_len, int)
     lo[0], upper[0] = min(res_ok), max(res_ok) + 1
     cost = CostModel(space)
@@ -82,7 +76,7 @@ def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
     return problem
 
 
-def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, pop: int = 500, gens: int = 200,
+def search_front(space: SearchSpace, predictor: Predictor, table: LatencyModel, pop: int = 500, gens: int = 200,
                  seed: int = 0, progress=None, bits: Sequence[int] | None = None) -> dict[str, Any]:
     """Run NSGA-II and return the non-dominated set: genomes and objectives."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -98,7 +92,7 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
     rng = np.random.default_rng(seed)
     x0 = IntegerRandomSampling()(problem, pop, random_state=rng).get("X").astype(np.int64)
     widths = sorted({space.bit_pairs[i].w for i in problem.allowed} & {space.bit_pairs[i].a for i in problem.allowed})
-    res_ok = [r for r in space.resolutions if r in table.meta.get("resolutions", space.resolutions)]
+    res_ok = [r for r in space.resolutions if r in table.resolutions]
     seeds = [space.min_spec(bits=min(widths)).replace(resolution=min(res_ok)),
              space.max_spec(bits=max(widths)).replace(resolution=max(res_ok))]
     for i, sp in enumerate(seeds):  # genome -> solution: pair genes back to allowed positions
@@ -134,3 +128,20 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyTable, 
             "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}
 
 
+
+
+def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel]], pop: int, gens: int,
+                    seed: int = 0, bits: Sequence[int] | None = None, progress=None,
+                    force: bool = False) -> tuple[ParetoSet, dict | None]:
+    """The Pareto set saved at ``base`` (see :func:`pareto_base`) or, if there is none (or
+    ``force``), a new NSGA-II search over ``load()``'s predictor and latency model. Loading is
+    deferred so that answering from a saved set imports and reads nothing heavy. Returns the set
+    and the search's front (None when it was read from disk); the caller saves it with its budget."""
+    if base.with_suffix(".jsonl").exists() and not force:
+        return ParetoSet.load(base), None
+    predictor, latency = load()
+    if predictor.meta.get("space_hash") != latency.space.hash:
+        raise SearchError(f"the latency table is for space {latency.space.name!r} ({latency.space.hash}), "
+                          f"the predictor for {predictor.meta.get('space_hash')}")
+    front = search_front(latency.space, predictor, latency, pop, gens, seed, progress, bits)
+    return ParetoSet.from_front(latency.space, front, latency.target_name), front

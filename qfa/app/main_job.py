@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from latency_tables import shipped
+
 __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
 
-ROOT = Path(__file__).resolve().parents[1]
-# hardswish as ADD + MUL: on x86 XNNPACK 1.1-3.4x faster whole subnets than int8 HARD_SWISH (README)
-DEFAULT_TABLE = ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed.csv"
+# hardswish as ADD + MUL: faster whole subnets than int8 HARD_SWISH on the x86 host it was measured on
+DEFAULT_TABLE = shipped("host-x86_64-1t-hswish-decomposed")
 
 
 class JobError(RuntimeError):
@@ -61,12 +62,11 @@ def _say(msg: str) -> None:
 
 def main_job(cfg: JobConfig) -> dict:
     from hw.table import LatencyTable
-    from .data import make_datasets
-    from .deploy import export_subnet, verify_tflite
-    from .predictor import Predictor, collect, fit, load_rows
-    from .pareto import ParetoSet, SearchError, pareto_base
-    from .search import search_front
-    from .supernet import Supernet
+    from qfa.nn.data import make_datasets
+    from export.deploy import export_subnet, verify_tflite
+    from qfa.nas.predictor import Predictor, collect, fit, load_rows
+    from qfa.nas.search import SearchError, pareto_base, saved_or_search
+    from qfa.nn.supernet import Supernet
     t_start = time.time()
     run = Path(cfg.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -79,8 +79,8 @@ def main_job(cfg: JobConfig) -> dict:
         ckpt = ckpt / "last.pt" if ckpt.is_dir() else ckpt
         _say(f"1/6 supernet: reusing {ckpt}")
     else:
-        from .train.config import load_config
-        from .train.loop import Trainer
+        from qfa.train.config import load_config
+        from qfa.train.loop import Trainer
         ckpt, done = run / "last.pt", run / "train_done.json"
         if done.exists():
             _say(f"1/6 supernet: trained already ({done})")
@@ -99,7 +99,7 @@ def main_job(cfg: JobConfig) -> dict:
         import subprocess
         table_csv = run / "tables" / "host.csv"
         _say("2/6 latency table: profiling this host (hw/profile.py)")
-        r = subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "host", "--out-dir",
+        r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", "host", "--out-dir",
                             str(table_csv.parent), "--space", net.space.name,
                             "--deploy", LatencyTable.load(cfg.table).target.name])
         if r.returncode:
@@ -134,13 +134,9 @@ def main_job(cfg: JobConfig) -> dict:
     # 4. search
     t = time.time()
     base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
-    if base.with_suffix(".jsonl").exists():
-        pset = ParetoSet.load(base)
-        _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}")
-    else:
-        _say(f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations")
-        front = search_front(net.space, pred, table, cfg.pop, cfg.gens, bits=cfg.search_bits)
-        pset = ParetoSet.from_front(net.space, front, table.target.name)
+    _say(f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations, unless {base.with_suffix('.jsonl')} "
+         "is saved already")
+    pset, _ = saved_or_search(base, lambda: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
     lats = np.array([r["latency_ms"] for r in pset.rows])
     budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))
     pset.save(base, budget)

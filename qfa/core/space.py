@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -69,6 +69,11 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     if new_v < 0.9 * v:
         new_v += divisor
     return new_v
+
+
+def se_channels(channels: int) -> int:
+    """Squeeze width of an SE module over ``channels`` (OFA: channels // 4, divisible by 8)."""
+    return make_divisible(channels // 4, 8)
 
 
 def mid_channels(in_channels: int, expand: int) -> int:
@@ -183,6 +188,57 @@ class SubnetSpec:
 
     def __hash__(self) -> int:
         return hash(self.hash)
+
+
+@dataclass(frozen=True)
+class GenomeLayout:
+    """Where each gene of an integer genome lives; the one definition every vectorised reader
+    (cost model, predictor features, latency table, search) slices by.
+
+    ``[resolution, depth per stage, per block slot (kernel, expand, 3 bit pairs), first block's
+    2 bit pairs, head's 2 bit pairs]``; each gene indexes its choice tuple, and slots beyond a
+    stage's depth are canonicalised to 0, so equal subnets have equal genomes."""
+
+    n_stages: int
+    max_depth: int
+    SLOT: ClassVar[int] = 5   # kernel, expand, and the bit pairs of expand, depthwise, project
+    TAIL: ClassVar[int] = 4   # first block's depthwise + project, head's final-expand + feature-mix
+
+    @property
+    def length(self) -> int:
+        return 1 + self.n_stages + self.n_stages * self.max_depth * self.SLOT + self.TAIL
+
+    @property
+    def depths(self) -> slice:
+        return slice(1, 1 + self.n_stages)
+
+    @property
+    def slot_genes(self) -> slice:
+        return slice(1 + self.n_stages, self.length - self.TAIL)
+
+    @property
+    def tail(self) -> slice:
+        return slice(self.length - self.TAIL, self.length)
+
+    def slot_offset(self, stage: int, block: int) -> int:
+        return 1 + self.n_stages + (stage * self.max_depth + block) * self.SLOT
+
+    def rows(self, genomes: np.ndarray) -> np.ndarray:
+        """``genomes`` as an (N, length) int64 array (a view where it already is one)."""
+        return np.asarray(genomes, dtype=np.int64).reshape(-1, self.length)
+
+    def slots(self, g: np.ndarray) -> np.ndarray:
+        """(N, stages, max depth, SLOT) view of the block-slot genes of an (N, length) array
+        (a view: splitting the last axis never copies), so writes reach ``g``."""
+        return g[:, self.slot_genes].reshape(len(g), self.n_stages, self.max_depth, self.SLOT)
+
+    @property
+    def pair_genes(self) -> np.ndarray:
+        """Mask of the genes that hold a (w, a) bit pair."""
+        m = np.zeros(self.length, bool)
+        m[self.slot_genes] = np.tile([False, False, True, True, True], self.n_stages * self.max_depth)
+        m[self.tail] = True
+        return m
 
 
 @dataclass(frozen=True)
@@ -436,6 +492,31 @@ class SearchSpace:
         return SubnetSpec(self, int(self.resolutions[rng.integers(len(self.resolutions))]),
                           (q(), q()), tuple(stages), (q(), q()))
 
+    def sample_specs(self, text: str, seed: int = 0) -> list[SubnetSpec]:
+        """Specs named by ``max[:B]``, ``min[:B]``, ``random:N`` (mixed precision) or
+        ``random:N:B`` (every conv at B), comma-separated. Random architectures depend only on
+        the seed, so ``random:5:8`` and ``random:5:2`` are the same 5 subnets at two precisions."""
+        deployable = [b for b in self.bits if b != FP]
+        specs = []
+        for part in text.split(","):
+            name, *args = part.strip().split(":")
+            try:
+                nums = [int(a) for a in args]
+            except ValueError:
+                nums = None
+            if nums is None or name not in ("max", "min", "random") or len(nums) > (2 if name == "random" else 1):
+                raise SpecError(f"cannot read {part!r}; use e.g. max:4,min:2,random:5 or random:5:4")
+            if name == "max":
+                specs.append(self.max_spec(bits=nums[0] if nums else max(deployable)))
+            elif name == "min":
+                specs.append(self.min_spec(bits=nums[0] if nums else None))
+            else:
+                rng = np.random.default_rng(seed)
+                for _ in range(nums[0] if nums else 1):
+                    spec = self.sample(rng, bits=deployable)
+                    specs.append(spec.with_bits(nums[1]) if len(nums) == 2 else spec)
+        return specs
+
     def sandwich(self, rng: np.random.Generator, n_random: int = 4,
                  bits: Sequence[int] | None = None) -> list[SubnetSpec]:
         """The paper's sandwich: max and min subnet, each with one random kernel and one random
@@ -450,63 +531,70 @@ class SearchSpace:
         return out
 
     # ---- integer genome (pymoo, predictor, vectorised costs) ----------------------------
-    # Layout: [resolution, depth per stage, per block slot (kernel, expand, 3 bit pairs),
-    # first block's 2 bit pairs, head's 2 bit pairs]; each gene indexes its choice tuple.
-    # Slots beyond a stage's depth are canonicalised to 0, so equal subnets have equal genomes.
-    SLOT_GENES = 5
+    @functools.cached_property
+    def layout(self) -> "GenomeLayout":
+        return GenomeLayout(len(self.stages), max(self.depths))
 
     @property
     def genome_len(self) -> int:
-        return 1 + len(self.stages) + self.n_slots * self.SLOT_GENES + 4
+        return self.layout.length
 
     def genome_upper(self) -> np.ndarray:
         """Number of choices of each gene (genes range over 0..upper-1)."""
         p = len(self.bit_pairs)
         slot = [len(self.kernels), len(self.expands), p, p, p]
         return np.array([len(self.resolutions)] + [len(self.depths)] * len(self.stages)
-                        + slot * self.n_slots + [p] * 4, dtype=np.int64)
+                        + slot * self.n_slots + [p] * GenomeLayout.TAIL, dtype=np.int64)
 
     def encode(self, spec: SubnetSpec) -> np.ndarray:
         if spec.space.hash != self.hash:
             raise SpecError(f"spec belongs to space {spec.space.name!r} ({spec.space.hash}), not {self.name!r}")
-        ix = self._index
-        pidx, dmax, ns = ix["q"], max(self.depths), len(self.stages)
-        g = [0] * self.genome_len
+        ix, lay = self._index, self.layout
+        pidx = ix["q"]
+        g = np.zeros(lay.length, dtype=np.int64)
         g[0] = ix["r"][spec.resolution]
         for si, st in enumerate(spec.stages):
-            g[1 + si] = ix["d"][len(st)]
-            o = 1 + ns + si * dmax * self.SLOT_GENES
-            for b in st:
-                g[o:o + 5] = (ix["k"][b.kernel], ix["e"][b.expand], pidx[b.bits[0]], pidx[b.bits[1]], pidx[b.bits[2]])
-                o += self.SLOT_GENES
-        g[-4:] = [pidx[q] for q in (*spec.first, *spec.head)]
-        return np.array(g, dtype=np.int64)
+            g[lay.depths.start + si] = ix["d"][len(st)]
+            for bi, b in enumerate(st):
+                o = lay.slot_offset(si, bi)
+                g[o:o + lay.SLOT] = (ix["k"][b.kernel], ix["e"][b.expand], *(pidx[q] for q in b.bits))
+        g[lay.tail] = [pidx[q] for q in (*spec.first, *spec.head)]
+        return g
+
+    def active_slots(self, genomes: np.ndarray) -> np.ndarray:
+        """(N, stages, max depth) mask of the block slots within each row's stage depths."""
+        depth = np.asarray(self.depths)[self.layout.rows(genomes)[:, self.layout.depths]]
+        return np.arange(self.layout.max_depth)[None, None, :] < depth[:, :, None]
+
+    def active_genes(self, genomes: np.ndarray) -> np.ndarray:
+        """(N, genome length) mask: every gene but those of inactive block slots."""
+        g = self.layout.rows(genomes)
+        mask = np.ones(g.shape, bool)
+        self.layout.slots(mask)[...] = self.active_slots(g)[..., None]
+        return mask
 
     def canonical(self, genomes: np.ndarray) -> np.ndarray:
         """Zero the genes of inactive block slots (vectorised over rows)."""
-        g = np.array(genomes, dtype=np.int64, copy=True).reshape(-1, self.genome_len)
-        depth = np.asarray(self.depths)[g[:, 1:1 + len(self.stages)]]  # (N, S)
-        dmax = max(self.depths)
-        active = np.arange(dmax)[None, None, :] < depth[:, :, None]  # (N, S, D)
-        slots = g[:, 1 + len(self.stages):-4].reshape(len(g), len(self.stages), dmax, self.SLOT_GENES)
-        slots *= active[..., None]
+        g = np.array(self.layout.rows(genomes), copy=True)
+        self.layout.slots(g)[...] *= self.active_slots(g)[..., None]
         return g
 
     def decode(self, genome: Sequence[int]) -> SubnetSpec:
         g = np.asarray(genome, dtype=np.int64)
         if g.shape != (self.genome_len,) or (g < 0).any() or (g >= self.genome_upper()).any():
             raise SpecError(f"genome must hold {self.genome_len} genes within {self.genome_upper().tolist()}")
-        pairs, dmax = self.bit_pairs, max(self.depths)
+        pairs, lay = self.bit_pairs, self.layout
         stages = []
-        for si in range(len(self.stages)):
+        for si, d in enumerate(g[lay.depths]):
             blocks = []
-            for bi in range(self.depths[g[1 + si]]):
-                o = 1 + len(self.stages) + (si * dmax + bi) * self.SLOT_GENES
-                k, e, *b = g[o:o + 5]
+            for bi in range(self.depths[d]):
+                o = lay.slot_offset(si, bi)
+                k, e, *b = g[o:o + lay.SLOT]
                 blocks.append(BlockSpec(self.kernels[k], self.expands[e], tuple(pairs[i] for i in b)))
             stages.append(tuple(blocks))
-        return SubnetSpec(self, self.resolutions[g[0]], (pairs[g[-4]], pairs[g[-3]]), tuple(stages),
-                          (pairs[g[-2]], pairs[g[-1]]))
+        t = g[lay.tail]
+        return SubnetSpec(self, self.resolutions[g[0]], (pairs[t[0]], pairs[t[1]]), tuple(stages),
+                          (pairs[t[2]], pairs[t[3]]))
 
     # ---- counting ---------------------------------------------------------------------
     def count(self, full: bool = False) -> int:

@@ -16,9 +16,9 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .elastic.blocks import ElasticMBConv
-from .elastic.ops import ElasticConv2d
-from .space import BlockSpec, SearchSpace, SpecError, SubnetSpec, mid_channels
+from qfa.nn.elastic.blocks import ElasticMBConv
+from qfa.nn.elastic.ops import ElasticConv2d
+from qfa.core.space import BlockSpec, SearchSpace, SpecError, SubnetSpec, mid_channels
 
 __all__ = ["QFANet", "Supernet", "Subnet", "extract", "NotCalibratedError"]
 
@@ -108,7 +108,7 @@ class Supernet(QFANet):
     """The weight-sharing supernet: every subnet of ``space`` can be activated by its spec.
 
     ``set_active(spec)`` / ``with net.active(spec):`` choose the subnet that ``forward`` runs.
-    In eval mode the subnet must have been calibrated (``qfa.calibrate``) since BatchNorm and
+    In eval mode the subnet must have been calibrated (``qfa.nn.calibrate``) since BatchNorm and
     BatchQuant statistics are per subnet; a stale calibration raises :class:`NotCalibratedError`.
     """
 
@@ -145,17 +145,17 @@ class Supernet(QFANet):
         if spec is None:
             raise RuntimeError("no active subnet: call set_active(spec) first")
         if not self.training and self.calibrated_for != spec.hash:
-            raise NotCalibratedError(f"subnet {spec.hash} is not calibrated: run qfa.calibrate.calibrate() "
+            raise NotCalibratedError(f"subnet {spec.hash} is not calibrated: run qfa.nn.calibrate.calibrate() "
                                      "before evaluating it")
         return self._forward(x, spec)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Supernet":
         """The supernet of a training checkpoint (``qfa train``'s ``last.pt`` or its run folder)."""
-        from .checkpoint import CheckpointError, load_checkpoint
+        from qfa.nn.checkpoint import CheckpointError, checkpoint_space, load_checkpoint
         state = load_checkpoint(path)
+        space = checkpoint_space(state, path)
         try:
-            space = SearchSpace.from_json(json.loads(state["space_json"]))
             net = cls(space, state["act_quant"], float(state.get("dropout", 0.1)))
             net.load_state_dict(state["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .space import SearchSpace, SpecError, SubnetSpec, get_space, list_spaces
+from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, list_spaces
 
 __all__ = ["main", "CLIError", "load_spec"]
 
@@ -81,7 +81,7 @@ def cmd_space(args: argparse.Namespace) -> None:
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
-    from .cost import layer_costs, total_costs
+    from qfa.core.cost import layer_costs, total_costs
     space = _space(args)
     spec = load_spec(space, args.spec)
     rows, tot = layer_costs(spec), total_costs(spec)
@@ -101,9 +101,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from dataclasses import replace
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .main_job import TINY, JobConfig, main_job, print_summary
+    from qfa.nn.checkpoint import CheckpointError
+    from qfa.nn.data import DataError
+    from qfa.app.main_job import TINY, JobConfig, main_job, print_summary
     from hw.table import TableError
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
     if args.table:
@@ -123,10 +123,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .train.config import ConfigError, load_config
-    from .train.loop import Trainer
+    from qfa.nn.checkpoint import CheckpointError
+    from qfa.nn.data import DataError
+    from qfa.train.config import ConfigError, load_config
+    from qfa.train.loop import Trainer
     overrides = list(args.set or [])
     for flag, key in (("act_quant", "act_quant"), ("data", "data"), ("device", "device"), ("max_steps", "max_steps"),
                       ("batch_size", "batch_size"), ("seed", "seed"), ("workers", "workers")):
@@ -155,39 +155,11 @@ def cmd_train(args: argparse.Namespace) -> None:
                                           f"checkpoint {result['checkpoint']}"))
 
 
-def _sample_specs(space: SearchSpace, text: str, seed: int) -> list[SubnetSpec]:
-    """``max[:B]``, ``min[:B]``, ``random:N`` (mixed precision) or ``random:N:B`` (all convs at B);
-    random architectures depend only on the seed, so ``random:5:8`` and ``random:5:2`` are the
-    same 5 subnets at two precisions."""
-    import numpy as np
-    deployable = [b for b in space.bits if b != 32]
-    specs = []
-    for part in text.split(","):
-        name, *args = part.strip().split(":")
-        try:
-            nums = [int(a) for a in args]
-        except ValueError:
-            nums = None
-        if nums is None or (name in ("max", "min") and len(nums) > 1) or (name == "random" and len(nums) > 2) \
-                or name not in ("max", "min", "random"):
-            raise CLIError(f"--sample: cannot read {part!r}; use e.g. max:4,min:2,random:5 or random:5:4", 2)
-        if name == "max":
-            specs.append(space.max_spec(bits=nums[0] if nums else max(deployable)))
-        elif name == "min":
-            specs.append(space.min_spec(bits=nums[0] if nums else None))
-        else:
-            rng = np.random.default_rng(seed)
-            for _ in range(nums[0] if nums else 1):
-                spec = space.sample(rng, bits=deployable)
-                specs.append(spec.with_bits(nums[1]) if len(nums) == 2 else spec)
-    return specs
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .checkpoint import CheckpointError
-    from .data import DataError, make_datasets
-    from .evaluate import evaluate_specs
-    from .supernet import Supernet
+    from qfa.nn.checkpoint import CheckpointError
+    from qfa.nn.data import DataError, make_datasets
+    from qfa.nn.evaluate import evaluate_specs
+    from qfa.nn.supernet import Supernet
     try:
         net = Supernet.from_checkpoint(args.checkpoint)
     except CheckpointError as e:
@@ -196,7 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     specs = [load_spec(space, s) for s in args.spec or []]
     if args.sample:
         try:
-            specs += _sample_specs(space, args.sample, args.seed)
+            specs += space.sample_specs(args.sample, args.seed)
         except SpecError as e:
             raise CLIError(f"--sample: {e}", 2) from None
     if not specs:
@@ -221,8 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _load_net(path: str):
-    from .checkpoint import CheckpointError
-    from .supernet import Supernet
+    from qfa.nn.checkpoint import CheckpointError
+    from qfa.nn.supernet import Supernet
     try:
         return Supernet.from_checkpoint(path)
     except CheckpointError as e:
@@ -231,25 +203,9 @@ def _load_net(path: str):
         raise CLIError(f"checkpoint not found: {path}", 2) from None
 
 
-def _pareto_spec(space: SearchSpace, path: str, index: int) -> tuple[SubnetSpec, str | None]:
-    """Spec number ``index`` of a saved Pareto set (JSON lines, one {"spec": ...} per line) and
-    the deployment target its latencies were measured for (None if the line does not say)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"Pareto file not found: {path}", 2)
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    if not 0 <= index < len(lines):
-        raise CLIError(f"--index {index} out of range: {path} holds {len(lines)} specs", 2)
-    try:
-        obj = json.loads(lines[index])
-        return space.parse(json.dumps(obj.get("spec", obj))), obj.get("target")
-    except (json.JSONDecodeError, SpecError, AttributeError) as e:
-        raise CLIError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})", 2) from None
-
-
 def cmd_export(args: argparse.Namespace) -> None:
-    from .data import DataError, make_datasets
-    from .deploy import export_subnet, verify_tflite
+    from qfa.nn.data import DataError, make_datasets
+    from export.deploy import export_subnet, verify_tflite
     out = Path(args.out)
     if out.suffix != ".tflite":
         raise CLIError(f"--out must end in .tflite: {args.out}", 2)
@@ -262,7 +218,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     net = _load_net(args.checkpoint)
     if (args.spec is None) == (args.pareto is None):
         raise CLIError("give exactly one of --spec or --pareto/--index", 2)
-    spec, target = (load_spec(net.space, args.spec), None) if args.spec else _pareto_spec(net.space, args.pareto, args.index)
+    if args.spec:
+        spec, target = load_spec(net.space, args.spec), None
+    else:
+        from qfa.nas.pareto import ParetoSet, SearchError
+        try:
+            spec, target = ParetoSet.spec_at(net.space, Path(args.pareto), args.index)
+        except SearchError as e:
+            raise CLIError(str(e), 2) from None
     args.target = args.target or target or "tflite-int8"  # a Pareto row says how its latency was measured
     if spec.space.hash != net.space.hash:
         raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
@@ -308,18 +271,13 @@ def _run_dir(checkpoint: str) -> Path:
 
 
 def cmd_predictor(args: argparse.Namespace) -> None:
-    from .predictor import PredictorError, collect, fit, load_rows
+    from qfa.nas.predictor import PredictorError, collect, distributed_env, fit, load_rows
     out = Path(args.data_csv or _run_dir(args.checkpoint) / "predictor_data.csv")
     if args.action == "collect":
-        from .data import DataError, make_datasets
+        from qfa.nn.data import DataError, make_datasets
         net = _load_net(args.checkpoint)
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        device = "cpu"
-        if world > 1 and os.environ.get("LOCAL_RANK") is not None:
-            import torch
-            if torch.cuda.is_available():
-                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-                net.to(device)
+        rank, world, device = distributed_env()
+        net.to(device)
         try:
             data = make_datasets(args.data, net.space.resolutions[-1])
         except DataError as e:
@@ -337,13 +295,11 @@ def cmd_predictor(args: argparse.Namespace) -> None:
         _emit(args, {"data": str(out), "added": added, "rows": len(load_rows(out))},
               lambda: print(f"{out}: {len(load_rows(out))} labelled subnets ({added} new; held-out split of the training set)"))
         return
-    net_space = None
-    from .checkpoint import load_checkpoint
+    from qfa.nn.checkpoint import CheckpointError, checkpoint_space, load_checkpoint
     try:
-        state = load_checkpoint(args.checkpoint)
-        net_space = SearchSpace.from_json(json.loads(state["space_json"]))
-    except Exception as e:  # noqa: BLE001 - CheckpointError and malformed states
-        raise CLIError(f"{args.checkpoint}: {e}", 2) from None
+        net_space = checkpoint_space(load_checkpoint(args.checkpoint), args.checkpoint)
+    except CheckpointError as e:
+        raise CLIError(str(e), 2) from None
     rows = load_rows(out)
     try:
         pred, metrics = fit(net_space, rows, epochs=args.epochs, seed=args.seed)
@@ -361,7 +317,7 @@ def cmd_predictor(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     import time as _time
     t0 = _time.perf_counter()
-    from .pareto import ParetoSet, SearchError, pareto_base  # light: the saved-set path imports nothing heavy
+    from qfa.nas.search import SearchError, pareto_base, saved_or_search  # the saved-set path imports nothing heavy
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
@@ -373,33 +329,27 @@ def cmd_search(args: argparse.Namespace) -> None:
         if not p.is_file():
             raise CLIError(f"{what} not found: {p}", 2)
     base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
-    cached = base.with_suffix(".jsonl").exists() and not args.force
-    if cached:
-        pset = ParetoSet.load(base)
-    else:
+
+    def load():
         from hw.table import LatencyTable, TableError
-        from .predictor import Predictor, PredictorError
-        from .search import search_front
+        from qfa.nas.predictor import Predictor, PredictorError
         try:
-            table = LatencyTable.load(table_csv)
-            predictor = Predictor.load(pred_path)
+            return Predictor.load(pred_path), LatencyTable.load(table_csv)
         except (TableError, PredictorError) as e:
             raise CLIError(str(e), 2) from None
-        if predictor.meta.get("space_hash") != table.space.hash:
-            raise CLIError(f"the table is for space {table.space.name!r} ({table.space.hash}), the predictor for "
-                           f"{predictor.meta.get('space_hash')}", 2)
 
-        def progress(g: int, n: int) -> None:
-            if not args.json and (g % 10 == 0 or g == n):
-                print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
-        try:
-            front = search_front(table.space, predictor, table, args.pop, args.gens, args.seed, progress, args.bits)
-        except SearchError as e:
-            raise CLIError(str(e), 2) from None
+    def progress(g: int, n: int) -> None:
+        if not args.json and (g % 10 == 0 or g == n):
+            print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
+    try:
+        pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
+    except SearchError as e:
+        raise CLIError(str(e), 2) from None
+    cached = front is None
+    if not cached:
         if not args.json:
             print(f"\rsearch: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
                   f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
-        pset = ParetoSet.from_front(table.space, front, table.target.name)
         pset.save(base, args.latency_ms)
     try:
         best = pset.answer(args.latency_ms, args.max_bytes, args.margin)
@@ -429,14 +379,14 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
 
 def _add_calib(p: argparse.ArgumentParser, draws: bool = True) -> None:
     p.add_argument("--calib-images", type=int, metavar="N",
-                   help="training images that calibrate each subnet (default: qfa.calibrate's, 8000)")
+                   help="training images that calibrate each subnet (default: qfa.nn.calibrate's, 8000)")
     if draws:
         p.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
                        "and keep the best on the held-out training split (default 1)")
 
 
 def _calib_images(args: argparse.Namespace) -> int:
-    from .calibrate import DEFAULT_CALIB_IMAGES  # imports torch: only where a subnet is calibrated
+    from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES  # imports torch: only where a subnet is calibrated
     return args.calib_images or DEFAULT_CALIB_IMAGES
 
 

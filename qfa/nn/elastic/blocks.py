@@ -1,6 +1,6 @@
-"""Elastic MobileNetV3 blocks composed from :mod:`qfa.elastic.ops`.
+"""Elastic MobileNetV3 blocks composed from :mod:`qfa.nn.elastic.ops`.
 
-Each block's forward takes its :class:`~qfa.space.BlockSpec`; sizes follow from it and the
+Each block's forward takes its :class:`~qfa.core.space.BlockSpec`; sizes follow from it and the
 input. Built with all choices a block belongs to the supernet; built with one spec's choices
 it is a layer of an extracted subnet.
 """
@@ -9,15 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..space import BlockSpec, QBits, make_divisible, mid_channels
-from .ops import ElasticConv2d
+from qfa.core.space import BlockSpec, QBits, make_divisible, mid_channels, se_channels
+from qfa.nn.elastic.ops import ElasticConv2d
 
 __all__ = ["ElasticSE", "ElasticMBConv", "se_channels"]
-
-
-def se_channels(channels: int) -> int:
-    """Squeeze width of an SE module over ``channels`` (OFA: channels // 4, divisible by 8)."""
-    return make_divisible(channels // 4, 8)
 
 
 class ElasticSE(nn.Module):

@@ -14,14 +14,13 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .elastic.blocks import se_channels
-from .space import QBits, SearchSpace, SubnetSpec, mid_channels
+from qfa.core.space import QBits, SearchSpace, SubnetSpec, mid_channels, se_channels
 
-__all__ = ["ConvLayer", "spec_layers", "layer_costs", "total_costs", "CostModel", "COST_KEYS"]
+__all__ = ["LatencyModel", "ConvLayer", "spec_layers", "layer_costs", "total_costs", "CostModel", "COST_KEYS"]
 
 COST_KEYS = ("macs", "params", "bitops", "mflops_bw", "bytes")
 
@@ -116,6 +115,22 @@ def total_costs(spec: SubnetSpec) -> dict[str, float]:
     return tot
 
 
+class LatencyModel(Protocol):
+    """What the search needs of a latency model (``hw.table.LatencyTable`` is one): its space,
+    the resolutions it covers, the deployment target it was measured for, and predicted
+    milliseconds for a batch of genomes (NaN where it cannot say)."""
+
+    space: SearchSpace
+
+    @property
+    def resolutions(self) -> Sequence[int]: ...
+
+    @property
+    def target_name(self) -> str: ...
+
+    def predict_many(self, genomes: np.ndarray) -> np.ndarray: ...
+
+
 class CostModel:
     """Vectorised costs of many genomes of one space (see ``SearchSpace.encode``).
 
@@ -169,14 +184,13 @@ class CostModel:
     def __call__(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
         """Costs of each row of ``genomes`` (N x genome_len) as arrays of length N."""
         s = self.space
-        g = s.canonical(genomes)
-        n, ns, dmax = len(g), len(s.stages), max(s.depths)
+        g, lay = s.canonical(genomes), s.layout
+        n, nj = len(g), s.n_slots
         res = g[:, 0]
-        depth = np.asarray(s.depths)[g[:, 1:1 + ns]]
-        active = (np.arange(dmax)[None, None, :] < depth[:, :, None]).reshape(n, ns * dmax)
-        slots = g[:, 1 + ns:-4].reshape(n, ns * dmax, s.SLOT_GENES)
+        active = s.active_slots(g).reshape(n, nj)
+        slots = lay.slots(g).reshape(n, nj, lay.SLOT)
         k, e = slots[..., 0], slots[..., 1]
-        j = np.arange(ns * dmax)[None, :]
+        j = np.arange(nj)[None, :]
         r = res[:, None]
         out = {}
         wa = self.pairs[slots[..., 2:]]  # (N, J, 3, 2)
@@ -185,7 +199,7 @@ class CostModel:
         wts = np.stack([self.slot_weights[j, c, k, e] for c in range(3)], -1) * active[..., None]
         bias = np.stack([self.slot_bias[j, c, k, e] for c in range(3)], -1) * active[..., None]
         fixed = self.slot_fixed[j, :, r, k, e] * active[..., None]  # (N, J, KEYS)
-        hwa = self.pairs[g[:, -4:]]  # (N, 4, 2)
+        hwa = self.pairs[g[:, lay.tail]]  # (N, 4, 2)
         hw_, ha = hwa[..., 0], hwa[..., 1]
         hm = self.head_macs[:, res].T  # (N, 4)
         hwts = np.broadcast_to(self.head_weights, hm.shape)

@@ -5,13 +5,14 @@ whole; loaded with ``torch.load(weights_only=True)``, which refuses arbitrary pi
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_space", "FORMAT"]
 
 FORMAT = "qfa-ckpt/1"
 
@@ -49,3 +50,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a qfa checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     return state
+
+
+def checkpoint_space(state: dict[str, Any], path: str | os.PathLike = "checkpoint"):
+    """The search space a loaded checkpoint state was trained on."""
+    from qfa.core.space import SearchSpace, SpecError
+    try:
+        return SearchSpace.from_json(json.loads(state["space_json"]))
+    except (KeyError, TypeError, ValueError, SpecError) as e:
+        raise CheckpointError(f"{path}: checkpoint holds no usable search space ({str(e).splitlines()[0][:160]})") from None

@@ -8,7 +8,7 @@ reads a value back to the host during a training step.
 Calibration protocol: between :meth:`Calibrated.begin_calibration` and
 :meth:`Calibrated.end_calibration` a module normalises/quantizes with batch statistics and
 accumulates them (weighted by batch size); ``end_calibration`` writes the averages into its
-running buffers. BatchNorm layers follow the same protocol (see ``qfa.elastic.ops``).
+running buffers. BatchNorm layers follow the same protocol (see ``qfa.nn.elastic.ops``).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fused
-from .space import FP
+from qfa.nn import fused
+from qfa.core.space import FP
 
 __all__ = [
     "round_ste", "grad_scale", "qrange", "batch_range", "affine_fake_quant", "affine_fake_quant_reference",
@@ -63,7 +63,7 @@ class _AffineFakeQuant(torch.autograd.Function):
 
     Same values and gradients as the composed form (:func:`affine_fake_quant_reference`), in
     one autograd node instead of ~20: the per-call scalar arithmetic (range, step, zero point)
-    runs outside autograd and the elementwise work is one fused loop each way (:mod:`qfa.fused`).
+    runs outside autograd and the elementwise work is one fused loop each way (:mod:`qfa.nn.fused`).
     """
 
     @staticmethod

@@ -35,10 +35,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .fileio import append_csv_row, atomic_write
-from .space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
+from qfa.core.fileio import append_csv_row, atomic_write
+from qfa.core.space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 
-__all__ = ["ENCODING", "ENCODINGS", "TARGETS", "features", "onehot", "split_onehot", "strata_specs", "collect",
+__all__ = ["ENCODING", "ENCODINGS", "RESPONSES", "features", "onehot", "split_onehot", "strata_specs", "collect", "distributed_env",
            "load_rows", "Predictor", "models", "default_encodings", "fit",
            "searched_pairs", "PredictorError"]
 
@@ -55,55 +55,40 @@ def searched_pairs(space: SearchSpace) -> tuple[QBits, ...]:
     return tuple(q for q in space.bit_pairs if q.w != FP and q.a != FP)
 
 
-def _active_genes(space: SearchSpace, g: np.ndarray) -> np.ndarray:
-    ns, dmax = len(space.stages), max(space.depths)
-    depth = np.asarray(space.depths)[g[:, 1:1 + ns]]
-    slot_active = (np.arange(dmax)[None, None, :] < depth[:, :, None]).reshape(len(g), ns * dmax)
-    mask = np.ones(g.shape, bool)
-    mask[:, 1 + ns:-4] = np.repeat(slot_active, space.SLOT_GENES, axis=1)
-    return mask
-
-
 _COST_MODELS: dict[str, object] = {}
 
 
 def cost_features(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
-    from .cost import CostModel
+    from qfa.core.cost import CostModel
     model = _COST_MODELS.get(space.hash)
     if model is None:  # building the lookup tables takes 0.2 s for the paper space: once per space
         model = _COST_MODELS[space.hash] = CostModel(space)
-    c = model(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
+    c = model(space.layout.rows(genomes))
     return np.column_stack([np.log(c["macs"]), np.log(c["bitops"]), np.log(c["params"])]).astype(np.float32)
 
 
 def onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     """One block per gene (the paper's genome encoding)."""
-    g = space.canonical(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
+    g = space.canonical(genomes)
     upper = space.genome_upper()
     offsets = np.concatenate([[0], np.cumsum(upper)[:-1]])
     x = np.zeros((len(g), int(upper.sum())), np.float32)
-    rows, cols = np.nonzero(_active_genes(space, g))
+    rows, cols = np.nonzero(space.active_genes(g))
     x[rows, offsets[cols] + g[rows, cols]] = 1.0
     return x
-
-
-def _precision_genes(space: SearchSpace) -> np.ndarray:
-    slot = np.zeros(space.SLOT_GENES, bool)
-    slot[2:] = True  # kernel, expand, then the block's three convs' (w, a) genes
-    return np.concatenate([np.zeros(1 + len(space.stages), bool), np.tile(slot, space.n_slots), np.ones(4, bool)])
 
 
 def split_onehot(space: SearchSpace, genomes: np.ndarray) -> np.ndarray:
     """Architecture genes one block each; each (w, a) gene a weight-bits and an activation-bits
     block."""
-    g = space.canonical(np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len))
-    prec, nb = _precision_genes(space), len(space.bits)
+    g = space.canonical(genomes)
+    prec, nb = space.layout.pair_genes, len(space.bits)
     w_of = np.array([space.bits.index(q.w) for q in space.bit_pairs])
     a_of = np.array([space.bits.index(q.a) for q in space.bit_pairs])
     width = np.where(prec, 2 * nb, space.genome_upper())
     offsets = np.concatenate([[0], np.cumsum(width)[:-1]])
     x = np.zeros((len(g), int(width.sum())), np.float32)
-    active = _active_genes(space, g)
+    active = space.active_genes(g)
     rows, cols = np.nonzero(active & ~prec)
     x[rows, offsets[cols] + g[rows, cols]] = 1.0
     rows, cols = np.nonzero(active & prec)
@@ -126,7 +111,7 @@ def features(space: SearchSpace, genomes: np.ndarray, mu: np.ndarray, sd: np.nda
     if encoding not in ENCODINGS:
         raise PredictorError(f"unknown predictor encoding {encoding!r}")
     blocks, by_resolution = ENCODINGS[encoding]
-    g = np.asarray(genomes, dtype=np.int64).reshape(-1, space.genome_len)
+    g = space.layout.rows(genomes)
     x = blocks(space, g)
     parts = [x]
     if by_resolution:
@@ -144,7 +129,7 @@ def _from_inverse_error(t: np.ndarray) -> np.ndarray:
     return 100.0 + 1.0 / np.clip(t, -1e2, -1e-2)  # outputs past the range: 0% and 99.99%
 
 
-TARGETS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+RESPONSES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
     "top1": (lambda v: v, lambda v: v),  # name -> (from top-1 to the target, back)
     "inverse_error": (_inverse_error, _from_inverse_error),
 }
@@ -175,6 +160,17 @@ def strata_specs(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[str, S
     return out
 
 
+def distributed_env() -> tuple[int, int, str]:
+    """(rank, world size, device) of this process: under torchrun each rank labels its own share
+    of the subnets, on its own GPU where there is one."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and os.environ.get("LOCAL_RANK") is not None:
+        import torch
+        if torch.cuda.is_available():
+            return rank, world, f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return rank, world, "cpu"
+
+
 def load_rows(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
@@ -192,8 +188,8 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
 
     The default calibration is the one an export uses, so a label is the held-out top-1 of the
     subnet as it ships."""
-    from .calibrate import DEFAULT_CALIB_IMAGES, calibrate
-    from .evaluate import accuracy, calib_batches
+    from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES, calibrate
+    from qfa.nn.evaluate import accuracy, calib_batches
     calib_images = calib_images or DEFAULT_CALIB_IMAGES
     n_eval = min(eval_images or len(data["holdout"]), len(data["holdout"]))
     rows = load_rows(out)
@@ -239,7 +235,7 @@ class Predictor:
             raise PredictorError(f"predictor was fitted on space {self.meta['space_hash']}, not {space.hash}")
         x = features(space, genomes, np.asarray(self.meta["cost_mu"]), np.asarray(self.meta["cost_sd"]),
                      self.meta.get("encoding", "onehot+cost/1"))
-        from_target = TARGETS[self.meta.get("target", "top1")][1]  # files before targets: top-1
+        from_target = RESPONSES[self.meta.get("target", "top1")][1]  # files before targets: top-1
         raw = from_target(_forward(self.weights, x) * self.std + self.mean)
         return raw if self.link is None else np.interp(raw, *self.link)
 
@@ -352,8 +348,8 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
         target: str = "inverse_error") -> tuple[Predictor, dict]:
     """Choose (encoding x model, by 5-fold CV tau on the training subnets) and train the
     predictor on ``rows``; report RMSE / Kendall tau / Spearman rho on held-out subnets (never
-    used for training or any choice). ``target``: a key of TARGETS, what the model is fitted to."""
-    to_target, from_target = TARGETS[target]
+    used for training or any choice). ``target``: a key of RESPONSES, what the model is fitted to."""
+    to_target, from_target = RESPONSES[target]
     from scipy.stats import kendalltau, spearmanr
     if len(rows) < 10:
         raise PredictorError(f"only {len(rows)} labelled subnets: collect at least 10 (qfa predictor collect)")

@@ -18,12 +18,12 @@ from export.ir import Graph, Op, QTensor, grid_qparams
 from export.lower import apply_shifts
 from export.reference import calibrate_ranges
 
-from .elastic.blocks import ElasticMBConv, ElasticSE
-from .elastic.ops import ElasticConv2d
-from .fused import EPS as _EPS, range_params
-from .quant import BatchQuant, LSQActQuant
-from .space import BlockSpec, QBits
-from .supernet import Subnet
+from qfa.nn.elastic.blocks import ElasticMBConv, ElasticSE
+from qfa.nn.elastic.ops import ElasticConv2d
+from qfa.nn.fused import EPS as _EPS, range_params
+from qfa.nn.quant import BatchQuant, LSQActQuant
+from qfa.core.space import BlockSpec, QBits
+from qfa.nn.supernet import Subnet
 
 __all__ = ["fold", "act_grid", "fold_weight"]
 

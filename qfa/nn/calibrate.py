@@ -12,10 +12,10 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .data import resize
-from .quant import Calibrated
-from .space import SubnetSpec
-from .supernet import Supernet
+from qfa.nn.data import resize
+from qfa.nn.quant import Calibrated
+from qfa.core.space import SubnetSpec
+from qfa.nn.supernet import Supernet
 
 __all__ = ["calibrate", "DEFAULT_CALIB_IMAGES"]
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..quant import Calibrated, LSQWeight, QuantBank, make_act_quantizer
-from ..space import QBits
+from qfa.nn.quant import Calibrated, LSQWeight, QuantBank, make_act_quantizer
+from qfa.core.space import QBits
 
 __all__ = ["ACTIVATIONS", "ElasticBatchNorm2d", "ElasticConv2d"]
 

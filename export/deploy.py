@@ -14,16 +14,17 @@ import numpy as np
 import torch
 
 from export.ir import Graph
-from export.tflite import TARGETS, to_tflite
+from export.targets import TARGETS
+from export.tflite import to_tflite
 from export.verify import TFLiteModel, op_summary
 
-from .calibrate import DEFAULT_CALIB_IMAGES
-from .data import resize
-from .evaluate import calib_batches, calibrate_best
-from .fileio import atomic_write
-from .fold import fold
-from .space import SubnetSpec
-from .supernet import Supernet, extract
+from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES
+from qfa.nn.data import resize
+from qfa.nn.evaluate import calib_batches, calibrate_best
+from qfa.core.fileio import atomic_write
+from export.fold import fold
+from qfa.core.space import SubnetSpec
+from qfa.nn.supernet import Supernet, extract
 
 __all__ = ["export_subnet", "verify_tflite"]
 
@@ -35,7 +36,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
 
     ``via="onnx2tf"``: the float folded model through ONNX and onnx2tf, calibrated on the same
     images (scales re-derived by the converter: the comparison path). ``onnx_out``: also write
-    the Q/DQ ONNX model there. ``calib_draws``: see :func:`qfa.evaluate.calibrate_best`."""
+    the Q/DQ ONNX model there. ``calib_draws``: see :func:`qfa.nn.evaluate.calibrate_best`."""
     t0 = time.perf_counter()
     cal = calibrate_best(net, spec, data, calib_images, calib_draws)
     sub = extract(net, spec)

@@ -1,0 +1,39 @@
+"""Deployment targets: how a folded graph is stored and lowered for one runtime.
+
+A latency table is measured for one target, and a subnet searched on that table is exported for
+the same one, so the shipped file runs the ops the table timed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from export.ir import Graph, Op
+from export.lower import decompose_hswish, refine_weights
+
+__all__ = ["Target", "TARGETS"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """How a folded graph deploys. ``int4_weights``: CONV_2D weights of <= 4 bits stored as
+    INT4 (TFLite has no int4 depthwise); everything else int8 values on the trained grid.
+    ``hswish``: "op" (HARD_SWISH) or "decomposed" (ADD + MUL): which is faster is device-specific."""
+
+    name: str
+    int4_weights: bool = False
+    hswish: str = "op"
+    io_dtype: str = "int8"  # int8 | uint8
+
+    def lower(self, graph: Graph) -> Graph:
+        """Rewrite ``graph`` (in place) into what this target's file holds, so that the graph's
+        reference run and the file agree: refined weight integers, hswish lowering."""
+        refine_weights(graph, self.int4_packs)
+        return decompose_hswish(graph) if self.hswish == "decomposed" else graph
+
+    def int4_packs(self, op: Op) -> bool:
+        return self.int4_weights and op.kind == "conv" and not op.depthwise and op.w_bits <= 4
+
+
+TARGETS = {t.name: t for t in (Target("tflite-int8"), Target("tflite-int4w", int4_weights=True),
+                               Target("tflite-int8-hswish-decomposed", hswish="decomposed"),
+                               Target("tflite-int4w-hswish-decomposed", int4_weights=True, hswish="decomposed"))}
