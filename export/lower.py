@@ -11,7 +11,7 @@ a 2-bit layer's folded bias by up to half an accumulator step (measured: up to 0
 0.99-scale 2-bit grid, enough to cost a W2A2 subnet 4-7 points of top-1).
 
 :func:`decompose_hswish` replaces HARD_SWISH by an ADD and a MUL, for runtimes whose int8
-HARD_SWISH is slow (see README: x86 XNNPACK).
+HARD_SWISH is slow (docs/results.md, "Which precisions buy speed").
 """
 from __future__ import annotations
 

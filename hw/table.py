@@ -23,7 +23,7 @@ from qfa.core.space import SearchSpace, SubnetSpec, get_space
 
 from hw.entries import TOKENS, Entry, entries, token
 
-__all__ = ["LatencyTable", "TableError", "FIELDS", "FEATURES", "append_row", "clamped"]
+__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "append_row", "clamped"]
 
 
 def clamped(spec: SubnetSpec) -> int:
@@ -182,3 +182,31 @@ class LatencyTable:
 
     def predict_specs(self, specs: Sequence[SubnetSpec]) -> np.ndarray:
         return self.predict_many(np.stack([self.space.encode(s) for s in specs]))
+
+
+def fit_correction(x: np.ndarray, meas: np.ndarray) -> dict:
+    """The correction ``measured us = coef . features`` (:data:`FEATURES`) of a table's plain
+    sum, fitted on whole subnets measured end to end (``x``: their features, ``meas``: us).
+
+    Least squares of the RELATIVE error, the figure users read (absolute error would let the
+    largest subnets decide and leave small ones, i.e. tight budgets, 10-20% off); kept only if it
+    beats the plain sum (coef 1, 0, 0, 0) in 2-fold cross-validation over >= 16 subnets."""
+    plain = np.array([1.0, 0.0, 0.0, 0.0])
+    everyone = np.arange(len(meas))
+
+    def rmse(c: np.ndarray, i: np.ndarray) -> float:
+        return float(100 * np.sqrt(np.mean(((x[i] @ c - meas[i]) / meas[i]) ** 2)))
+
+    def fit(i: np.ndarray) -> np.ndarray:
+        return np.linalg.lstsq(x[i] / meas[i, None], np.ones(len(i)), rcond=None)[0]
+    coef = plain
+    if len(meas) >= 16:
+        perm = np.random.default_rng(0).permutation(len(meas))  # extremes come first: shuffle the halves
+        a, b = np.sort(perm[: len(meas) // 2]), np.sort(perm[len(meas) // 2:])
+        if rmse(fit(a), b) + rmse(fit(b), a) < rmse(plain, b) + rmse(plain, a):
+            coef = fit(everyone)
+    return {"coef": [float(c) for c in coef], "subnets": len(meas), "fit_rmse_pct": rmse(coef, everyone),
+            "plain_sum_rmse_pct": rmse(plain, everyone), "features": list(FEATURES),
+            "note": "measured us = coef . features, least squares of the relative error on whole subnets "
+                    "(random + the min/max subnet of each resolution), kept only if it beats the plain sum "
+                    "(coef 1,0,0,0) in 2-fold cross-validation"}

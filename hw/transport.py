@@ -1,7 +1,10 @@
-"""Transports: push models, run them, parse timings (nn-Meter's backend shape).
+"""Transports: reach a device, push models, run them, parse timings (nn-Meter's backend shape).
 
-Every remote argument is quoted with shlex.quote and passed as a list; no shell string is
-built from user input. ssh uses the user's own ssh config and keys (BatchMode: no passwords).
+A transport is a :class:`Transport` (connect / push / run / parse / close); :data:`TRANSPORTS`
+maps a target URL's scheme to its class, and :func:`make_transport` is the one place a target
+string becomes a transport. Every remote argument is quoted with ``shlex.quote`` and passed as a
+list; no shell string is built from user input. ssh uses the user's own ssh config and keys
+(BatchMode: no passwords).
 """
 from __future__ import annotations
 
@@ -10,9 +13,12 @@ import re
 import shlex
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-__all__ = ["TransportError", "Local", "SSH", "ADB", "make_transport"]
+__all__ = ["TransportError", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
+           "parse_benchmark_model"]
 
 RUNNER = Path(__file__).resolve().parent / "runner.py"
 CONNECT_TIMEOUT_S = 10
@@ -22,15 +28,60 @@ class TransportError(RuntimeError):
     """The device cannot be reached or the run failed."""
 
 
-class Local:
-    """In-process interpreter on this machine."""
+@dataclass(frozen=True)
+class RunConfig:
+    """How models are run on the device, whatever the transport."""
 
-    def __init__(self, threads: int = 1, runs: int = 200, warmup: int = 30) -> None:
-        self.threads, self.runs, self.warmup = threads, runs, warmup
+    threads: int = 1
+    runs: int = 200                 # timed invokes per model
+    warmup: int = 30
+    taskset: str | None = None      # CPU mask for the runner (ssh, adb)
+    runtime: str = "litert"         # litert | tflite-runtime | benchmark_model:PATH (adb)
+    ssh_options: tuple[str, ...] = ()
+    remote_python: str = "python3"
+
+
+class Transport:
+    """Connect once, then for each batch of models: push, run, parse; close at the end."""
+
+    scheme: ClassVar[str]
+    usage: ClassVar[str]
+
+    def __init__(self, target: str, cfg: RunConfig) -> None:
+        self.target, self.cfg = target, cfg
+        self.connected = False
+
+    def connect(self) -> None:
+        """Reach the device and put what the runs need there."""
+
+    def push(self, paths: list[Path]) -> None:
+        """Copy ``paths`` to the device."""
+
+    def run(self, paths: list[Path]) -> str:
+        """Time each model; the raw output."""
+        raise NotImplementedError
+
+    def parse(self, out: str, paths: list[Path]) -> list[dict]:
+        """One timing row (median_us, p10_us, p90_us, count, cv) per model of ``out``:
+        the runner's JSON lines by default."""
+        rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        if len(rows) != len(paths):
+            raise TransportError(f"runner on {self.target} returned {len(rows)} of {len(paths)} results")
+        return rows
+
+    def facts(self) -> dict:
+        """What is known of the device (CPU, cores, governor) for the table's metadata."""
+        return {}
+
+    def close(self) -> None:
+        """Remove what was put on the device."""
 
     def measure(self, paths: list[Path]) -> list[dict]:
-        from hw.runner import time_model
-        return [time_model(str(p), self.threads, self.warmup, self.runs) for p in paths]
+        if not self.connected:
+            self.connect()
+            self.connected = True
+        self.push(paths)
+        return self.parse(self.run(paths), paths)
 
 
 def _run(cmd: list[str], timeout: float, what: str) -> str:
@@ -46,20 +97,53 @@ def _run(cmd: list[str], timeout: float, what: str) -> str:
     return r.stdout
 
 
-class SSH:
-    """ssh://user@host[:port]: copies runner.py and the models to a temporary folder."""
+class Local(Transport):
+    """``local``: the interpreter in this process, on this machine."""
 
-    def __init__(self, url: str, threads: int = 1, taskset: str | None = None, python: str = "python3",
-                 extra: list[str] | None = None, runs: int = 200, warmup: int = 30) -> None:
-        m = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s]+)(?::(\d+))?/?", url)
+    scheme, usage = "local", "local"
+
+    def run(self, paths: list[Path]) -> str:
+        from .runner import time_model
+        c = self.cfg
+        return "".join(json.dumps(time_model(str(p), c.threads, c.warmup, c.runs)) + "\n" for p in paths)
+
+    def facts(self) -> dict:
+        import os
+        import platform
+        facts = {"machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+                 "cores": os.cpu_count()}
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    facts["cpu"] = line.split(":", 1)[1].strip()
+                    break
+            gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+            facts["governor"] = gov.read_text().strip() if gov.exists() else None
+        except OSError:
+            pass
+        try:
+            import ai_edge_litert
+            facts["runtime"] = f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
+        except ImportError:
+            pass
+        return facts
+
+
+class SSH(Transport):
+    """``ssh://user@host[:port]``: copies runner.py and the models to a temporary folder."""
+
+    scheme, usage = "ssh", "ssh://user@host[:port]"
+
+    def __init__(self, target: str, cfg: RunConfig) -> None:
+        super().__init__(target, cfg)
+        m = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s]+)(?::(\d+))?/?", target)
         if not m:
-            raise TransportError(f"bad ssh target {url!r}: expected ssh://user@host[:port]")
+            raise TransportError(f"bad ssh target {target!r}: expected {self.usage}")
         user, host, port = m.groups()
         self.dest = f"{user}@{host}" if user else host
-        self.opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}", *(extra or [])]
+        self.opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
+                     *(a for o in cfg.ssh_options for a in ("-o", o))]
         self.port = port
-        self.threads, self.taskset, self.python = threads, taskset, python
-        self.runs, self.warmup = runs, warmup
         self.remote_dir: str | None = None
 
     def _ssh(self, *remote: str, timeout: float = 60) -> str:
@@ -67,10 +151,29 @@ class SSH:
                " ".join(shlex.quote(a) for a in remote)]
         return _run(cmd, timeout, f"ssh {self.dest}")
 
-    def _push(self, files: list[Path], timeout: float = 300) -> None:
+    def _copy(self, files: list[Path], timeout: float = 300) -> None:
         cmd = ["scp", "-q", *self.opts, *(["-P", self.port] if self.port else []), *map(str, files),
                f"{self.dest}:{self.remote_dir}/"]
         _run(cmd, timeout, f"copy to {self.dest}")
+
+    def connect(self) -> None:
+        self.remote_dir = self._ssh("mktemp", "-d", "/tmp/qfa.XXXXXX", timeout=CONNECT_TIMEOUT_S + 20).strip()
+        self._copy([RUNNER])
+
+    def push(self, paths: list[Path]) -> None:
+        c = self.cfg
+        job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": c.threads,
+               "runs": c.runs, "warmup": c.warmup}
+        with tempfile.TemporaryDirectory() as tmp:
+            jp = Path(tmp) / "job.json"
+            jp.write_text(json.dumps(job))
+            self._copy([*paths, jp])
+
+    def run(self, paths: list[Path]) -> str:
+        c = self.cfg
+        cmd = (["taskset", c.taskset] if c.taskset else []) + [c.remote_python, f"{self.remote_dir}/runner.py",
+                                                                f"{self.remote_dir}/job.json"]
+        return self._ssh(*cmd, timeout=600)
 
     def facts(self) -> dict:
         out = self._ssh("sh", "-c", "uname -a; nproc; grep -m1 -i 'model name' /proc/cpuinfo; "
@@ -82,45 +185,26 @@ class SSH:
         return facts
 
     def close(self) -> None:
-        """Remove the temporary folder on the device."""
         if self.remote_dir is not None:
             self._ssh("rm", "-rf", self.remote_dir, timeout=CONNECT_TIMEOUT_S + 20)
             self.remote_dir = None
 
-    def measure(self, paths: list[Path]) -> list[dict]:
-        if self.remote_dir is None:
-            self.remote_dir = self._ssh("mktemp", "-d", "/tmp/qfa.XXXXXX", timeout=CONNECT_TIMEOUT_S + 20).strip()
-            self._push([RUNNER])
-        self._push(paths)
-        job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": self.threads,
-               "runs": self.runs, "warmup": self.warmup}
-        with tempfile.TemporaryDirectory() as tmp:
-            jp = Path(tmp) / "job.json"
-            jp.write_text(json.dumps(job))
-            self._push([jp])
-        cmd = (["taskset", self.taskset] if self.taskset else []) + [self.python, f"{self.remote_dir}/runner.py",
-                                                                        f"{self.remote_dir}/job.json"]
-        out = self._ssh(*cmd, timeout=600)
-        rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-        if len(rows) != len(paths):
-            raise TransportError(f"runner on {self.dest} returned {len(rows)} of {len(paths)} results")
-        return rows
 
+class ADB(Transport):
+    """``adb[:SERIAL]``: pushes models and the user's benchmark_model binary to /data/local/tmp."""
 
-class ADB:
-    """adb[:SERIAL]: pushes models and the user's benchmark_model binary to /data/local/tmp."""
-
+    scheme, usage = "adb", "adb[:SERIAL]"
     DIR = "/data/local/tmp/qfa"
 
-    def __init__(self, serial: str | None, benchmark_model: str, threads: int = 1, taskset: str | None = None,
-                 adb: str = "adb", runs: int = 200, warmup: int = 30) -> None:
-        if not benchmark_model or not Path(benchmark_model).is_file():
+    def __init__(self, target: str, cfg: RunConfig) -> None:
+        super().__init__(target, cfg)
+        serial = target.split(":", 1)[1] if ":" in target else None
+        bm = cfg.runtime.split(":", 1)[1] if cfg.runtime.startswith("benchmark_model:") else ""
+        if not bm or not Path(bm).is_file():
             raise TransportError("adb needs --runtime benchmark_model:PATH (the LiteRT benchmark_model binary "
                                  "for the phone's ABI; no pip package ships it)")
-        self.base = [adb, *(["-s", serial] if serial else [])]
-        self.bm, self.threads, self.taskset = Path(benchmark_model), threads, taskset
-        self.runs, self.warmup = runs, warmup
-        self.ready = False
+        self.base = ["adb", *(["-s", serial] if serial else [])]
+        self.bm = Path(bm)
 
     def _adb(self, *args: str, timeout: float = 60) -> str:
         return _run([*self.base, *args], timeout, "adb " + args[0])
@@ -128,21 +212,36 @@ class ADB:
     def _shell(self, *args: str, timeout: float = 300) -> str:
         return self._adb("shell", " ".join(shlex.quote(a) for a in args), timeout=timeout)
 
-    def measure(self, paths: list[Path]) -> list[dict]:
-        if not self.ready:
-            self._adb("wait-for-device", timeout=30)
-            self._shell("mkdir", "-p", self.DIR, timeout=30)
-            self._adb("push", str(self.bm), f"{self.DIR}/benchmark_model")
-            self._shell("chmod", "755", f"{self.DIR}/benchmark_model")
-            self.ready = True
-        rows = []
+    def connect(self) -> None:
+        self._adb("wait-for-device", timeout=30)
+        self._shell("mkdir", "-p", self.DIR, timeout=30)
+        self._adb("push", str(self.bm), f"{self.DIR}/benchmark_model")
+        self._shell("chmod", "755", f"{self.DIR}/benchmark_model")
+
+    def push(self, paths: list[Path]) -> None:
         for p in paths:
             self._adb("push", str(p), f"{self.DIR}/{p.name}")
-            cmd = (["taskset", self.taskset] if self.taskset else []) + [
-                f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={self.threads}",
-                f"--warmup_runs={self.warmup}", f"--num_runs={self.runs}"]
-            rows.append(parse_benchmark_model(self._shell(*cmd)))
-        return rows
+
+    def run(self, paths: list[Path]) -> str:
+        c = self.cfg
+        outs = []
+        for p in paths:  # one benchmark_model run per model; outputs joined, split again by parse
+            cmd = (["taskset", c.taskset] if c.taskset else []) + [
+                f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
+                f"--warmup_runs={c.warmup}", f"--num_runs={c.runs}"]
+            outs.append(self._shell(*cmd))
+        return "\0".join(outs)
+
+    def parse(self, out: str, paths: list[Path]) -> list[dict]:
+        return [parse_benchmark_model(o) for o in out.split("\0")]
+
+    def facts(self) -> dict:
+        try:
+            props = [self._shell("getprop", k, timeout=30).strip() for k in
+                     ("ro.product.model", "ro.product.cpu.abi", "ro.soc.model", "ro.build.version.release")]
+        except TransportError:  # a device without getprop: the table just says less
+            return {}
+        return {"model": props[0], "abi": props[1], "soc": props[2], "android": props[3]}
 
 
 def parse_benchmark_model(out: str) -> dict:
@@ -157,16 +256,12 @@ def parse_benchmark_model(out: str) -> dict:
             "count": int(float(f["count"])), "cv": std / avg if avg else 0.0, "stat": "avg"}
 
 
-def make_transport(target: str, threads: int = 1, taskset: str | None = None, runtime: str = "litert",
-                   runs: int = 200, warmup: int = 30, ssh_options: list[str] | None = None,
-                   remote_python: str = "python3"):
-    if target == "local":
-        return Local(threads, runs, warmup)
-    if target.startswith("ssh://"):
-        extra = [a for o in (ssh_options or []) for a in ("-o", o)]
-        return SSH(target, threads, taskset, remote_python, extra, runs, warmup)
-    if target == "adb" or target.startswith("adb:"):
-        serial = target.split(":", 1)[1] if ":" in target else None
-        bm = runtime.split(":", 1)[1] if runtime.startswith("benchmark_model:") else ""
-        return ADB(serial, bm, threads, taskset, runs=runs, warmup=warmup)
-    raise TransportError(f"unknown target {target!r}: local | ssh://user@host[:port] | adb[:SERIAL]")
+TRANSPORTS: dict[str, type[Transport]] = {t.scheme: t for t in (Local, SSH, ADB)}
+
+
+def make_transport(target: str, cfg: RunConfig = RunConfig()) -> Transport:
+    """The transport for ``target``, chosen by its scheme (the part before ``:``)."""
+    scheme = target.split(":", 1)[0]
+    if scheme not in TRANSPORTS:
+        raise TransportError(f"unknown target {target!r}: " + " | ".join(t.usage for t in TRANSPORTS.values()))
+    return TRANSPORTS[scheme](target, cfg)

@@ -1,3 +1,5 @@
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -29,3 +31,17 @@ def perturb(net: torch.nn.Module, seed: int = 0) -> None:
             elif leaf == "bias":
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
         net.classifier.weight.normal_(0, 0.2, generator=g)
+
+
+@pytest.fixture(scope="session")
+def block_cache(tmp_path_factory):
+    """One block-model cache ($QFA_CACHE) for every test that profiles: the r24 block models are
+    converted once per test run, not once per test."""
+    return tmp_path_factory.mktemp("qfa-cache")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for torchrun's rendezvous, sshd)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -44,8 +44,12 @@ SPECS = {
 }
 
 
+INT8_TARGETS = sorted(n for n, t in TARGETS.items() if not t.int4_weights)
+INT4_TARGETS = sorted(n for n, t in TARGETS.items() if t.int4_weights)
+
+
 @pytest.mark.parametrize("name,target", [(n, "tflite-int8") for n in sorted(SPECS)]
-                         + [("mixed", "tflite-int8-hswish-decomposed")])
+                         + [("mixed", t) for t in INT8_TARGETS if t != "tflite-int8"])
 def test_tflite_holds_the_exported_numbers_and_each_op_is_within_1_lsb(supernet, fmnist_train, name, target):
     g, x = _graph(supernet, SPECS[name], fmnist_train[:512], target)
     blob = to_tflite(g, target)
@@ -167,12 +171,14 @@ def test_learned_zero_points_are_kept_exactly():
     assert np.abs(hr - hq).max() > 0.1
 
 
-def test_int4_target_packs_conv_weights_only(supernet, fmnist_train):
-    g, _ = _graph(supernet, SPECS["w4a4"], fmnist_train[:512], "tflite-int4w")
-    g8, _ = _graph(supernet, SPECS["w4a4"], fmnist_train[:512])
-    blob4, blob8 = to_tflite(g, "tflite-int4w"), to_tflite(g8)
+@pytest.mark.parametrize("target", INT4_TARGETS)
+def test_int4_target_packs_conv_weights_only(supernet, fmnist_train, target):
+    int8 = target.replace("int4w", "int8")  # the same lowering with int8 weights
+    g, _ = _graph(supernet, SPECS["w4a4"], fmnist_train[:512], target)
+    g8, _ = _graph(supernet, SPECS["w4a4"], fmnist_train[:512], int8)
+    blob4, blob8 = to_tflite(g, target), to_tflite(g8, int8)
     with pytest.raises(ValueError, match="int4"):  # int8-refined integers cannot be packed
-        to_tflite(g8, "tflite-int4w")
+        to_tflite(g8, target)
     model = fb.ModelT.InitFromPackedBuf(blob4, 0)
     types = {t.name.decode(): t.type for t in model.subgraphs[0].tensors}
     for op in (o for o in g.ops if o.kind == "conv"):
@@ -217,6 +223,7 @@ def test_onnx_qdq_matches_the_integer_graph_in_onnxruntime(supernet, fmnist_trai
     assert f.run(None, {"input": xs})[0].shape == (32, 10)
 
 
+@pytest.mark.slow
 def test_onnx2tf_path_runs_offline(supernet, fmnist_train):
     from export.onnx import to_onnx
     from export.onnx2tf_path import onnx2tf_int8

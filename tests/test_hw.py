@@ -1,5 +1,6 @@
 """Latency tables: real LiteRT timings of block models sliced from the exported graph."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
 
 
-def _profile(tmp, *extra):
+def _profile(tmp, cache, *extra):
     return subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "t", "--out-dir", str(tmp),
                            "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "3", *extra],
-                          capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "QFA_CACHE": str(tmp / "cache")})
+                          capture_output=True, text=True, timeout=500, env={**os.environ, "QFA_CACHE": str(cache)})
 
 
 @pytest.fixture(scope="module")
-def table_dir(tmp_path_factory):
+def table_dir(tmp_path_factory, block_cache):
     tmp = tmp_path_factory.mktemp("tables")
-    r = _profile(tmp, "--json")
+    r = _profile(tmp, block_cache, "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     return tmp
 
 
-def test_profile_writes_a_complete_resumable_table(table_dir):
+def test_profile_writes_a_complete_resumable_table(table_dir, block_cache):
     df = pd.read_csv(table_dir / "t.csv")
     assert df["key"].is_unique and (df["median_us"] > 0).all() and (df["resolution"] == 24).all()
     meta = json.loads((table_dir / "t.json").read_text())
@@ -42,7 +43,7 @@ def test_profile_writes_a_complete_resumable_table(table_dir):
     keys = set(df["key"])
     assert all(e.key in keys for s in specs for e in entries(s, LatencyTable.load(table_dir / "t.csv").target))
     # a rerun measures nothing new
-    r = _profile(table_dir, "--json")
+    r = _profile(table_dir, block_cache, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["new"] == 0
 
 
@@ -73,10 +74,10 @@ def test_table_errors_are_clear(table_dir, tmp_path):
         t.predict(get_space("paper").max_spec(bits=4))
 
 
-def test_unreachable_ssh_device_is_one_line_quickly(tmp_path):
+def test_unreachable_ssh_device_is_one_line_quickly(tmp_path, block_cache):
     import time
     t0 = time.time()
-    r = _profile(tmp_path, "--target", "ssh://nobody@127.0.0.1:9")
+    r = _profile(tmp_path, block_cache, "--target", "ssh://nobody@127.0.0.1:9")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 30
 
 
@@ -88,19 +89,19 @@ def test_benchmark_model_output_is_parsed():
     assert r["median_us"] == 412.5 and r["count"] == 200 and r["p10_us"] == 398 and abs(r["cv"] - 11 / 412.5) < 1e-9
 
 
-def test_profile_over_adb_with_a_stand_in_phone(tmp_path):
+@pytest.mark.slow
+def test_profile_over_adb_with_a_stand_in_phone(tmp_path, block_cache):
     """adb transport against STAND-INS (tests/standins/adb, tests/standins/benchmark_model): no
     Android phone exists here. What is real: the pushes, the quoted shell command line, the
     parsing of benchmark_model's output, and the table written from it."""
-    import os
     standins = ROOT / "tests" / "standins"
     # the stand-ins run with `python3` from PATH: make it this interpreter (a venv's bin is not on PATH)
     env = {**os.environ, "PATH": os.pathsep.join([str(standins), str(Path(sys.executable).parent), os.environ["PATH"]]), "QFA_FAKE_DEVICE": str(tmp_path / "phone"),
-           "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(tmp_path / "cache")}
+           "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(block_cache)}
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
            "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
            "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "phone.csv")
     assert len(df) > 400 and (df["median_us"] > 0).all()

@@ -6,14 +6,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _qfa(*args, timeout=1200):
+def _qfa(*args, timeout=540):
     return subprocess.run([sys.executable, "-m", "qfa", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     run = tmp_path / "run"
     r = _qfa("run", "--tiny", "--run", str(run), "--json")

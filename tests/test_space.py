@@ -59,10 +59,12 @@ def test_fp_is_all_or_nothing_per_conv():
     s = get_space("fmnist")
     assert QBits(FP, 4) not in s.bit_pairs and QBits(FP, FP) in s.bit_pairs
     spec = s.max_spec(bits=4)
-    bad = spec.stages[0][0].bits
+    before = spec.dumps()
     with pytest.raises(SpecError, match="full precision"):
         spec.replace(first=(QBits(FP, 4), QBits(4, 4)))
-    assert bad  # untouched
+    with pytest.raises(SpecError, match="full precision"):
+        s.parse(str(spec).replace("b0=w4a4", "b0=wfa4", 1))  # the compact form is checked alike
+    assert spec.dumps() == before and spec.first == (QBits(4, 4), QBits(4, 4))  # the spec is untouched
 
 
 @pytest.mark.parametrize("name", SPACES)

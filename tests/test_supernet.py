@@ -6,7 +6,7 @@ import torch
 from qfa.nn.calibrate import calibrate
 from qfa.nn.data import resize
 from qfa.nn.elastic.ops import ElasticConv2d
-from qfa.nn.quant import BatchQuant, LSQActQuant, MinMaxQuant
+from qfa.nn.quant import ACT_QUANTIZERS
 from qfa.core.space import FP, SpecError, get_space, mid_channels
 from qfa.nn.supernet import NotCalibratedError, Subnet, Supernet, extract
 
@@ -51,7 +51,7 @@ def test_extraction_equivalence_on_50_random_fmnist_specs(fmnist_net, fmnist_tra
     assert ref.std() > 1e-3
 
 
-@pytest.mark.parametrize("act_quant", ["minmax", "lsq"])
+@pytest.mark.parametrize("act_quant", sorted(set(ACT_QUANTIZERS) - {"bq"}))  # bq: the test above
 def test_extraction_equivalence_other_quantizers(act_quant, fmnist_train):
     torch.manual_seed(1)
     net = Supernet(get_space("fmnist"), act_quant=act_quant)
@@ -232,7 +232,7 @@ def test_subnet_save_load_round_trip(fmnist_net, fmnist_train, tmp_path):
 
 
 def test_quantizer_kind_is_selectable():
-    for kind, cls in (("bq", BatchQuant), ("minmax", MinMaxQuant), ("lsq", LSQActQuant)):
+    for kind, cls in ACT_QUANTIZERS.items():
         net = Supernet(get_space("fmnist"), act_quant=kind)
         assert isinstance(net.stages[0][0].expand.aq.get(4), cls)
     with pytest.raises(ValueError, match="unknown activation quantizer"):

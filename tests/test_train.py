@@ -15,6 +15,7 @@ from qfa.core.space import FP, get_space
 from qfa.nn.supernet import Supernet
 from qfa.train.config import ConfigError, load_config
 from qfa.train.step import SandwichStep, param_groups
+from tests.conftest import free_port
 
 # A tiny but complete run: float stage, stage 0 (with FP) and stage 1, ~5 steps each at batch 8.
 TINY = ["batch_size=8", "float.epochs=0.0008", "stage0.epochs=0.0008", "stage1.epochs=0.0008",
@@ -83,6 +84,20 @@ def test_step_accumulates_every_subnet_and_no_decay_on_bn_bias_quantizers():
     assert net.stages[0][0].expand.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("every_s, saved_before_end", [(1e-9, [1, 2]), (1e9, [])])
+def test_checkpoints_come_at_least_every_ckpt_every_s(tmp_path, monkeypatch, every_s, saved_before_end):
+    """With step-based checkpoints out of reach (ckpt_every=1000), the time-based cadence alone
+    writes one after each step once ckpt_every_s has passed, and none when it has not."""
+    from qfa.train.loop import Trainer
+    cfg = load_config("fmnist", TINY + ["ckpt_every=1000", f"ckpt_every_s={every_s}", "threads=1", "max_steps=3"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    saved = []
+    monkeypatch.setattr(trainer, "save", lambda: saved.append(trainer.step))
+    trainer.run()
+    assert [s for s in saved if s < 3] == saved_before_end and saved[-1] == 3
+
+
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     ref = tmp_path / "ref"
     r = subprocess.run(_train_cmd(ref), capture_output=True, text=True, env=_env(), timeout=600)
@@ -90,7 +105,7 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     total = json.loads(r.stdout)["total_steps"]
     assert total >= 12
     # kill -9 at a random step (after at least one checkpoint), then resume
-    kill_at = int(np.random.default_rng().integers(2, total - 2))
+    kill_at = int(np.random.default_rng(7).integers(2, total - 2))
     run = tmp_path / "killed"
     p = subprocess.Popen(_train_cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     deadline = time.time() + 600
@@ -120,9 +135,10 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     assert {f"stage_{n}.pt" for n in ("float", "stage0", "stage1")} <= {f.name for f in run.iterdir()}
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_keep_identical_replicas(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "qfa", "train", "fmnist", "--out", str(out), "--json", "--max-steps", "8"]
     for kv in TINY:
         cmd += ["--set", kv]

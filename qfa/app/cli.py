@@ -262,7 +262,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                   ", ".join(f"{k} x{n}" for k, n in sorted(v["ops"].items())))
     if args.verify and report["verify"]["agreement"] < args.threshold:
         raise CLIError(f"top-1 agreement {report['verify']['agreement']:.2f}% is below --threshold {args.threshold}%"
-                       f" (the file is written; see README 'Export fidelity' for why low-bit subnets disagree)", 1)
+                       f" (the file is written; see docs/results.md 'Export fidelity' for why low-bit subnets disagree)", 1)
 
 
 def _run_dir(checkpoint: str) -> Path:
@@ -374,7 +374,10 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
     p.add_argument("--bits", type=lambda s: [int(b) for b in s.split(",")], default=None,
                    help="override the space's bit choices, e.g. 2,3,4,32 (32 = full precision)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
 
 
 def _add_calib(p: argparse.ArgumentParser, draws: bool = True) -> None:
@@ -390,37 +393,40 @@ def _calib_images(args: argparse.Namespace) -> int:
     return args.calib_images or DEFAULT_CALIB_IMAGES
 
 
+def _command(sub, name: str, func: Callable[[argparse.Namespace], None], **kw) -> argparse.ArgumentParser:
+    """A subcommand run by ``func``, with --json, whose description keeps its line breaks."""
+    p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    p.set_defaults(func=func)
+    p.add_argument("--json", action="store_true", help="print one JSON object (or JSON lines) on stdout")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qfa", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sp = sub.add_parser("space", help="describe a search space or sample specs from it",
-                        description="Describe a search space (choices, exact subnet count) or sample specs.\n"
-                                    "examples:\n  qfa space --space paper\n  qfa space sample --space fmnist --n 5 --seed 0",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = _command(sub, "space", cmd_space, help="describe a search space or sample specs from it",
+                       description="Describe a search space (choices, exact subnet count) or sample specs.\n"
+                                   "examples:\n  qfa space --space paper\n  qfa space sample --space fmnist --n 5 --seed 0")
     sp.add_argument("action", nargs="?", default="show", choices=["show", "sample"])
     _add_space_args(sp)
     sp.add_argument("--n", type=int, default=5, help="number of specs to sample (default 5)")
     sp.add_argument("--seed", type=int, default=None, help="random seed")
     sp.add_argument("--compact", action="store_true", help="print the compact text form instead of JSON lines")
-    sp.set_defaults(func=cmd_space)
 
-    cp = sub.add_parser("cost", help="MACs, params, BitOPs, bit-weighted MFLOPs and bytes of a spec",
-                        description="Cost model of one spec.\nexample:\n  qfa space sample --n 1 > s.json && qfa cost --spec s.json --per-layer",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp = _command(sub, "cost", cmd_cost, help="MACs, params, BitOPs, bit-weighted MFLOPs and bytes of a spec",
+                       description="Cost model of one spec.\nexample:\n  qfa space sample --n 1 > s.json && qfa cost --spec s.json --per-layer")
     _add_space_args(cp)
     cp.add_argument("--spec", required=True, help="spec as a JSON file, JSON text or compact text")
     cp.add_argument("--per-layer", action="store_true", help="also list every conv")
-    cp.set_defaults(func=cmd_cost)
 
-    tp = sub.add_parser("train", help="train the mixed-precision supernet (float stage, then stage 0 and 1)",
-                        description="Train a supernet with the QFA recipe. Single process, or under torchrun:\n"
-                                    "  qfa train fmnist --out runs/fmnist\n"
-                                    "  qfa train fmnist --out runs/fmnist --resume\n"
-                                    "  torchrun --nproc_per_node=8 -m qfa train paper --data /data/imagenet --out runs/paper --amp",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tp = _command(sub, "train", cmd_train, help="train the mixed-precision supernet (float stage, then stage 0 and 1)",
+                       description="Train a supernet with the QFA recipe. Single process, or under torchrun:\n"
+                                   "  qfa train fmnist --out runs/fmnist\n"
+                                   "  qfa train fmnist --out runs/fmnist --resume\n"
+                                   "  torchrun --nproc_per_node=8 -m qfa train paper --data /data/imagenet --out runs/paper --amp")
     tp.add_argument("config", nargs="?", default="fmnist", help="config file (YAML/TOML) or preset: fmnist, paper")
     tp.add_argument("--out", required=True, help="run folder (checkpoint last.pt, metrics.csv, config.json)")
     tp.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -435,15 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--workers", type=int, help="data-loader worker processes")
     tp.add_argument("--max-steps", type=int, help="stop after this many steps (a checkpoint is written)")
     tp.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
-    tp.add_argument("--channels-last", action="store_true", help="channels-last memory format (measured 50x SLOWER on an H100 for this model; off by default)")
-    tp.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
-    tp.set_defaults(func=cmd_train)
+    tp.add_argument("--channels-last", action="store_true", help="channels-last memory format (much slower for this model's depthwise convs on GPUs; off by default)")
 
-    ep = sub.add_parser("eval", help="calibrate and evaluate subnets of a trained supernet on the test set",
-                        description="examples:\n  qfa eval --checkpoint runs/fmnist --sample max,min,random:5\n"
-                                    "  qfa eval --checkpoint runs/fmnist/last.pt --spec spec.json --json",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ep.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    ep = _command(sub, "eval", cmd_eval, help="calibrate and evaluate subnets of a trained supernet on the test set",
+                       description="examples:\n  qfa eval --checkpoint runs/fmnist --sample max,min,random:5\n"
+                                   "  qfa eval --checkpoint runs/fmnist/last.pt --spec spec.json --json")
+    _add_checkpoint(ep)
     ep.add_argument("--spec", action="append", help="spec (JSON file, JSON text or compact text); repeatable")
     ep.add_argument("--sample", help="specs to sample, comma-separated: max[:B], min[:B], random:N (mixed "
                     "precision) or random:N:B (every conv at B bits)")
@@ -451,20 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     _add_calib(ep)
     ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
-    ep.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    ep.set_defaults(func=cmd_eval)
 
-    xp = sub.add_parser("export", help="export a subnet to an integer .tflite (+ sidecar JSON), optionally verified",
-                        description="examples:\n  qfa export --checkpoint runs/fmnist --spec spec.json --out model.tflite --verify\n"
-                                    "  qfa export --checkpoint runs/fmnist --pareto pareto.jsonl --index 0 --out m.tflite --target tflite-int4w",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    xp.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    from export.targets import TARGETS
+    xp = _command(sub, "export", cmd_export, help="export a subnet to an integer .tflite (+ sidecar JSON), optionally verified",
+                       description="examples:\n  qfa export --checkpoint runs/fmnist --spec spec.json --out model.tflite --verify\n"
+                                   "  qfa export --checkpoint runs/fmnist --pareto pareto.jsonl --index 0 --out m.tflite --target tflite-int4w")
+    _add_checkpoint(xp)
     xp.add_argument("--spec", help="spec (JSON file, JSON text or compact text)")
     xp.add_argument("--pareto", help="a saved Pareto set (JSON lines) to take the spec from")
     xp.add_argument("--index", type=int, default=0, help="row of --pareto (default 0)")
     xp.add_argument("--out", required=True, help="output .tflite path (a .json sidecar is written beside it)")
     xp.add_argument("--target",
-                    choices=[f"tflite-{w}{h}" for w in ("int8", "int4w") for h in ("", "-hswish-decomposed")],
+                    choices=sorted(TARGETS),
                     help="deployment target (default: the --pareto row's, else tflite-int8): int8 everywhere, "
                          "or <=4-bit CONV_2D weights stored as INT4 (size "
                          "only); -hswish-decomposed: hardswish as ADD + MUL instead of HARD_SWISH (faster where "
@@ -479,16 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--test-images", type=int, default=None, help="limit the verification images (default: all)")
     _add_calib(xp)
     xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
-    xp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    xp.set_defaults(func=cmd_export)
 
-    pp = sub.add_parser("predictor", help="collect accuracy labels for subnets, or fit the accuracy predictor",
-                        description="examples:\n  qfa predictor collect --checkpoint runs/fmnist --n 400\n"
-                                    "  torchrun --nproc_per_node=4 -m qfa predictor collect --checkpoint runs/imnet --n 2000\n"
-                                    "  qfa predictor fit --checkpoint runs/fmnist",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pp = _command(sub, "predictor", cmd_predictor, help="collect accuracy labels for subnets, or fit the accuracy predictor",
+                       description="examples:\n  qfa predictor collect --checkpoint runs/fmnist --n 400\n"
+                                   "  torchrun --nproc_per_node=4 -m qfa predictor collect --checkpoint runs/imnet --n 2000\n"
+                                   "  qfa predictor fit --checkpoint runs/fmnist")
     pp.add_argument("action", choices=["collect", "fit"])
-    pp.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or its run folder")
+    _add_checkpoint(pp)
     pp.add_argument("--subnets", "--n", dest="n", type=int, default=400,
                     help="subnets to label (collect; default 400; under torchrun spell it --subnets: torchrun "
                          "reads a bare --n as its own --nnodes/--nproc-per-node)")
@@ -499,12 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--epochs", type=int, default=150, help="MLP training epochs (fit; default 150)")
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
-    pp.add_argument("--json", action="store_true")
-    pp.set_defaults(func=cmd_predictor)
 
-    sp2 = sub.add_parser("search", help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
-                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp2 = _command(sub, "search", cmd_search, help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
+                        description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2")
     sp2.add_argument("--checkpoint", required=True)
     sp2.add_argument("--table", required=True, help="latency table CSV (with its JSON beside it)")
     sp2.add_argument("--latency-ms", type=float, required=True, help="latency budget (ms, as the table measures)")
@@ -518,20 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--bits", type=lambda v: tuple(int(b) for b in v.split(",")),
                      help="search only these bitwidths, e.g. 8 or 4,8 (default: every trained one)")
     sp2.add_argument("--force", action="store_true", help="search again even if a saved set exists")
-    sp2.add_argument("--json", action="store_true")
-    sp2.set_defaults(func=cmd_search)
 
     # listed for --help; main() hands `qfa profile ...` to hw/profile.py's own parser
     sub.add_parser("profile", help="measure a device into a latency table (same as python hw/profile.py)", add_help=False)
 
-    rp = sub.add_parser("run", help="the main job: train, table, predictor, search, export, verify",
-                        description="The whole flow on Fashion-MNIST, resumable (rerun to continue):\n"
-                                    "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
-                                    "  shipped host latency table (or --profile this host), label subnets and fit the\n"
-                                    "  accuracy predictor, search with NSGA-II under --latency-ms, export the chosen subnet\n"
-                                    "  to int8 .tflite, verify it on the test set and measure its latency here.\n"
-                                    "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp = _command(sub, "run", cmd_run, help="the main job: train, table, predictor, search, export, verify",
+                       description="The whole flow on Fashion-MNIST, resumable (rerun to continue):\n"
+                                   "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
+                                   "  shipped host latency table (or --profile this host), label subnets and fit the\n"
+                                   "  accuracy predictor, search with NSGA-II under --latency-ms, export the chosen subnet\n"
+                                   "  to int8 .tflite, verify it on the test set and measure its latency here.\n"
+                                   "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5")
     rp.add_argument("--run", default="runs/main", help="run folder (default runs/main)")
     rp.add_argument("--checkpoint", help="a trained supernet to use instead of training one")
     rp.add_argument("--table", help="latency table CSV (default: the shipped host table)")
@@ -542,8 +534,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--gens", type=int, help="NSGA-II generations (default 100)")
     rp.add_argument("--test-images", type=int, help="verification images (default: all 10,000)")
     rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")
-    rp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    rp.set_defaults(func=cmd_run)
     return p
 
 

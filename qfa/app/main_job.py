@@ -98,7 +98,7 @@ def main_job(cfg: JobConfig) -> dict:
     if cfg.profile:
         import subprocess
         table_csv = run / "tables" / "host.csv"
-        _say("2/6 latency table: profiling this host (hw/profile.py)")
+        _say("2/6 latency table: profiling this host (python -m hw.profile)")
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", "host", "--out-dir",
                             str(table_csv.parent), "--space", net.space.name,
                             "--deploy", LatencyTable.load(cfg.table).target.name])
@@ -134,9 +134,9 @@ def main_job(cfg: JobConfig) -> dict:
     # 4. search
     t = time.time()
     base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
-    _say(f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations, unless {base.with_suffix('.jsonl')} "
-         "is saved already")
-    pset, _ = saved_or_search(base, lambda: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
+    pset, front = saved_or_search(base, lambda: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
+    _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}" if front is None else
+         f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s")
     lats = np.array([r["latency_ms"] for r in pset.rows])
     budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))
     pset.save(base, budget)

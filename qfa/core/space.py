@@ -626,7 +626,7 @@ class SearchSpace:
 
 # ---- presets --------------------------------------------------------------------------
 def _paper() -> SearchSpace:
-    # OFA MobileNetV3 at width 1.2 (QFA_FACTS.md section 2).
+    # OFA MobileNetV3 at width 1.2, as in the QFA paper and its release.
     return SearchSpace(
         name="paper", in_channels=3, num_classes=1000, stem_width=24, stem_stride=2,
         first_width=24,

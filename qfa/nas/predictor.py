@@ -6,24 +6,22 @@ Encoding ``onehot+res+cost/2`` (documented, stable): ``SearchSpace.encode`` give
 gene per choice; each gene becomes a one-hot block of ``genome_upper()[i]`` entries; the genes
 of inactive block slots (beyond a stage's depth) are all-zero blocks, so two genomes of the same
 subnet encode identically. Then the same one-hot again once per resolution, zero unless the
-subnet runs at that resolution: what a choice costs depends on the resolution (the six worst
-non-uniform subnets of the trained fmnist supernet all run at 32 px with a 2-bit weight or
-activation in the first block), which one coefficient per gene cannot express. Appended: log
+subnet runs at that resolution: what a choice costs depends on the resolution, which one
+coefficient per gene cannot express. Appended: log
 MACs, log BitOPs and log parameters from the cost model, standardised with the training set's
 mean and std (stored with the predictor). ``onehot+cost/1`` (no resolution copies) for spaces
 of more than 4 resolutions. The ``split+...`` variants give each (w, a) gene two blocks, weight
 bits and activation bits, instead of one per pair: what a 2-bit activation costs hardly depends
-on the weight bits beside it, and 37% fewer features are learned from the same labels. Neither
-wins everywhere (bench/predictor.py), so ``fit`` chooses by cross-validation.
+on the weight bits beside it, and fewer features are learned from the same labels. Neither wins
+everywhere, so ``fit`` chooses by cross-validation.
 
 Target: the model is fitted to ``-1/(100 - top1)``, not to top-1. Quantization errors compound:
-a low-bit layer costs more points in a subnet that already errs more (uniform W2A2 subnets lose
-8-10 points, far more than the sum of their layers' average costs), and an additive model of the
-reciprocal error rate fits that better (bench/predictor.py, ridge 100 on 890 labels: held-out
-tau +0.004 to +0.022 over top-1).
+a low-bit layer costs more points in a subnet that already errs more, and an additive model of
+the reciprocal error rate fits that better than one of top-1.
 
 Model: encoding x model chosen by 5-fold cross-validated Kendall tau on the training subnets,
-the models being ridge regressions (a one-layer network) and a ReLU MLP (measured: see README).
+the models being ridge regressions (a one-layer network) and a ReLU MLP. How each encoding,
+response and model fares: ``python bench/predictor.py`` and docs/results.md.
 """
 from __future__ import annotations
 
@@ -223,8 +221,7 @@ class Predictor:
     ``link`` (knots x, y): a monotone map from the model's output to top-1, fitted on
     out-of-fold predictions. Increasing between its knots, so it keeps every ranking there,
     and flat beyond them: a search drives an additive model to subnets it scores past every
-    label (measured: 92.9% predicted where the best label is 91.1% and the subnet's own label
-    91.2%), and a flat top predicts the best accuracy seen instead."""
+    label, and a flat top predicts the best accuracy seen instead."""
 
     def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]], mean: float, std: float, meta: dict,
                  link: tuple[np.ndarray, np.ndarray] | None = None) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from qfa.core.cost import CostModel, LatencyModel
 from qfa.nas.predictor import Predictor, searched_pairs
 from qfa.nas.pareto import ParetoSet, SearchError, pareto_base, pareto_key
-from qfa.core.space import FP, QBits, SearchSpace
+from qfa.core.space import FP, SearchSpace
 
 __all__ = ["make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
            "pareto_key",
@@ -106,7 +106,7 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
                 progress(algorithm.n_gen, gens)
 
     class _Exact(DuplicateElimination):
-        """Integer genomes: a set of rows, not pymoo's O(n^2) float distances (~40% of a paper-space run)."""
+        """Integer genomes: a set of rows, not pymoo's O(n^2) float distances (which dominate a large run)."""
 
         def _do(self, pop, other, is_duplicate):
             seen = set() if other is None else {r.tobytes() for r in np.rint(other.get("X")).astype(np.int64)}

@@ -19,9 +19,9 @@ from qfa.nn.supernet import Supernet
 
 __all__ = ["calibrate", "DEFAULT_CALIB_IMAGES"]
 
-# 8,000, not 2,000: on the fmnist supernet two 2,000-image draws moved one 32-px subnet's
-# held-out top-1 by 7.1 points; at 8,000 the largest move over the same 24 subnets was 0.63
-# (bench/label_noise.py). Exports, `qfa eval` and predictor labels all calibrate this way.
+# Large enough that which images are drawn hardly moves a low-bit subnet's accuracy (2,000 did:
+# docs/results.md, "Predictor"; bench/label_noise.py measures it). Exports, `qfa eval` and
+# predictor labels all calibrate this way.
 DEFAULT_CALIB_IMAGES = 8000
 
 

@@ -36,9 +36,8 @@ def calib_batches(train: ImageSet, n_images: int, batch: int = 64, seed: int = C
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: int | None = None,
              device: str | torch.device = "cpu", batch: int = 128, workers: int = 0) -> float:
-    """Top-1 (%) of ``model`` (eval mode, calibrated) on the first ``n_images`` of ``data``.
-
-    Batch 128: measured 1.6x faster than 500 on 2 CPU cores (fewer page faults from big buffers)."""
+    """Top-1 (%) of ``model`` (eval mode, calibrated) on the first ``n_images`` of ``data``
+    (batch 128: big batches cost more in page faults than they save on a CPU)."""
     if n_images is not None and n_images < len(data):
         data = data.subset(np.arange(n_images))
     correct = total = 0
@@ -56,9 +55,8 @@ def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet],
     """Calibrate ``spec`` on ``calib_images`` training images; with ``draws`` > 1, on each of
     that many random draws, keeping the one with the best top-1 on the held-out split.
 
-    At 2 bits, which 2,000 images calibrate a subnet moves its top-1 by ~0.4 points (sd), and a
-    draw that is good on the held-out split is good on the test set (min W2A2 subnet, 10
-    draws: held-out vs test r = 0.81). Only training data is used to choose. ``on_draw(seed,
+    At 2 bits, which images calibrate a subnet moves its top-1, and a draw that is good on the
+    held-out split tends to be good on the test set; only training data is used to choose. ``on_draw(seed,
     held-out top-1)`` is called while the net holds each draw's calibration (in eval mode)."""
     seeds = calib_seeds(draws)
     holdout = []

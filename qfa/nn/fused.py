@@ -1,12 +1,12 @@
 """The elementwise bodies of the fake quantizers, each compiled into one loop over memory.
 
 Eager PyTorch runs a fake quantizer as ~6 passes forward and ~8 backward over the activation,
-which made the quantized training step ~1.4x the float one. Each function below is the
+a large share of a quantized training step. Each function below is the
 definition (run eagerly for small tensors, where a compiled call's guard checks cost more than
 the passes it saves) and is handed to ``torch.compile`` (inductor: C++/OpenMP on CPU, Triton on
 GPU) for large ones, where it becomes one fused loop. Callers pass tensors flattened to 1-D and
-they are detached here, so one graph per function serves every layer (4 in all over 60 steps of
-bench/train_step's loop); shaped, sliced weights made dynamo specialise on size-1 dims, strides
+they are detached here, so one graph per function serves every layer; shaped, sliced weights
+would make dynamo specialise on size-1 dims, strides
 and view bases, towards its limit of 8 graphs, past which it runs a function eagerly. The
 backward passes recompute the forward from ``x`` instead of saving the output and a mask: less
 memory, and the recompute is free inside the fused loop.
@@ -29,8 +29,8 @@ _enabled = os.environ.get("QFA_COMPILE", "1") != "0"
 
 
 def _fused(min_numel: int) -> Callable[[Callable], Callable]:
-    """Compile the decorated function for tensors of at least ``min_numel`` elements (the size
-    from which the compiled call beat the eager one on 2 x86 cores)."""
+    """Compile the decorated function for tensors of at least ``min_numel`` elements (below
+    that, the compiled call's guard checks cost more than the passes it saves)."""
     def wrap(fn: Callable) -> Callable:
         compiled = torch.compile(fn, dynamic=True)  # lazy: compiles at the first large call
 
@@ -60,7 +60,7 @@ def range_params(lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int) -> tu
 
 
 # The grid's scalars (c, zo) come in computed: inside a compiled loop inductor would recompute
-# them for every element (measured 2x slower). c*x + zo is a multiply then an add, never addcmul:
+# them for every element. c*x + zo is a multiply then an add, never addcmul:
 # eager addcmul is a fused multiply-add (one rounding), inductor's loop rounds twice, and the odd
 # value that lands on a .5 then rounds the other way (a block model's bytes then depended on
 # whether its builder ran compiled).

@@ -89,7 +89,8 @@ class TrainConfig:
             raise ConfigError("a stage's n_random must be >= 0")
         if not (self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1)):
             raise ConfigError(f"threads must be auto or an integer >= 1, got {self.threads!r}")
-        if self.ckpt_every < 1 or not self.ckpt_every_s > 0:
+        if not (isinstance(self.ckpt_every, int) and self.ckpt_every >= 1
+                and isinstance(self.ckpt_every_s, (int, float)) and self.ckpt_every_s > 0):
             raise ConfigError("ckpt_every and ckpt_every_s must be positive")
         if self.batch_size < 1 or self.n_random < 0:
             raise ConfigError("batch_size must be >= 1 and n_random >= 0")
@@ -101,9 +102,15 @@ def preset_path(name: str) -> Path:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        v = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(v, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _apply(d: dict, key: str, value: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from qfa.core.space import BlockSpec, QBits, make_divisible, mid_channels, se_channels
+from qfa.core.space import BlockSpec, QBits, mid_channels, se_channels
 from qfa.nn.elastic.ops import ElasticConv2d
 
 __all__ = ["ElasticSE", "ElasticMBConv", "se_channels"]

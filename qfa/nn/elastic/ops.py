@@ -1,7 +1,7 @@
 """Weight-owning elastic primitives: each holds one max-size tensor and slices it per call.
 
 The same classes, built at exactly one subnet's sizes, are the layers of an extracted subnet
-(``qfa.extract``): there is one forward path, so a subnet and the supernet compute the same
+(``qfa.nn.supernet.extract``): there is one forward path, so a subnet and the supernet compute the same
 arithmetic. Sizes and precision arrive as call arguments; no module stores an "active" state.
 """
 from __future__ import annotations

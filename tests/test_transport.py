@@ -1,4 +1,6 @@
-"""The ssh transport against a real OpenSSH server on 127.0.0.1 (key made in a temp folder)."""
+"""Transports: every registered one measures a model through its real path (ssh against a real
+OpenSSH server on 127.0.0.1 with a key made in a temp folder; adb against the STAND-IN phone of
+tests/standins, since no Android device exists here)."""
 import os
 import shutil
 import socket
@@ -9,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +28,7 @@ def sshd(tmp_path_factory):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
     os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         f"PidFile {d / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
@@ -52,13 +50,14 @@ def sshd(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def test_profile_over_ssh_matches_local_keys(sshd, tmp_path):
+@pytest.mark.slow
+def test_profile_over_ssh_matches_local_keys(sshd, tmp_path, block_cache):
     url, opts = sshd
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "pi", "--target", url, "--out-dir", str(tmp_path),
            "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--remote-python", sys.executable,
            "--json"] + [a for o in opts for a in ("--ssh-option", o)]
-    env = {**os.environ, "QFA_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    env = {**os.environ, "QFA_CACHE": str(block_cache)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     import pandas as pd
     df = pd.read_csv(tmp_path / "pi.csv")
@@ -67,18 +66,38 @@ def test_profile_over_ssh_matches_local_keys(sshd, tmp_path):
     assert meta["transport"] == url and "uname" in meta["device_facts"]
 
 
-def test_ssh_transport_quotes_arguments(sshd, tmp_path):
-    """A file name with spaces and shell metacharacters travels as one argument."""
-    from hw.transport import SSH
-    url, opts = sshd
-    t = SSH(url, extra=[a for o in opts for a in ("-o", o)], python=sys.executable, runs=2, warmup=1)
-    odd = tmp_path / "a b;$(touch pwned)'.tflite"
+def _transport_case(scheme: str, request, tmp_path, monkeypatch):
+    """(target, RunConfig) of a reachable device for each registered transport scheme."""
+    from hw.transport import RunConfig
+    fast = dict(runs=2, warmup=1)
+    if scheme == "local":
+        return "local", RunConfig(**fast)
+    if scheme == "ssh":
+        url, opts = request.getfixturevalue("sshd")
+        return url, RunConfig(ssh_options=tuple(opts), remote_python=sys.executable, **fast)
+    if scheme == "adb":  # STAND-IN phone: tests/standins/adb runs its shell commands here
+        standins = ROOT / "tests" / "standins"
+        monkeypatch.setenv("PATH", os.pathsep.join([str(standins), str(Path(sys.executable).parent), os.environ["PATH"]]))
+        monkeypatch.setenv("QFA_FAKE_DEVICE", str(tmp_path / "phone"))
+        return "adb", RunConfig(runtime=f"benchmark_model:{standins / 'benchmark_model'}", **fast)
+    raise AssertionError(f"transport {scheme!r} is registered but has no test device here")
+
+
+@pytest.mark.parametrize("scheme", sorted(__import__("hw.transport", fromlist=["TRANSPORTS"]).TRANSPORTS))
+def test_every_transport_measures_a_model_whose_name_is_hostile(scheme, request, tmp_path, monkeypatch):
+    """A file name with spaces and shell metacharacters travels as one argument, and the timing
+    row comes back parsed, through each transport's connect / push / run / parse / close."""
     from export.targets import TARGETS
     from hw.blocks import overhead_model
+    from hw.transport import make_transport
+    target, cfg = _transport_case(scheme, request, tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "a b;$(touch pwned)'.tflite"
     odd.write_bytes(overhead_model(TARGETS["tflite-int8"]))
+    t = make_transport(target, cfg)
     try:
-        res = t.measure([odd])
-        assert res[0]["median_us"] > 0
-        assert not Path("pwned").exists() and not (Path.home() / "pwned").exists()
+        res = t.measure([odd, odd])
+        assert len(res) == 2 and all(r["median_us"] > 0 and r["count"] > 0 for r in res)
     finally:
         t.close()
+    assert not (tmp_path / "pwned").exists() and not (Path.home() / "pwned").exists()

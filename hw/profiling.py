@@ -1,0 +1,208 @@
+"""Profiling as a library: measure a device into a latency table, estimate how long a table
+would take, or validate a table against whole subnets. ``hw/profile.py`` is the command line;
+everything here takes a :class:`ProfileJob` and a :class:`hw.transport.Transport`."""
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.targets import TARGETS
+from hw.build import build, write_model
+from hw.table import LatencyTable, TableError, append_row, fit_correction
+from hw.transport import Transport
+from qfa.core.fileio import atomic_write
+
+__all__ = ["ProfileJob", "profile", "estimate", "validate", "probe_specs"]
+
+
+@dataclass(frozen=True)
+class ProfileJob:
+    """What to measure and where the table goes (``out_dir/device.csv`` + ``.json``)."""
+
+    device: str | None
+    space: str = "fmnist"
+    resolution: tuple[int, ...] | None = None   # default: every resolution of the space
+    deploy: str = "tflite-int8"
+    threads: int = 1
+    target: str = "local"                       # the transport's URL, recorded in the metadata
+    jobs: int = 1                               # processes converting block models
+    calib_subnets: int = 40
+    validate: int | None = None
+    estimate: int | None = None
+    out_dir: Path = Path("latency_tables")
+    json: bool = False                          # machine-readable output: no progress lines
+
+
+def _resolutions(job: ProfileJob, space) -> list[int]:
+    resolutions = job.resolution or list(space.resolutions)
+    bad = [r for r in resolutions if r not in space.resolutions]
+    if bad:
+        raise TableError(f"resolution {bad} not in space {space.name!r} {list(space.resolutions)}")
+    return resolutions
+
+
+def probe_specs(table: LatencyTable, resolutions: list[int]) -> list:
+    """Max-depth specs that together touch every table key at ``resolutions``."""
+    from hw.entries import TOKENS
+    sp = table.space
+    probes = (table.probe(r, k, e, t) for r in resolutions for k in sp.kernels for e in sp.expands
+              for t in np.ndindex(*(len(TOKENS),) * 3))
+    return [s for s in probes if s is not None]
+
+
+def profile(job: ProfileJob, transport: Transport) -> dict:
+    from qfa.core.space import get_space
+    from hw.blocks import BlockFactory, overhead_model
+    from hw.entries import entries
+
+    space = get_space(job.space)
+    target = TARGETS[job.deploy]
+    resolutions = _resolutions(job, space)
+    out = Path(job.out_dir) / f"{job.device}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_path = out.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
+                 or meta.get("threads") != job.threads):
+        raise TableError(f"{out} holds measurements of another space/target/thread count "
+                         f"({meta.get('space')}/{meta.get('target')}/{meta.get('threads')} threads): use another --device name")
+    done = set()
+    if out.exists():
+        import csv
+        with open(out, newline="") as f:
+            done = {r["key"] for r in csv.DictReader(f)}
+    facts = transport.facts()
+    meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "target": target.name,
+                 "threads": job.threads, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
+                 "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
+                 "shared_entries": "nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM "
+                                   "clamp ('i8c') and share one entry; W8A8 is 'i8'; int4 weights ('i4') only "
+                                   "under tflite-int4w for CONV_2D", **({"device_facts": facts} if facts else {})})
+    if "overhead_us" not in meta:
+        meta["overhead_us"] = transport.measure([write_model(overhead_model(target))])[0]["median_us"]
+    _save_meta(meta_path, meta)
+
+    factory = BlockFactory(space)
+    table = LatencyTable({}, meta, space)
+    specs = probe_specs(table, resolutions)
+    todo = [s for s in specs if any(en.key not in done for en in entries(s, target))]
+    t0 = time.time()
+
+    def built(i: int, n: int) -> None:
+        if not job.json:
+            print(f"\rprofile: built models of {i}/{n} shapes ({job.jobs} jobs), {time.time() - t0:.0f}s",
+                  end="", file=sys.stderr, flush=True)
+    paths = build(todo, target, job.jobs, progress=built)
+    n_new = 0
+    for i, spec in enumerate(todo):
+        new = {en.key: en for en in entries(spec, target) if en.key not in done}
+        for en, res in zip(new.values(), transport.measure([paths[k] for k in new])):
+            append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in ("median_us", "p10_us", "p90_us", "count", "cv")}})
+            done.add(en.key)
+            n_new += 1
+        if not job.json:
+            print(f"\rprofile: measured {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
+                  f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+    if not job.json:
+        print(file=sys.stderr)
+    if job.calib_subnets and "calibration" not in meta:
+        x, meas = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1, extremes=True)
+        meta["calibration"] = fit_correction(x, meas)
+        _save_meta(meta_path, meta)
+    return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
+            "calibration": meta.get("calibration")}
+
+
+def estimate(job: ProfileJob, transport: Transport) -> dict:
+    """Time to build a table here, extrapolated from building and timing a random sample of
+    its shapes, and one random whole subnet (the calibration set), on this transport."""
+    from qfa.core.space import get_space
+    from hw.blocks import BlockFactory
+    from hw.entries import entries
+
+    space, target = get_space(job.space), TARGETS[job.deploy]
+    resolutions = _resolutions(job, space)
+    table = LatencyTable({}, {"target": target.name, "overhead_us": 0.0}, space)
+    specs = probe_specs(table, resolutions)
+    keys = {en.key for s in specs for en in entries(s, target)}
+    rng = np.random.default_rng(0)
+    sample = [specs[i] for i in sorted(rng.choice(len(specs), min(len(specs), job.estimate), replace=False))]
+    with tempfile.TemporaryDirectory() as tmp:  # a private cache: time the real conversion
+        t = time.perf_counter()
+        paths = build(sample, target, 1, root=tmp)
+        t_build = (time.perf_counter() - t) / len(sample)
+        uniq = sorted({en.key for s in sample for en in entries(s, target)})
+        t = time.perf_counter()
+        transport.measure([paths[k] for k in uniq])
+        t_entry = (time.perf_counter() - t) / len(uniq)
+        factory, whole = BlockFactory(space), space.sample(rng).replace(resolution=max(resolutions))
+        t = time.perf_counter()
+        transport.measure([write_model(factory.whole(whole, target), tmp)])
+        t_whole = time.perf_counter() - t
+    blocks_s = t_build * len(specs) / max(job.jobs, 1) + t_entry * len(keys)
+    return {"space": space.name, "resolutions": resolutions, "target": target.name, "shapes": len(specs),
+            "entries": len(keys), "sampled_shapes": len(sample), "build_s_per_shape": round(t_build, 2),
+            "measure_s_per_entry": round(t_entry, 3), "jobs": job.jobs, "estimated_blocks_s": round(blocks_s),
+            "estimated_calibration_s": round(job.calib_subnets * t_whole),
+            "estimated_total_s": round(blocks_s + job.calib_subnets * t_whole)}
+
+
+def _save_meta(path: Path, meta: dict) -> None:
+    atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
+
+
+def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, extremes: bool = False):
+    """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets
+    (with ``extremes``: the min/max subnets of each resolution among them)."""
+    rng = np.random.default_rng(seed)
+    res_ok = table.meta["resolutions"]
+    sp = table.space
+    specs = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
+        f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in (2, 8)][:n // 2]
+    while len(specs) < n:
+        s = table.space.sample(rng)
+        if s.resolution in res_ok:
+            specs.append(s)
+    paths = [write_model(factory.whole(s, target)) for s in specs]
+    meas = np.array([r["median_us"] for r in transport.measure(paths)])
+    return np.array([table.features(s) for s in specs]), meas
+
+
+def validate(job: ProfileJob, transport: Transport) -> dict:
+    from hw.blocks import BlockFactory
+    table = LatencyTable.load(Path(job.out_dir) / f"{job.device}.csv")
+    x, meas = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2)
+    pred_raw = x[:, 0]
+    pred = x @ table.coef
+    err = (pred - meas) / meas
+    res = {"n": len(meas), "rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
+           "within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)), "within_10pct": float(100 * np.mean(np.abs(err) <= 0.10)),
+           "raw_sum_rmse_pct": float(100 * np.sqrt(np.mean(((pred_raw - meas) / meas) ** 2)))}
+    png = Path(job.out_dir) / f"{job.device}_validation.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(meas / 1000, pred / 1000, s=12)
+        lim = [0, max(meas.max(), pred.max()) / 1000 * 1.05]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.plot(lim, [v * 1.1 for v in lim], "r:", lw=0.8)
+        ax.plot(lim, [v * 0.9 for v in lim], "r:", lw=0.8)
+        ax.set_xlabel("measured (ms)"), ax.set_ylabel("predicted (ms)")
+        ax.set_title(f"{job.device}: RMSE {res['rmse_pct']:.1f}%, {res['within_10pct']:.0f}% within 10%")
+        fig.tight_layout()
+        fig.savefig(png, dpi=120)
+        res["plot"] = str(png)
+    except ImportError:
+        pass
+    return res
+
+
