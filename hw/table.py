@@ -88,6 +88,11 @@ class LatencyTable:
     def target_name(self) -> str:
         return self.target.name
 
+    def host_mismatch(self) -> list[str]:
+        """How this machine differs from the one this table was measured on (:func:`hw.transport.host_mismatch`)."""
+        from hw.transport import host_mismatch
+        return host_mismatch(self.meta)
+
     def check_space(self, space: SearchSpace) -> None:
         if space.hash != self.space.hash:
             raise TableError(f"table is for space {self.space.name!r} ({self.space.hash}), not "

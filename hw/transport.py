@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import ClassVar
 
 __all__ = ["TransportError", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
-           "parse_benchmark_model"]
+           "parse_benchmark_model", "host_mismatch", "FINGERPRINT"]
 
 RUNNER = Path(__file__).resolve().parent / "runner.py"
+# the instruction-set flags that decide which kernels a runtime takes (XNNPACK, the builtin ones)
+ISA_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                       "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm"})
 CONNECT_TIMEOUT_S = 10
 
 
@@ -114,17 +117,18 @@ class Local(Transport):
                  "cores": os.cpu_count()}
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
+                if line.startswith("model name") and "cpu" not in facts:
                     facts["cpu"] = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and "cpu_flags" not in facts:
+                    facts["cpu_flags"] = sorted(set(line.split(":", 1)[1].split()) & ISA_FLAGS)
             gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
             facts["governor"] = gov.read_text().strip() if gov.exists() else None
         except OSError:
             pass
-        try:
-            import ai_edge_litert
-            facts["runtime"] = f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')}"
-        except ImportError:
+        from importlib.metadata import PackageNotFoundError, version
+        try:  # the installed version, without importing the runtime
+            facts["runtime"] = f"ai-edge-litert {version('ai-edge-litert')}"
+        except PackageNotFoundError:
             pass
         return facts
 
@@ -257,6 +261,19 @@ def parse_benchmark_model(out: str) -> dict:
 
 
 TRANSPORTS: dict[str, type[Transport]] = {t.scheme: t for t in (Local, SSH, ADB)}
+
+# device facts that must match for a table measured here (transport local) to describe this machine
+FINGERPRINT = ("machine", "cpu", "cpu_flags", "cores", "runtime")
+
+
+def host_mismatch(meta: dict) -> list[str]:
+    """How this machine differs from the one a table (its metadata ``meta``) was measured on:
+    'field: table vs here' for each fingerprint field the table records; empty when they match,
+    or when the table was measured over ssh/adb (another device by design)."""
+    if meta.get("transport", "local") != "local":
+        return []
+    theirs, ours = meta.get("device_facts", {}), Local("local", RunConfig()).facts()
+    return [f"{k}: {theirs[k]} vs {ours.get(k)}" for k in FINGERPRINT if k in theirs and theirs[k] != ours.get(k)]
 
 
 def make_transport(target: str, cfg: RunConfig = RunConfig()) -> Transport:

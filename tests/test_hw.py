@@ -132,7 +132,7 @@ def test_block_models_build_in_parallel_identically_and_are_cached_by_key(tmp_pa
 def test_qfa_profile_forwards_and_estimates_a_table(table_dir):
     def qfa(*args):
         return subprocess.run([sys.executable, "-m", "qfa", "profile", *args], capture_output=True, text=True,
-                              timeout=600, cwd=ROOT)
+                              timeout=540, cwd=ROOT)
     bad = qfa("--device", "x", "--space", "nope")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "qfa profile: error: unknown space 'nope'; available: fmnist, paper"]
@@ -141,3 +141,19 @@ def test_qfa_profile_forwards_and_estimates_a_table(table_dir):
     est = json.loads(r.stdout)
     assert est["entries"] == len(pd.read_csv(table_dir / "t.csv"))  # counted without building the table
     assert 0 < est["estimated_blocks_s"] <= est["estimated_total_s"]
+
+
+def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
+    """A table profiled here matches this host; the same table said to come from another CPU
+    (or another runtime version) is told apart, field by field; an ssh/adb table never is."""
+    from hw.transport import FINGERPRINT
+    here = LatencyTable.load(table_dir / "t.csv")
+    assert here.host_mismatch() == [] and set(FINGERPRINT) <= set(here.meta["device_facts"])
+    other = dict(here.meta, device_facts={**here.meta["device_facts"], "cpu": "Intel(R) Xeon(R) Platinum 8488C",
+                                          "runtime": "ai-edge-litert 2.3.0"})
+    (tmp_path / "x.csv").write_bytes((table_dir / "t.csv").read_bytes())
+    (tmp_path / "x.json").write_text(json.dumps(other))
+    diff = LatencyTable.load(tmp_path / "x.csv").host_mismatch()
+    assert len(diff) == 2 and diff[0].startswith("cpu: Intel(R) Xeon(R) Platinum 8488C vs ") and "runtime" in diff[1]
+    (tmp_path / "x.json").write_text(json.dumps(dict(other, transport="ssh://pi@raspberrypi")))
+    assert LatencyTable.load(tmp_path / "x.csv").host_mismatch() == []

@@ -34,7 +34,7 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert s["agreement"] >= 50.0
     assert s["predicted_latency_ms"] <= s["budget_ms"]
     assert Path(s["pareto_png"]).stat().st_size > 1000 and Path(s["pareto_csv"]).exists()
-    assert s["measured_latency_ms"] > 0
+    assert s["measured_latency_ms"] > 0 and s["within_budget"] == (s["measured_latency_ms"] <= s["budget_ms"])
     # rerun resumes: no training, no labelling, the saved Pareto set answers
     r2 = _qfa("run", "--tiny", "--run", str(run), "--json")
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -45,6 +45,25 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r3.returncode == 1
     err = [ln for ln in r3.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert len(err) == 1 and "fastest achievable on this table is" in err[0], r3.stderr[-1000:]
+    # a table that promises 10x the speed this host has: the shipped file is measured over the
+    # budget, which is one line and exit status 1 unless --allow-over-budget
+    import pandas as pd
+    from qfa.app.main_job import DEFAULT_TABLE
+    fast = tmp_path / "fast.csv"
+    df = pd.read_csv(DEFAULT_TABLE)
+    df["median_us"] /= 10
+    df.to_csv(fast, index=False)
+    meta = json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())
+    meta["overhead_us"] /= 10
+    meta.pop("calibration", None)  # the plain sum, a tenth of what this host measured
+    fast.with_suffix(".json").write_text(json.dumps(meta))
+    r4 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast))
+    err = [ln for ln in r4.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
+    assert r4.returncode == 1 and len(err) == 1 and "over the" in err[0] and "budget" in err[0], r4.stderr[-1000:]
+    r5 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast), "--allow-over-budget", "--json")
+    assert r5.returncode == 0, r5.stderr[-2000:]
+    s5 = json.loads(r5.stdout)
+    assert not s5["within_budget"] and s5["measured_latency_ms"] > s5["budget_ms"] >= s5["predicted_latency_ms"]
 
 
 def test_main_job_bad_input_is_one_line(tmp_path):

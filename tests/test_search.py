@@ -47,10 +47,10 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
             "--calib-images", "64", "--eval-images", "200", "--json", "--data-csv"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float reduction order in both runs
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-                          *args, str(tmp_path / "two.csv")], capture_output=True, text=True, env=env, timeout=600)
+                          *args, str(tmp_path / "two.csv")], capture_output=True, text=True, env=env, timeout=540)
     assert two.returncode == 0, two.stderr[-2000:]
     one = subprocess.run([sys.executable, *args, str(tmp_path / "one.csv")], capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=env, timeout=540)
     assert one.returncode == 0, one.stderr[-2000:]
     assert (tmp_path / "two.csv").read_text().count("hash,") == 1  # one header from two writers
     rows = lambda f: sorted((r["hash"], r["top1"]) for r in load_rows(tmp_path / f))  # noqa: E731
@@ -58,7 +58,7 @@ def test_collect_under_torchrun_shards_specs_and_matches_one_process(tmp_path):
     before = (tmp_path / "one.csv").read_bytes()
     other = [a if a != "64" else "128" for a in args]  # --calib-images 128 onto labels calibrated on 64
     mixed = subprocess.run([sys.executable, *other, str(tmp_path / "one.csv")], capture_output=True, text=True,
-                           env=env, timeout=600)
+                           env=env, timeout=540)
     assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1, mixed.stderr[-2000:]
     assert "calibrated on [64] images" in mixed.stderr and (tmp_path / "one.csv").read_bytes() == before
 

@@ -47,6 +47,7 @@ class JobConfig:
     export_calib_draws: int = 4          # keep the best of 4 calibration draws on the held-out split
     search_bits: tuple[int, ...] | None = None  # restrict the searched precisions, e.g. (8,)
     margin: float = 0.05                 # predicted latency <= budget / (1 + margin)
+    allow_over_budget: bool = False      # ship even when the file measures over the budget here
 
 
 TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
@@ -95,10 +96,12 @@ def main_job(cfg: JobConfig) -> dict:
     # 2. latency table
     t = time.time()
     table_csv = Path(cfg.table)
-    if cfg.profile:
+    mismatch = [] if cfg.profile else LatencyTable.load(table_csv).host_mismatch()
+    if cfg.profile or mismatch:
         import subprocess
+        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
         table_csv = run / "tables" / "host.csv"
-        _say("2/6 latency table: profiling this host (python -m hw.profile)")
+        _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", "host", "--out-dir",
                             str(table_csv.parent), "--space", net.space.name,
                             "--deploy", LatencyTable.load(cfg.table).target.name])
@@ -161,7 +164,10 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 6. measured latency of the shipped file on this host
     from hw.runner import time_model
-    measured_ms = time_model(str(out), threads=int(table.meta.get("threads", 1)))["median_us"] / 1000
+    threads = int(table.meta.get("threads", 1))
+    measured_ms = time_model(str(out), threads=threads)["median_us"] / 1000
+    over = measured_ms > budget
+    pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms)
     summary = {
         "spec": str(spec), "hash": spec.hash, "budget_ms": budget,
         "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
@@ -169,8 +175,14 @@ def main_job(cfg: JobConfig) -> dict:
         "bytes": v["bytes"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
+        "within_budget": not over, "table": str(table_csv),
+        "runtime": {"interpreter": "ai-edge-litert, default delegate (XNNPACK)", "threads": threads},
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    if over and not cfg.allow_over_budget:
+        raise JobError(f"the shipped model runs in {measured_ms:.3f} ms here, over the {budget:g} ms budget (predicted "
+                       f"{best['latency_ms']:.3f} ms on {table_csv.name}); --allow-over-budget keeps it, --profile "
+                       f"measures this host (summary in {run / 'summary.json'})")
     if v["agreement"] < cfg.threshold:
         raise JobError(f"TFLite/PyTorch top-1 agreement {v['agreement']:.2f}% is below {cfg.threshold}% "
                        f"(summary in {run / 'summary.json'})")
@@ -182,7 +194,9 @@ def print_summary(s: dict) -> None:
             ("top-1 PyTorch / TFLite (test)", f"{s['pytorch_top1_test']:.2f}% / {s['tflite_top1_test']:.2f}%  "
                                               f"(agreement {s['agreement']:.2f}%; predicted {s['predicted_top1_holdout']:.2f}% held-out)"),
             ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "
-                                             f"(budget {s['budget_ms']:g} ms)"),
+                                             f"(budget {s['budget_ms']:g} ms: "
+                                             f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
+                                             f"{s['runtime']['interpreter']}, {s['runtime']['threads']} thread(s))"),
             ("file", f"{s['model']}  ({s['bytes']:,} bytes; app facts in {s['sidecar']})"),
             ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),
             ("time", f"{s['total_s'] / 60:.1f} min (" + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in s["timings"].items()) + ")")]

@@ -99,7 +99,10 @@ class ParetoSet:
             raise SearchError(msg)
         return max(ok, key=lambda r: (r["top1"], -r["latency_ms"]))
 
-    def plot(self, path: Path, budget_ms: float | None = None) -> None:
+    def plot(self, path: Path, budget_ms: float | None = None, chosen: dict | None = None,
+             measured_ms: float | None = None) -> None:
+        """The front (predicted latency vs predicted top-1, coloured by size); ``chosen`` (a row)
+        is marked at its predicted latency and, given ``measured_ms``, at the measured one."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -111,7 +114,15 @@ class ParetoSet:
         fig.colorbar(sc, label="int8 weight bytes (kB)")
         if budget_ms is not None:
             ax.axvline(budget_ms, color="r", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
-            ax.legend(loc="lower right")
+        if chosen is not None:
+            ax.scatter([chosen["latency_ms"]], [chosen["top1"]], marker="*", s=160, c="k", zorder=3,
+                       label=f"chosen, predicted {chosen['latency_ms']:.3f} ms")
+            if measured_ms is not None:
+                ax.plot([chosen["latency_ms"], measured_ms], [chosen["top1"]] * 2, "k:", lw=1)
+                ax.scatter([measured_ms], [chosen["top1"]], marker="x", s=80, c="m", zorder=3,
+                           label=f"chosen, measured {measured_ms:.3f} ms")
+        if budget_ms is not None or chosen is not None:
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("predicted latency (ms, measured table)")
         ax.set_ylabel("predicted top-1 (%, held-out)")
         ax.set_title(f"Pareto set: {len(self.rows)} subnets")

@@ -33,8 +33,8 @@ class CoreShare:
 
     def _sample(self) -> tuple[float, float, float]:
         import psutil
-        t = psutil.cpu_times()
-        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        t = psutil.cpu_times()  # guest time is already inside user and nice: not added again
+        busy = sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
         mine = 0.0
         for p in [self._me, *self._me.children(recursive=True)]:
             try:
