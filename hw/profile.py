@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,8 +27,10 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
 from export.targets import TARGETS  # noqa: E402
 from hw.profiling import ProfileJob, estimate, profile, validate  # noqa: E402
 from hw.table import TableError  # noqa: E402
-from hw.transport import RunConfig, TransportError, make_transport  # noqa: E402
+from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.space import SpecError  # noqa: E402
+
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def build_parser(prog: str = "hw/profile.py") -> argparse.ArgumentParser:
@@ -62,6 +65,10 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     args = parser.parse_args(argv)
     if not args.device and not args.estimate:
         parser.error("--device is required")
+    if args.device is not None and (not DEVICE_NAME.fullmatch(args.device) or ".." in args.device):
+        print(f"{prog}: error: --device {args.device!r}: a table name is letters, digits and ._- (at most 64, "
+              "no '..'), not a path; --out-dir says where tables go", file=sys.stderr)
+        return 2
     job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
                      deploy=args.deploy, threads=args.threads, target=args.target, jobs=args.jobs,
                      calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
                else profile(job, transport))
     except (TableError, TransportError, SpecError, FileNotFoundError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (TableError, SpecError)) else 1
+        return 2 if isinstance(e, (TableError, SpecError, BadTarget)) else 1
     except KeyboardInterrupt:
         print("\nprofile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
         return 130

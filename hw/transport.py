@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["TransportError", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
+__all__ = ["TransportError", "BadTarget", "check_run_config", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
            "parse_benchmark_model", "host_mismatch", "FINGERPRINT"]
 
 RUNNER = Path(__file__).resolve().parent / "runner.py"
@@ -29,6 +29,37 @@ CONNECT_TIMEOUT_S = 10
 
 class TransportError(RuntimeError):
     """The device cannot be reached or the run failed."""
+
+
+class BadTarget(TransportError, ValueError):
+    """A target, serial or run option that is not valid input (exit status 2, not a device failure)."""
+
+
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})")   # a DNS name or IPv4 address: never an option
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+_SERIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}")
+_TASKSET = re.compile(r"(?:0x)?[0-9A-Fa-f]{1,32}")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+-]{0,255}")  # a program name or path on the device
+# ssh options that run local commands: never taken from the command line
+_SSH_COMMAND_OPTIONS = {"proxycommand", "localcommand", "permitlocalcommand", "knownhostscommand", "match",
+                        "proxyjump", "include"}
+
+
+def _check(value: str | None, pattern: re.Pattern, what: str, expected: str = "letters, digits and ._-") -> None:
+    if value is not None and not pattern.fullmatch(value):
+        raise BadTarget(f"bad {what} {value!r}: expected {expected}, not starting with '-'")
+
+
+def check_run_config(cfg: "RunConfig") -> None:
+    """Reject run options that could reach ssh/adb as options or shell text."""
+    _check(cfg.taskset, _TASKSET, "--taskset", "a hex CPU mask such as f0")
+    _check(cfg.remote_python, _PROGRAM, "--remote-python", "a program name or path")
+    for opt in cfg.ssh_options:
+        key, sep, _ = opt.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z]+", key) or "\n" in opt:
+            raise BadTarget(f"bad --ssh-option {opt!r}: expected Key=Value, e.g. IdentityFile=~/.ssh/pi")
+        if key.lower() in _SSH_COMMAND_OPTIONS:
+            raise BadTarget(f"--ssh-option {key} runs commands: set it in ~/.ssh/config if you mean it")
 
 
 @dataclass(frozen=True)
@@ -142,8 +173,12 @@ class SSH(Transport):
         super().__init__(target, cfg)
         m = re.fullmatch(r"ssh://(?:([^@/:\s]+)@)?([^@/:\s]+)(?::(\d+))?/?", target)
         if not m:
-            raise TransportError(f"bad ssh target {target!r}: expected {self.usage}")
+            raise BadTarget(f"bad ssh target {target!r}: expected {self.usage}")
         user, host, port = m.groups()
+        _check(user, _USER, "ssh user")
+        _check(host, _HOST, "ssh host")
+        if port is not None and not 0 < int(port) < 65536:
+            raise BadTarget(f"bad ssh port {port}")
         self.dest = f"{user}@{host}" if user else host
         self.opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
                      *(a for o in cfg.ssh_options for a in ("-o", o))]
@@ -151,13 +186,13 @@ class SSH(Transport):
         self.remote_dir: str | None = None
 
     def _ssh(self, *remote: str, timeout: float = 60) -> str:
-        cmd = ["ssh", *self.opts, *(["-p", self.port] if self.port else []), self.dest, "--",
+        cmd = ["ssh", *self.opts, *(["-p", self.port] if self.port else []), "--", self.dest,
                " ".join(shlex.quote(a) for a in remote)]
         return _run(cmd, timeout, f"ssh {self.dest}")
 
     def _copy(self, files: list[Path], timeout: float = 300) -> None:
-        cmd = ["scp", "-q", *self.opts, *(["-P", self.port] if self.port else []), *map(str, files),
-               f"{self.dest}:{self.remote_dir}/"]
+        cmd = ["scp", "-q", *self.opts, *(["-P", self.port] if self.port else []), "--",
+               *(str(f.resolve()) for f in files), f"{self.dest}:{self.remote_dir}/"]
         _run(cmd, timeout, f"copy to {self.dest}")
 
     def connect(self) -> None:
@@ -203,12 +238,13 @@ class ADB(Transport):
     def __init__(self, target: str, cfg: RunConfig) -> None:
         super().__init__(target, cfg)
         serial = target.split(":", 1)[1] if ":" in target else None
+        _check(serial, _SERIAL, "adb serial", "letters, digits and ._:-")
         bm = cfg.runtime.split(":", 1)[1] if cfg.runtime.startswith("benchmark_model:") else ""
         if not bm or not Path(bm).is_file():
             raise TransportError("adb needs --runtime benchmark_model:PATH (the LiteRT benchmark_model binary "
                                  "for the phone's ABI; no pip package ships it)")
         self.base = ["adb", *(["-s", serial] if serial else [])]
-        self.bm = Path(bm)
+        self.bm = Path(bm).resolve()  # absolute: a name that starts with '-' is no option to adb
 
     def _adb(self, *args: str, timeout: float = 60) -> str:
         return _run([*self.base, *args], timeout, "adb " + args[0])
@@ -224,7 +260,7 @@ class ADB(Transport):
 
     def push(self, paths: list[Path]) -> None:
         for p in paths:
-            self._adb("push", str(p), f"{self.DIR}/{p.name}")
+            self._adb("push", str(p.resolve()), f"{self.DIR}/{p.name}")
 
     def run(self, paths: list[Path]) -> str:
         c = self.cfg
@@ -280,5 +316,6 @@ def make_transport(target: str, cfg: RunConfig = RunConfig()) -> Transport:
     """The transport for ``target``, chosen by its scheme (the part before ``:``)."""
     scheme = target.split(":", 1)[0]
     if scheme not in TRANSPORTS:
-        raise TransportError(f"unknown target {target!r}: " + " | ".join(t.usage for t in TRANSPORTS.values()))
+        raise BadTarget(f"unknown target {target!r}: " + " | ".join(t.usage for t in TRANSPORTS.values()))
+    check_run_config(cfg)
     return TRANSPORTS[scheme](target, cfg)

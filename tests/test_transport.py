@@ -101,3 +101,29 @@ def test_every_transport_measures_a_model_whose_name_is_hostile(scheme, request,
     finally:
         t.close()
     assert not (tmp_path / "pwned").exists() and not (Path.home() / "pwned").exists()
+
+
+HOSTILE = [  # (argument list, what the one line names); none may reach ssh/adb or the file system
+    (["--target", "ssh://-oProxyCommand=touch${IFS}PROBE"], "ssh host"),
+    (["--target", "ssh://-oProxyCommand=touch${IFS}PROBE@127.0.0.1"], "ssh user"),
+    (["--target", "ssh://pi@host;touch PROBE"], "ssh"),
+    (["--target", "adb:-stouch"], "adb serial"),
+    (["--target", "ssh://pi@127.0.0.1", "--ssh-option", "ProxyCommand=touch PROBE"], "runs commands"),
+    (["--target", "ssh://pi@127.0.0.1", "--ssh-option=-oProxyCommand"], "--ssh-option"),
+    (["--target", "ssh://pi@127.0.0.1", "--taskset=-x;touch PROBE"], "--taskset"),
+    (["--target", "ssh://pi@127.0.0.1", "--remote-python=-oProxyCommand=touch PROBE"], "--remote-python"),
+    (["--device", "a;touch PROBE"], "--device"),
+    (["--device", "../elsewhere/t", "--validate", "1"], "--device"),
+    (["--device", "x" * 65], "--device"),
+]
+
+
+@pytest.mark.parametrize("args, names", HOSTILE, ids=[h[1] + str(i) for i, h in enumerate(HOSTILE)])
+def test_hostile_targets_and_names_are_one_line_exit_2_and_touch_nothing(args, names, tmp_path):
+    argv = args if "--device" in args else ["--device", "t", *args]
+    r = subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), *argv, "--out-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and names in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "PROBE").exists() and not (tmp_path / "out").exists() and not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
