@@ -4,8 +4,9 @@ Why: with every core in the pool, each parallel op ends at a barrier that waits 
 thread. When another process runs on one of the cores and the scheduler does not favour the
 trainer (the kernel's autogroups make ``nice`` act only within a session, so a niced job started
 from another terminal gets an equal share), the thread that shares that core reaches every
-barrier a time slice late, thousands of times a step: training on 2 cores went from ~1.5 s to
-~40 s a step. One thread fewer than the busy cores has no such barrier to wait at.
+barrier a time slice late, thousands of times a step, and training slows many-fold
+(docs/results.md, "Training beside other processes"). A pool of only the free cores has no
+such barrier to wait at.
 
 The count changes only when the machine's load does, so a run on an otherwise idle machine keeps
 its full pool; for bit-identical results under changing load, fix ``threads`` in the config.
@@ -46,10 +47,10 @@ class CoreShare:
 
     def others(self) -> float | None:
         """Cores used by other processes since the last sample (None until ``every_s`` passed)."""
+        if time.monotonic() - self._last[0] < self.every_s:
+            return None
         now = self._sample()
         wall = now[0] - self._last[0]
-        if wall < self.every_s:
-            return None
         used = max(0.0, (now[1] - self._last[1]) - (now[2] - self._last[2])) / wall
         self._last = now
         return used
