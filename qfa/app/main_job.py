@@ -96,7 +96,8 @@ def main_job(cfg: JobConfig) -> dict:
     # 2. latency table
     t = time.time()
     table_csv = Path(cfg.table)
-    mismatch = [] if cfg.profile else LatencyTable.load(table_csv).host_mismatch()
+    given = LatencyTable.load(table_csv)
+    mismatch = [] if cfg.profile else given.host_mismatch()
     if cfg.profile or mismatch:
         import subprocess
         why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
@@ -104,11 +105,13 @@ def main_job(cfg: JobConfig) -> dict:
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", "host", "--out-dir",
                             str(table_csv.parent), "--space", net.space.name,
-                            "--deploy", LatencyTable.load(cfg.table).target.name])
+                            "--deploy", given.target.name])
         if r.returncode:
             raise JobError("profiling the host failed (see above)")
     else:
-        _say(f"2/6 latency table: {table_csv} (measured on x86_64, 1 thread; --profile to measure this host)")
+        facts = given.meta.get("device_facts", {})
+        _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
+             f"{given.meta.get('threads', 1)} thread(s), as this host; --profile measures this host anyway)")
     table = LatencyTable.load(table_csv)
     table.check_space(net.space)
     timings["table_s"] = time.time() - t

@@ -128,8 +128,6 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
             "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}
 
 
-
-
 def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel]], pop: int, gens: int,
                     seed: int = 0, bits: Sequence[int] | None = None, progress=None,
                     force: bool = False) -> tuple[ParetoSet, dict | None]:
