@@ -32,6 +32,9 @@ def modules() -> dict[str, Path]:
     return out
 
 
+MODULES = modules()
+
+
 def imports(name: str, path: Path, top_level_only: bool = False) -> set[str]:
     """Our modules that ``name`` imports (anywhere in it, or only at module level)."""
     tree = ast.parse(path.read_text())
@@ -49,11 +52,7 @@ def imports(name: str, path: Path, top_level_only: bool = False) -> set[str]:
                 base = ".".join(parts + ([node.module] if node.module else []))
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
-    known = modules()
-    return {m for m in found if m in known and m != name and m.split(".")[0] in OURS}
-
-
-MODULES = modules()
+    return {m for m in found if m in MODULES and m != name and m.split(".")[0] in OURS}
 
 
 def test_floors_are_what_the_layout_says():
