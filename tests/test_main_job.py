@@ -18,7 +18,9 @@ def _qfa(*args, timeout=540):
 @pytest.mark.slow
 def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     run = tmp_path / "run"
-    r = _qfa("run", "--tiny", "--run", str(run), "--json")
+    # --allow-over-budget: whether this host meets the budget depends on its speed today (CI's
+    # machines differ); the summary must say which, and the over-budget path is tested below
+    r = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget")
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
     # a valid .tflite that the interpreter runs, with its sidecar
@@ -36,7 +38,7 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert Path(s["pareto_png"]).stat().st_size > 1000 and Path(s["pareto_csv"]).exists()
     assert s["measured_latency_ms"] > 0 and s["within_budget"] == (s["measured_latency_ms"] <= s["budget_ms"])
     # rerun resumes: no training, no labelling, the saved Pareto set answers
-    r2 = _qfa("run", "--tiny", "--run", str(run), "--json")
+    r2 = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
