@@ -15,11 +15,11 @@ import numpy as np
 
 from export.targets import TARGETS
 from hw.build import build, write_model
-from hw.table import LatencyTable, TableError, append_row, fit_correction
+from hw.table import LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
 from hw.transport import Transport
-from qfa.core.fileio import atomic_write
+from qfa.core.fileio import atomic_write, drop_partial_tail
 
-__all__ = ["ProfileJob", "profile", "estimate", "validate", "probe_specs"]
+__all__ = ["ProfileJob", "profile", "estimate", "validate", "probe_specs", "end_progress"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,24 @@ class ProfileJob:
     estimate: int | None = None
     out_dir: Path = Path("latency_tables")
     json: bool = False                          # machine-readable output: no progress lines
+
+
+_open_line = False
+
+
+def _progress(msg: str) -> None:
+    """Rewrite the progress line on stderr."""
+    global _open_line
+    print(f"\r{msg}", end="", file=sys.stderr, flush=True)
+    _open_line = True
+
+
+def end_progress() -> None:
+    """End an open progress line, so that whatever is printed next (an error) has its own line."""
+    global _open_line
+    if _open_line:
+        print(file=sys.stderr, flush=True)
+        _open_line = False
 
 
 def _resolutions(job: ProfileJob, space) -> list[int]:
@@ -68,16 +86,18 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     out = Path(job.out_dir) / f"{job.device}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_path = out.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_meta(meta_path) if meta_path.exists() else {}
     if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
                  or meta.get("threads") != job.threads):
         raise TableError(f"{out} holds measurements of another space/target/thread count "
                          f"({meta.get('space')}/{meta.get('target')}/{meta.get('threads')} threads): use another --device name")
     done = set()
     if out.exists():
-        import csv
-        with open(out, newline="") as f:
-            done = {r["key"] for r in csv.DictReader(f)}
+        cut = drop_partial_tail(out)  # a crash mid-write: the half row goes, its entry is measured again
+        if cut:
+            print(f"profile: dropped a half-written last row of {out} ({len(cut)} bytes); measuring it again",
+                  file=sys.stderr)
+        done = set(read_rows(out)[0])
     facts = transport.facts()
     meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "target": target.name,
                  "threads": job.threads, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
@@ -97,8 +117,7 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
 
     def built(i: int, n: int) -> None:
         if not job.json:
-            print(f"\rprofile: built models of {i}/{n} shapes ({job.jobs} jobs), {time.time() - t0:.0f}s",
-                  end="", file=sys.stderr, flush=True)
+            _progress(f"profile: built models of {i}/{n} shapes ({job.jobs} jobs), {time.time() - t0:.0f}s")
     paths = build(todo, target, job.jobs, progress=built)
     n_new = 0
     for i, spec in enumerate(todo):
@@ -108,10 +127,9 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
             done.add(en.key)
             n_new += 1
         if not job.json:
-            print(f"\rprofile: measured {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
-                  f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
-    if not job.json:
-        print(file=sys.stderr)
+            _progress(f"profile: measured {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
+                      f"{time.time() - t0:.0f}s")
+    end_progress()
     if job.calib_subnets and "calibration" not in meta:
         x, meas = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1, extremes=True)
         meta["calibration"] = fit_correction(x, meas)

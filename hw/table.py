@@ -9,8 +9,11 @@ profiling time on whole subnets measured end to end (plain sum when none were me
 from __future__ import annotations
 
 import csv
-import json
+import io
+import math
 import os
+import re
+import sys
 from itertools import product
 from pathlib import Path
 from typing import Sequence
@@ -18,12 +21,14 @@ from typing import Sequence
 import numpy as np
 
 from export.targets import TARGETS, Target
-from qfa.core.fileio import append_csv_row
-from qfa.core.space import SearchSpace, SubnetSpec, get_space
+from qfa.core.conventions import one_line
+from qfa.core.fileio import append_csv_row, strict_json
+from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space
 
 from hw.entries import TOKENS, Entry, entries, token
 
-__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "append_row", "clamped"]
+__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "append_row", "clamped",
+           "read_meta", "read_rows"]
 
 
 def clamped(spec: SubnetSpec) -> int:
@@ -36,6 +41,89 @@ FEATURES = ("sum_us", "1", "pieces", "clamped_convs")  # of the fitted correctio
 
 class TableError(ValueError):
     """A latency table that cannot be used (missing, malformed, other space, missing entry)."""
+
+
+_TOK = "(?:i8c?|i4c?)"
+KEY = re.compile(rf"(stem|first|mb|head)\|s[0-9]{{1,2}}p[01]\|r[0-9]{{1,4}}\|[0-9]{{1,4}}x[0-9]{{1,4}}x[0-9]{{1,5}}>[0-9]{{1,5}}"
+                 rf"\|k[0-9]{{1,2}}\|m[0-9]{{1,5}}\|st[12]\|[a-z]{{1,12}}\|se[01]\|sk[01]\|{_TOK}(?:/{_TOK}){{0,2}}", re.ASCII)
+_META_TYPES = {"space": str, "space_hash": str, "target": str, "device": str, "overhead_us": (int, float),
+               "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list}
+
+
+def _bad(path: Path, where: str, why: str) -> TableError:
+    return TableError(f"{path}: {where}: {one_line(why, 200)}")
+
+
+def read_meta(path: Path) -> dict:
+    """A table's JSON metadata, validated (types, known target, finite numbers)."""
+    try:
+        meta = strict_json(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise _bad(path, "metadata", "not UTF-8 text") from None
+    except ValueError as e:
+        raise _bad(path, "metadata", f"malformed JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "metadata", "must be a JSON object")
+    for k in ("space", "space_hash"):
+        if k not in meta:
+            raise _bad(path, f"field {k!r}", "missing")
+    for k, t in _META_TYPES.items():
+        if k in meta and (not isinstance(meta[k], t) or isinstance(meta[k], bool)):
+            raise _bad(path, f"field {k!r}", f"must be {getattr(t, '__name__', 'a number')}, got {meta[k]!r}")
+    if meta.get("target", "tflite-int8") not in TARGETS:
+        raise _bad(path, "field 'target'", f"unknown target {meta['target']!r}; known: {', '.join(sorted(TARGETS))}")
+    if not 0 <= meta.get("overhead_us", 0) < 1e9:
+        raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
+    if meta.get("threads", 1) < 1:
+        raise _bad(path, "field 'threads'", f"must be >= 1, got {meta['threads']}")
+    if not all(type(r) is int for r in meta.get("resolutions", [])):
+        raise _bad(path, "field 'resolutions'", f"must be a list of integers, got {meta['resolutions']!r}")
+    if "calibration" in meta:
+        coef = meta["calibration"].get("coef")
+        if (not isinstance(coef, list) or len(coef) != len(FEATURES)
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coef)):
+            raise _bad(path, "field 'calibration.coef'", f"must be {len(FEATURES)} numbers ({', '.join(FEATURES)}), "
+                       f"got {coef!r}")
+    return meta
+
+
+def read_rows(path: Path) -> tuple[dict[str, float], bytes]:
+    """``{key: median_us}`` of a table CSV, and the bytes of a half-written last row (dropped,
+    b"" if none). Each row needs a key of :data:`KEY`'s grammar, seen once, and a finite
+    median_us > 0."""
+    raw = path.read_bytes()
+    dropped = b""
+    if raw and not raw.endswith(b"\n"):
+        cut = raw.rfind(b"\n") + 1
+        raw, dropped = raw[:cut], raw[cut:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _bad(path, f"byte {e.start}", "not UTF-8 text (not a latency table)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        names = reader.fieldnames
+        if names is None or not {"key", "median_us"} <= set(names):
+            raise _bad(path, "header", f"not a latency table (columns {names}; need key and median_us)")
+        rows: dict[str, float] = {}
+        for n, r in enumerate(reader, start=2):
+            if None in r or None in r.values():
+                raise _bad(path, f"row {n}", f"has {len(r.get(None) or ()) + len(names)} fields, the header {len(names)}")
+            key = r["key"]
+            if not KEY.fullmatch(key):
+                raise _bad(path, f"row {n} field 'key'", f"not a table key: {key!r}")
+            if key in rows:
+                raise _bad(path, f"row {n} field 'key'", f"{key} appears twice")
+            try:
+                v = float(r["median_us"])
+            except ValueError:
+                v = float("nan")
+            if not (math.isfinite(v) and 0 < v < 1e9):
+                raise _bad(path, f"row {n} field 'median_us'", f"must be a finite latency > 0 us, got {r['median_us']!r}")
+            rows[key] = v
+    except csv.Error as e:
+        raise _bad(path, f"line {reader.line_num}", f"unreadable CSV ({e})") from None
+    return rows, dropped
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -55,28 +143,31 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """Load ``NAME.csv`` (+ ``NAME.json`` beside it) and validate schema and space."""
+        """Load ``NAME.csv`` (+ ``NAME.json`` beside it), validated: the metadata's fields and
+        types, the space, every row's key grammar and a finite latency > 0. A last row cut off
+        mid-write is dropped with a warning on stderr; anything else wrong is a TableError
+        naming the file, row and field."""
         p = Path(path)
         if p.suffix != ".csv":
             p = p.with_suffix(".csv")
         if not p.is_file() or not p.with_suffix(".json").is_file():
             raise TableError(f"latency table not found: {p} (and {p.with_suffix('.json').name} beside it)")
-        try:
-            meta = json.loads(p.with_suffix(".json").read_text())
-            with open(p, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or not {"key", "median_us"} <= set(reader.fieldnames):
-                    raise TableError(f"{p}: not a latency table (columns {reader.fieldnames})")
-                rows = {r["key"]: float(r["median_us"]) for r in reader}
-        except (json.JSONDecodeError, ValueError, KeyError) as e:
-            raise TableError(f"{p}: unreadable latency table ({e})") from None
+        meta = read_meta(p.with_suffix(".json"))
         try:
             space = get_space(meta["space"], meta.get("space_bits"))
-        except Exception as e:  # noqa: BLE001 - unknown space name etc.
-            raise TableError(f"{p}: unknown search space in metadata ({e})") from None
-        if space.hash != meta.get("space_hash"):
-            raise TableError(f"{p}: measured for space hash {meta.get('space_hash')}, but {meta['space']!r} is "
+        except SpecError as e:
+            raise TableError(f"{p.with_suffix('.json')}: unknown search space in metadata ({e})") from None
+        if space.hash != meta["space_hash"]:
+            raise TableError(f"{p}: measured for space hash {meta['space_hash']!r}, but {meta['space']!r} is "
                              f"now {space.hash}: re-profile")
+        bad = [r for r in meta.get("resolutions", []) if r not in space.resolutions]
+        if bad:
+            raise TableError(f"{p.with_suffix('.json')}: field 'resolutions' holds {bad}, not resolutions of "
+                             f"space {space.name!r} {list(space.resolutions)}")
+        rows, dropped = read_rows(p)
+        if dropped:
+            print(f"warning: {p}: dropped a half-written last row ({len(dropped)} bytes, a cut-off write; "
+                  "profiling again measures it)", file=sys.stderr)
         return cls(rows, meta, space)
 
     @property

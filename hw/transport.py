@@ -9,6 +9,7 @@ list; no shell string is built from user input. ssh uses the user's own ssh conf
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import subprocess
@@ -98,7 +99,13 @@ class Transport:
     def parse(self, out: str, paths: list[Path]) -> list[dict]:
         """One timing row (median_us, p10_us, p90_us, count, cv) per model of ``out``:
         the runner's JSON lines by default."""
-        rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        try:
+            rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        except ValueError:
+            raise TransportError(f"runner on {self.target} printed unreadable results") from None
+        fields = ("median_us", "p10_us", "p90_us", "count", "cv")
+        if not all(isinstance(r, dict) and all(isinstance(r.get(f), (int, float)) for f in fields) for r in rows):
+            raise TransportError(f"runner on {self.target} printed results without {', '.join(fields)}")
         if len(rows) != len(paths):
             raise TransportError(f"runner on {self.target} returned {len(rows)} of {len(paths)} results")
         return rows
@@ -115,7 +122,11 @@ class Transport:
             self.connect()
             self.connected = True
         self.push(paths)
-        return self.parse(self.run(paths), paths)
+        rows = self.parse(self.run(paths), paths)
+        bad = [r["median_us"] for r in rows if not (math.isfinite(r["median_us"]) and r["median_us"] > 0)]
+        if bad:  # nothing impossible reaches a table
+            raise TransportError(f"runner on {self.target} reported impossible latencies {bad[:3]} us")
+        return rows
 
 
 def _run(cmd: list[str], timeout: float, what: str) -> str:
@@ -240,9 +251,12 @@ class ADB(Transport):
         serial = target.split(":", 1)[1] if ":" in target else None
         _check(serial, _SERIAL, "adb serial", "letters, digits and ._:-")
         bm = cfg.runtime.split(":", 1)[1] if cfg.runtime.startswith("benchmark_model:") else ""
-        if not bm or not Path(bm).is_file():
-            raise TransportError("adb needs --runtime benchmark_model:PATH (the LiteRT benchmark_model binary "
-                                 "for the phone's ABI; no pip package ships it)")
+        if not bm:
+            raise BadTarget("adb needs --runtime benchmark_model:PATH (the LiteRT benchmark_model binary "
+                            "for the phone's ABI; no pip package ships it)")
+        if not Path(bm).is_file():
+            raise BadTarget(f"--runtime benchmark_model:{bm}: no such file (the LiteRT benchmark_model binary for "
+                            "the phone's ABI)")
         self.base = ["adb", *(["-s", serial] if serial else [])]
         self.bm = Path(bm).resolve()  # absolute: a name that starts with '-' is no option to adb
 

@@ -102,7 +102,17 @@ def test_hash_is_stable_across_processes_and_sensitive_to_content():
     (lambda d: d["head"].pop(), "head must hold 2 QBits"),
     (lambda d: d.update(space_hash="0" * 16), "spec belongs to space 'fmnist' (0000000000000000)"),
     (lambda d: d.pop("first"), "spec JSON lacks field(s) ['first']"),
-    (lambda d: d["first"].__setitem__(0, "w4"), "malformed spec JSON"),
+    (lambda d: d["first"].__setitem__(0, "w4"), "first[0] must be [w_bits, a_bits], got 'w4'"),
+    # nothing is coerced: numbers are integers, as the spec writes them
+    (lambda d: d.update(resolution=28.5), "resolution must be an integer, got 28.5"),
+    (lambda d: d.update(resolution=28.0), "resolution must be an integer, got 28.0"),
+    (lambda d: d.update(resolution="28"), "resolution must be an integer, got '28'"),
+    (lambda d: d.update(resolution=True), "resolution must be an integer, got true"),
+    (lambda d: d["head"].__setitem__(0, [2.5, 2]), "head[0][0] must be an integer, got 2.5"),
+    (lambda d: d["head"].__setitem__(0, ["8", 8]), "head[0][0] must be an integer, got '8'"),
+    (lambda d: d["stages"].__setitem__(0, 5), "stages[0] must be a list, got a number 5"),
+    (lambda d: d["stages"][0].__setitem__(0, [3]), "stages[0][0] must be an object with kernel, expand and bits"),
+    (lambda d: d.update(extra=1), "unknown field(s) 'extra'"),
 ])
 def test_invalid_specs_name_the_field(mutate, message):
     s = get_space("fmnist")
@@ -126,7 +136,7 @@ def test_malformed_text():
     s = get_space("fmnist")
     for text, msg in [("{not json", "malformed spec JSON"), ("r28 b0=w4a4-w4a4", "lacks 'head'"),
                       ("r28 b0=w4x4-w4a4 s1=k3e3_w4a4-w4a4-w4a4 s2=k3e3_w4a4-w4a4-w4a4 s3=k3e3_w4a4-w4a4-w4a4 "
-                       "head=w4a4-w4a4", "cannot read precision 'w4x4'"), ("[1, 2]", "cannot read")]:
+                       "head=w4a4-w4a4", "cannot read precision 'w4x4'"), ("[1, 2]", "spec JSON must be an object, got a list")]:
         with pytest.raises(SpecError, match=msg.replace("(", r"\(").replace("[", r"\[")):
             s.parse(text)
 
@@ -172,3 +182,28 @@ def test_blockspec_and_spec_are_immutable():
     with pytest.raises(Exception):
         spec.stages[0][0].kernel = 5
     assert isinstance(spec.stages[0][0], BlockSpec)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"resolution": 1e400}', "number 1e400 is out of range"),
+    ('{"resolution": Infinity}', "Infinity is not a number"),
+    ('{"resolution": ' + "9" * 4300 + "}", "has 4300 digits"),
+    ("[" * 100_000, "nested too deeply"),
+    ('{"resolution": 28, "resolution": 24}', "key 'resolution' appears twice"),
+    ("r\uff12\uff18 b0=w8a8-w8a8", "cannot read 'r\uff12\uff18'"),  # fullwidth digits are not digits here
+    ("r28 r24 b0=w8a8-w8a8", "gives the resolution twice"),
+    ("r28 b0=w8a8-w8a8 b0=w4a4-w4a4", "gives b0 twice"),
+    ("r28 s1=k3e3_w8a8-w8a8-w8a8 s1=k3e3_w8a8-w8a8-w8a8", "gives s1 twice"),
+    ("r28 b0=w8.0a8-w8a8 s1=k3e3_w8a8-w8a8-w8a8 s2=k3e3_w8a8-w8a8-w8a8 s3=k3e3_w8a8-w8a8-w8a8 head=w8a8-w8a8",
+     "cannot read precision 'w8.0a8'"),
+])
+def test_spec_text_is_read_strictly(text, message):
+    with pytest.raises(SpecError) as e:
+        get_space("fmnist").parse(text)
+    assert message in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_a_bom_and_surrounding_space_are_not_part_of_the_spec():
+    s = get_space("fmnist")
+    spec = s.max_spec(bits=4)
+    assert s.parse("\ufeff " + str(spec) + "\n") == spec == s.parse("\ufeff" + spec.dumps())

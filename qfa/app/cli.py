@@ -1,8 +1,9 @@
 """The ``qfa`` command line. Thin: each command parses, calls the library, prints.
 
 Conventions: ``--json`` prints exactly one JSON object (or JSON lines for streams) on stdout;
-human tables otherwise. Errors are one line on stderr: exit 1 for a failed operation, 2 for
-bad usage or input. Set QFA_DEBUG=1 for tracebacks.
+human tables otherwise. Errors are one line on stderr with the exit statuses of
+:data:`qfa.core.conventions.EXIT_STATUS_HELP` (1 failed operation or device, 2 bad input, 3 a
+bug). Set QFA_DEBUG=1 for tracebacks.
 """
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
+from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, number, run_guarded
 from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, list_spaces
 
 __all__ = ["main", "CLIError", "load_spec"]
+
+_EPILOG = textwrap.fill(EXIT_STATUS_HELP, 100)
+MIN_POP = 4  # NSGA-II's first population holds the min and max subnets and at least two random ones
 
 
 class CLIError(Exception):
@@ -27,16 +33,33 @@ class CLIError(Exception):
 
 
 def load_spec(space: SearchSpace, text: str) -> SubnetSpec:
-    """A spec from a JSON file path, JSON text or the compact form."""
-    p = Path(text)
-    if not text.lstrip().startswith("{") and ("/" in text or text.endswith(".json")):
-        if not p.is_file():
+    """A spec from JSON text, a file holding JSON or compact text (UTF-8, a BOM allowed), or the
+    compact form itself. An argument is a file if it names one, or looks like a path."""
+    looks_like_path = "/" in text or text.endswith((".json", ".txt"))
+    if not text.lstrip().startswith(("{", "[")):
+        try:
+            is_file = Path(text).is_file()
+        except (OSError, ValueError):  # a name too long for the OS, a NUL byte: not a file
+            is_file = False
+        if is_file:
+            try:
+                raw = Path(text).read_bytes()[:4_000_001]
+                text = raw.decode("utf-8-sig")
+            except OSError as e:
+                raise CLIError(f"cannot read spec file {text}: {e.strerror}", 2) from None
+            except UnicodeDecodeError:
+                raise CLIError(f"spec file {text} is not UTF-8 text (a spec is JSON or compact text)", 2) from None
+        elif looks_like_path:
             raise CLIError(f"spec file not found: {text}", 2)
-        text = p.read_text()
     try:
         return space.parse(text)
     except SpecError as e:
         raise CLIError(f"invalid spec: {e}", 2) from None
+
+
+def bit_list(text: str) -> tuple[int, ...]:
+    """argparse type of ``--bits``: comma-separated integers, e.g. ``2,4,8`` or ``8,32``."""
+    return tuple(integer(1, 32)(part) for part in text.split(","))
 
 
 def _emit(args: argparse.Namespace, obj: dict, human: Callable[[], None]) -> None:
@@ -103,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from dataclasses import replace
     from qfa.nn.checkpoint import CheckpointError
     from qfa.nn.data import DataError
-    from qfa.app.main_job import TINY, JobConfig, main_job, print_summary
+    from qfa.app.main_job import TINY, JobConfig, JobError, main_job, print_summary
     from hw.table import TableError
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
     if args.table:
@@ -120,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         summary = main_job(cfg)
     except (CheckpointError, TableError, DataError) as e:
         raise CLIError(str(e), 2) from None
+    except JobError as e:
+        raise CLIError(str(e), e.code) from None
     _emit(args, summary, lambda: print_summary(summary))
 
 
@@ -147,10 +172,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, overrides)
         trainer = Trainer(cfg, out, resume=args.resume, init_float=args.init_float, progress=not args.json)
         result = trainer.run()
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         raise CLIError(str(e), 2) from None
-    except CheckpointError as e:
-        raise CLIError(str(e), 1) from None
     if trainer.dist.main:
         _emit(args, result, lambda: print(f"trained {result['step']}/{result['total_steps']} steps; "
                                           f"checkpoint {result['checkpoint']}"))
@@ -204,18 +227,30 @@ def _load_net(path: str):
         raise CLIError(f"checkpoint not found: {path}", 2) from None
 
 
+def _output(path: str, suffix: str, flag: str) -> Path:
+    """An output file the user named, checked before any work: the right suffix, an existing
+    writable folder (none is created), not a folder itself."""
+    out = Path(path)
+    if out.suffix != suffix:
+        raise CLIError(f"{flag} must end in {suffix}: {path}", 2)
+    try:
+        if out.is_dir():
+            raise CLIError(f"{flag} {path} is a folder; name the file to write", 2)
+        if not out.parent.is_dir():
+            raise CLIError(f"{flag}: folder {out.parent}/ does not exist (create it first)", 2)
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: {e.strerror}", 2) from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise CLIError(f"{flag}: cannot write to {out} (permission denied)", 2)
+    return out
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from qfa.nn.data import DataError, make_datasets
     from export.deploy import export_subnet, verify_tflite
-    out = Path(args.out)
-    if out.suffix != ".tflite":
-        raise CLIError(f"--out must end in .tflite: {args.out}", 2)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"cannot create {out.parent}/: {e.strerror}", 2) from None
-    if not os.access(out.parent, os.W_OK):
-        raise CLIError(f"cannot write to {out.parent}/ (not writable)", 2)
+    out = _output(args.out, ".tflite", "--out")
+    if args.onnx:
+        _output(args.onnx, ".onnx", "--onnx")
     net = _load_net(args.checkpoint)
     if (args.spec is None) == (args.pareto is None):
         raise CLIError("give exactly one of --spec or --pareto/--index", 2)
@@ -234,8 +269,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         data = make_datasets(args.data, spec.resolution)
     except DataError as e:
         raise CLIError(str(e), 2) from None
-    if args.onnx and not args.onnx.endswith(".onnx"):
-        raise CLIError(f"--onnx must end in .onnx: {args.onnx}", 2)
     from export.onnx2tf_path import Onnx2tfError
     try:
         res = export_subnet(net, spec, data, out, args.target, _calib_images(args), uint8_io=args.uint8,
@@ -320,7 +353,7 @@ def _warn_other_machine(table_csv: Path) -> None:
     from hw.transport import host_mismatch
     try:
         mismatch = host_mismatch(json.loads(table_csv.with_suffix(".json").read_text()))
-    except (OSError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - a broken table is reported where it is loaded
         return  # a broken table is reported where it is loaded
     if mismatch:
         print(f"qfa search: warning: {table_csv} describes another machine ({'; '.join(mismatch)}); its latencies "
@@ -368,7 +401,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     try:
         best = pset.answer(args.latency_ms, args.max_bytes, args.margin)
     except SearchError as e:
-        raise CLIError(str(e), 1) from None
+        raise CLIError(str(e), 2) from None
     ms = (_time.perf_counter() - t0) * 1000
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
            "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
@@ -386,7 +419,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 # ---- parser ------------------------------------------------------------------------------
 def _add_space_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
-    p.add_argument("--bits", type=lambda s: [int(b) for b in s.split(",")], default=None,
+    p.add_argument("--bits", type=bit_list, default=None,
                    help="override the space's bit choices, e.g. 2,3,4,32 (32 = full precision)")
 
 
@@ -395,10 +428,10 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_calib(p: argparse.ArgumentParser, draws: bool = True) -> None:
-    p.add_argument("--calib-images", type=int, metavar="N",
+    p.add_argument("--calib-images", type=integer(1), metavar="N",
                    help="training images that calibrate each subnet (default: qfa.nn.calibrate's, 8000)")
     if draws:
-        p.add_argument("--calib-draws", type=int, default=1, metavar="K", help="calibrate on K random image draws "
+        p.add_argument("--calib-draws", type=integer(1, 1000), default=1, metavar="K", help="calibrate on K random image draws "
                        "and keep the best on the held-out training split (default 1)")
 
 
@@ -409,15 +442,14 @@ def _calib_images(args: argparse.Namespace) -> int:
 
 def _command(sub, name: str, func: Callable[[argparse.Namespace], None], **kw) -> argparse.ArgumentParser:
     """A subcommand run by ``func``, with --json, whose description keeps its line breaks."""
-    p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+    p = sub.add_parser(name, epilog=_EPILOG, **kw)
     p.set_defaults(func=func)
     p.add_argument("--json", action="store_true", help="print one JSON object (or JSON lines) on stdout")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qfa", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="qfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -426,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples:\n  qfa space --space paper\n  qfa space sample --space fmnist --n 5 --seed 0")
     sp.add_argument("action", nargs="?", default="show", choices=["show", "sample"])
     _add_space_args(sp)
-    sp.add_argument("--n", type=int, default=5, help="number of specs to sample (default 5)")
-    sp.add_argument("--seed", type=int, default=None, help="random seed")
+    sp.add_argument("--n", type=integer(1, 1_000_000), default=5, help="number of specs to sample (default 5)")
+    sp.add_argument("--seed", type=integer(0), default=None, help="random seed")
     sp.add_argument("--compact", action="store_true", help="print the compact text form instead of JSON lines")
 
     cp = _command(sub, "cost", cmd_cost, help="MACs, params, BitOPs, bit-weighted MFLOPs and bytes of a spec",
@@ -450,10 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--act-quant", choices=["bq", "minmax", "lsq"], help="activation quantizer (ablation)")
     tp.add_argument("--data", help="ImageFolder root with train/ and val/ (default: Fashion-MNIST)")
     tp.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    tp.add_argument("--batch-size", type=int)
-    tp.add_argument("--seed", type=int)
-    tp.add_argument("--workers", type=int, help="data-loader worker processes")
-    tp.add_argument("--max-steps", type=int, help="stop after this many steps (a checkpoint is written)")
+    tp.add_argument("--batch-size", type=integer(1))
+    tp.add_argument("--seed", type=integer(0))
+    tp.add_argument("--workers", type=integer(0, 256), help="data-loader worker processes")
+    tp.add_argument("--max-steps", type=integer(1), help="stop after this many steps (a checkpoint is written)")
     tp.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     tp.add_argument("--channels-last", action="store_true", help="channels-last memory format (much slower for this model's depthwise convs on GPUs; off by default)")
 
@@ -464,10 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--spec", action="append", help="spec (JSON file, JSON text or compact text); repeatable")
     ep.add_argument("--sample", help="specs to sample, comma-separated: max[:B], min[:B], random:N (mixed "
                     "precision) or random:N:B (every conv at B bits)")
-    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--seed", type=integer(0), default=0)
     ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
     _add_calib(ep)
-    ep.add_argument("--test-images", type=int, default=None, help="limit the test images (default: all)")
+    ep.add_argument("--test-images", type=integer(1), default=None, help="limit the test images (default: all)")
 
     from export.targets import TARGETS
     xp = _command(sub, "export", cmd_export, help="export a subnet to an integer .tflite (+ sidecar JSON), optionally verified",
@@ -476,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(xp)
     xp.add_argument("--spec", help="spec (JSON file, JSON text or compact text)")
     xp.add_argument("--pareto", help="a saved Pareto set (JSON lines) to take the spec from")
-    xp.add_argument("--index", type=int, default=0, help="row of --pareto (default 0)")
+    xp.add_argument("--index", type=integer(0), default=0, help="row of --pareto (default 0)")
     xp.add_argument("--out", required=True, help="output .tflite path (a .json sidecar is written beside it)")
     xp.add_argument("--target",
                     choices=sorted(TARGETS),
@@ -490,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--onnx", help="also write the Q/DQ ONNX model here (verified with onnxruntime by --verify)")
     xp.add_argument("--uint8", action="store_true", help="uint8 input/output instead of int8")
     xp.add_argument("--verify", action="store_true", help="run the file on the test set and compare with PyTorch")
-    xp.add_argument("--threshold", type=float, default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
-    xp.add_argument("--test-images", type=int, default=None, help="limit the verification images (default: all)")
+    xp.add_argument("--threshold", type=number(0.0), default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
+    xp.add_argument("--test-images", type=integer(1), default=None, help="limit the verification images (default: all)")
     _add_calib(xp)
     xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
 
@@ -501,30 +533,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  qfa predictor fit --checkpoint runs/fmnist")
     pp.add_argument("action", choices=["collect", "fit"])
     _add_checkpoint(pp)
-    pp.add_argument("--subnets", "--n", dest="n", type=int, default=400,
+    pp.add_argument("--subnets", "--n", dest="n", type=integer(1), default=400,
                     help="subnets to label (collect; default 400; under torchrun spell it --subnets: torchrun "
                          "reads a bare --n as its own --nnodes/--nproc-per-node)")
     pp.add_argument("--data-csv", help="label CSV (default RUN/predictor_data.csv)")
     pp.add_argument("--out", help="predictor file (fit; default RUN/predictor.safetensors)")
     _add_calib(pp, draws=False)
-    pp.add_argument("--eval-images", type=int, help="held-out images per subnet (default all: fewer make noisier labels)")
-    pp.add_argument("--epochs", type=int, default=150, help="MLP training epochs (fit; default 150)")
-    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--eval-images", type=integer(1), help="held-out images per subnet (default all: fewer make noisier labels)")
+    pp.add_argument("--epochs", type=integer(1), default=150, help="MLP training epochs (fit; default 150)")
+    pp.add_argument("--seed", type=integer(0), default=0)
     pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
 
     sp2 = _command(sub, "search", cmd_search, help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2")
     sp2.add_argument("--checkpoint", required=True)
     sp2.add_argument("--table", required=True, help="latency table CSV (with its JSON beside it)")
-    sp2.add_argument("--latency-ms", type=float, required=True, help="latency budget (ms, as the table measures)")
-    sp2.add_argument("--max-bytes", type=float, help="size budget: int8 weight bytes")
-    sp2.add_argument("--margin", type=float, default=0.05, help="keep predicted latency under budget/(1+margin) "
+    sp2.add_argument("--latency-ms", type=number(positive=True), required=True, help="latency budget (ms, as the table measures)")
+    sp2.add_argument("--max-bytes", type=number(positive=True), help="size budget: int8 weight bytes")
+    sp2.add_argument("--margin", type=number(0.0), default=0.05, help="keep predicted latency under budget/(1+margin) "
                      "(default 0.05: the shipped table predicts trained subnets within ~5%%)")
     sp2.add_argument("--predictor", help="predictor file (default RUN/predictor.safetensors)")
-    sp2.add_argument("--pop", type=int, default=500, help="NSGA-II population (default 500)")
-    sp2.add_argument("--gens", type=int, default=200, help="generations (default 200; see bench/search.py)")
-    sp2.add_argument("--seed", type=int, default=0)
-    sp2.add_argument("--bits", type=lambda v: tuple(int(b) for b in v.split(",")),
+    sp2.add_argument("--pop", type=integer(MIN_POP), default=500, help="NSGA-II population (default 500)")
+    sp2.add_argument("--gens", type=integer(1), default=200, help="generations (default 200; see bench/search.py)")
+    sp2.add_argument("--seed", type=integer(0), default=0)
+    sp2.add_argument("--bits", type=bit_list,
                      help="search only these bitwidths, e.g. 8 or 4,8 (default: every trained one)")
     sp2.add_argument("--force", action="store_true", help="search again even if a saved set exists")
 
@@ -542,11 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--checkpoint", help="a trained supernet to use instead of training one")
     rp.add_argument("--table", help="latency table CSV (default: the shipped host table)")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
-    rp.add_argument("--latency-ms", type=float, help="latency budget (default: middle of the front's range)")
-    rp.add_argument("--n-predictor", type=int, help="subnets to label for the predictor (default 60)")
-    rp.add_argument("--pop", type=int, help="NSGA-II population (default 200)")
-    rp.add_argument("--gens", type=int, help="NSGA-II generations (default 100)")
-    rp.add_argument("--test-images", type=int, help="verification images (default: all 10,000)")
+    rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")
+    rp.add_argument("--n-predictor", type=integer(2), help="subnets to label for the predictor (default 60)")
+    rp.add_argument("--pop", type=integer(MIN_POP), help="NSGA-II population (default 200)")
+    rp.add_argument("--gens", type=integer(1), help="NSGA-II generations (default 100)")
+    rp.add_argument("--test-images", type=integer(1), help="verification images (default: all 10,000)")
     rp.add_argument("--allow-over-budget", action="store_true", help="keep the shipped model even when it measures "
                     "over the budget here (by default that is an error, exit status 1)")
     rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")
@@ -558,24 +590,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["profile"]:
         from hw.profile import main as profile_main
         return profile_main(argv[1:], prog="qfa profile")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
         args.func(args)
         return 0
-    except CLIError as e:
-        print(f"qfa {args.command}: error: {e}", file=sys.stderr)
-        return e.code
-    except (SpecError, ValueError, FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("QFA_DEBUG"):
-            raise
-        print(f"qfa {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"qfa {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    return run_guarded(f"qfa {args.command}", body, (CLIError, SpecError))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,12 @@ DEFAULT_TABLE = shipped("host-x86_64-1t-hswish-decomposed")
 
 
 class JobError(RuntimeError):
-    """A step of the main job failed (reported as one line)."""
+    """A step of the main job failed (one line; ``code`` 1: the machine or the result failed,
+    2: the input cannot work, e.g. an infeasible budget)."""
+
+    def __init__(self, msg: str, code: int = 1) -> None:
+        super().__init__(msg)
+        self.code = code
 
 
 @dataclass
@@ -107,7 +112,7 @@ def main_job(cfg: JobConfig) -> dict:
                             str(table_csv.parent), "--space", net.space.name,
                             "--deploy", given.target.name])
         if r.returncode:
-            raise JobError("profiling the host failed (see above)")
+            raise JobError("profiling the host failed (see above)", r.returncode)
     else:
         facts = given.meta.get("device_facts", {})
         _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
@@ -149,7 +154,7 @@ def main_job(cfg: JobConfig) -> dict:
     try:
         best = pset.answer(budget, margin=cfg.margin)
     except SearchError as e:
-        raise JobError(str(e)) from None
+        raise JobError(str(e), 2) from None
     spec = net.space.parse(json.dumps(best["spec"]))
     _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec}")
     timings["search_s"] = time.time() - t

@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from qfa.core.fileio import strict_json
+
 __all__ = [
     "FP", "QBits", "StageDef", "BlockSpec", "SubnetSpec", "SearchSpace", "SpecError",
     "make_divisible", "mid_channels", "get_space", "list_spaces",
@@ -39,6 +41,41 @@ FP = 32  # "bitwidth" that means full precision (float32, no quantizer)
 
 class SpecError(ValueError):
     """A spec or space that is malformed or does not belong to the space it claims."""
+
+
+def _show(v: Any, limit: int = 60) -> str:
+    """A user's value in a message: its JSON/repr, cut short."""
+    try:
+        t = json.dumps(v) if not isinstance(v, str) else repr(v)
+    except (TypeError, ValueError):
+        t = repr(v)
+    return t if len(t) <= limit else t[: limit - 3] + "..."
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def _int(v: Any, where: str) -> int:
+    if type(v) is not int:
+        raise SpecError(f"{where} must be an integer, got {_show(v)}")
+    return v
+
+
+def _list(v: Any, where: str) -> list:
+    if not isinstance(v, list):
+        raise SpecError(f"{where} must be a list, got {_kind(v)} {_show(v)}")
+    return v
+
+
+def _qbits_list(v: Any, where: str) -> tuple["QBits", ...]:
+    out = []
+    for i, q in enumerate(_list(v, where)):
+        if not isinstance(q, list) or len(q) != 2:
+            raise SpecError(f"{where}[{i}] must be [w_bits, a_bits], got {_show(q)}")
+        out.append(QBits(_int(q[0], f"{where}[{i}][0]"), _int(q[1], f"{where}[{i}][1]")))
+    return tuple(out)
 
 
 class QBits(NamedTuple):
@@ -369,64 +406,71 @@ class SearchSpace:
 
     # ---- construction -----------------------------------------------------------------
     def spec_from_json(self, data: dict | str) -> SubnetSpec:
-        """Build a spec from its JSON (dict or text); the space name and hash must match."""
+        """Build a spec from its JSON (dict or text); the space name and hash must match.
+        Strict: every number an integer (not ``8.0`` or ``"8"``), no unknown fields."""
         if isinstance(data, str):
             try:
-                data = json.loads(data)
-            except json.JSONDecodeError as e:
-                raise SpecError(f"malformed spec JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+                data = strict_json(data)
+            except ValueError as e:
+                raise SpecError(f"malformed spec JSON: {e}") from None
         if not isinstance(data, dict):
-            raise SpecError(f"spec JSON must be an object, got {type(data).__name__}")
+            raise SpecError(f"spec JSON must be an object, got {_kind(data)}")
         missing = [k for k in ("resolution", "first", "stages", "head") if k not in data]
         if missing:
             raise SpecError(f"spec JSON lacks field(s) {missing}")
+        unknown = sorted(set(data) - {"space", "space_hash", "resolution", "first", "stages", "head"})
+        if unknown:
+            raise SpecError(f"spec JSON has unknown field(s) {', '.join(_show(k) for k in unknown)}")
         name, h = data.get("space", self.name), data.get("space_hash", self.hash)
         if name != self.name or h != self.hash:
-            raise SpecError(f"spec belongs to space {name!r} ({h}), not {self.name!r} ({self.hash})")
-        try:
-            stages = tuple(tuple(BlockSpec(int(b["kernel"]), int(b["expand"]),
-                                           tuple(QBits(*map(int, q)) for q in b["bits"]))
-                                 for b in st) for st in data["stages"])
-            return SubnetSpec(self, int(data["resolution"]),
-                              tuple(QBits(*map(int, q)) for q in data["first"]), stages,
-                              tuple(QBits(*map(int, q)) for q in data["head"]))
-        except SpecError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise SpecError(f"malformed spec JSON: {type(e).__name__}: {e}") from None
+            raise SpecError(f"spec belongs to space {_show(name)} ({h if isinstance(h, str) else _show(h)}), not {self.name!r} ({self.hash})")
 
-    _QB = re.compile(r"^w(\d+|f)a(\d+|f)$")
-    _BLK = re.compile(r"^k(\d+)e(\d+)_(.+)$")
+        def block(b: Any, where: str) -> BlockSpec:
+            if not isinstance(b, dict) or set(b) != {"kernel", "expand", "bits"}:
+                raise SpecError(f"{where} must be an object with kernel, expand and bits, got {_show(b)}")
+            return BlockSpec(_int(b["kernel"], f"{where}.kernel"), _int(b["expand"], f"{where}.expand"),
+                             _qbits_list(b["bits"], f"{where}.bits"))
+        stages = tuple(tuple(block(b, f"stages[{si}][{bi}]") for bi, b in enumerate(_list(st, f"stages[{si}]")))
+                       for si, st in enumerate(_list(data["stages"], "stages")))
+        return SubnetSpec(self, _int(data["resolution"], "resolution"), _qbits_list(data["first"], "first"),
+                          stages, _qbits_list(data["head"], "head"))
+
+    _QB = re.compile(r"w([0-9]{1,2}|f)a([0-9]{1,2}|f)", re.ASCII)
+    _BLK = re.compile(r"k([0-9]{1,2})e([0-9]{1,2})_(.+)", re.ASCII)
 
     def _parse_bits(self, text: str, where: str) -> tuple[QBits, ...]:
         out = []
         for tok in text.split("-"):
-            m = self._QB.match(tok)
+            m = self._QB.fullmatch(tok)
             if not m:
-                raise SpecError(f"{where}: cannot read precision {tok!r}; expected like 'w4a4' or 'wfaf'")
+                raise SpecError(f"{where}: cannot read precision {_show(tok)}; expected like 'w4a4' or 'wfaf'")
             out.append(QBits(*(FP if g == "f" else int(g) for g in m.groups())))
         return tuple(out)
 
     def parse(self, text: str) -> SubnetSpec:
         """Parse a spec from JSON text or from the compact form (see module docstring)."""
-        text = text.strip()
-        if text.startswith("{"):
+        text = text.strip().lstrip("\ufeff").strip()
+        if text.startswith(("{", "[", '"')):  # JSON (of the wrong kind, unless an object)
             return self.spec_from_json(text)
-        fields = dict.fromkeys(["r", "b0", "head"])
+        if len(text) > 100_000:
+            raise SpecError(f"compact spec of {len(text):,} characters is too long")
+        fields: dict[str, str | None] = dict.fromkeys(["r", "b0", "head"])
         stages: dict[int, str] = {}
         for tok in text.split():
-            if re.match(r"^r\d+$", tok):
-                fields["r"] = tok[1:]
-                continue
-            key, sep, val = tok.partition("=")
+            m = re.fullmatch(r"r([0-9]{1,5})", tok, re.ASCII)
+            key, sep, val = ("r", "=", m[1]) if m else tok.partition("=")
             if not sep:
-                raise SpecError(f"cannot read {tok!r} in compact spec; expected rR, b0=, sN= or head=")
-            if re.match(r"^s\d+$", key):
+                raise SpecError(f"cannot read {_show(tok)} in compact spec; expected rR, b0=, sN= or head=")
+            if re.fullmatch(r"s[0-9]{1,2}", key, re.ASCII):
+                if int(key[1:]) in stages:
+                    raise SpecError(f"compact spec gives {key} twice")
                 stages[int(key[1:])] = val
-            elif key in ("b0", "head"):
+            elif key in fields:
+                if fields[key] is not None:
+                    raise SpecError(f"compact spec gives {'the resolution' if key == 'r' else key} twice")
                 fields[key] = val
             else:
-                raise SpecError(f"unknown key {key!r} in compact spec; expected b0, s1..s{len(self.stages)}, head")
+                raise SpecError(f"unknown key {_show(key)} in compact spec; expected b0, s1..s{len(self.stages)}, head")
         for k, v in fields.items():
             if v is None:
                 raise SpecError(f"compact spec lacks '{k}'")
@@ -436,9 +480,9 @@ class SearchSpace:
         for si in sorted(stages):
             st = []
             for bt in stages[si].split(","):
-                m = self._BLK.match(bt)
+                m = self._BLK.fullmatch(bt)
                 if not m:
-                    raise SpecError(f"s{si}: cannot read block {bt!r}; expected like 'k5e4_w4a4-w4a4-w4a4'")
+                    raise SpecError(f"s{si}: cannot read block {_show(bt)}; expected like 'k5e4_w4a4-w4a4-w4a4'")
                 st.append(BlockSpec(int(m[1]), int(m[2]), self._parse_bits(m[3], f"s{si}")))
             blocks.append(tuple(st))
         return SubnetSpec(self, int(fields["r"]), self._parse_bits(fields["b0"], "b0"), tuple(blocks),

@@ -67,7 +67,16 @@ class ParetoSet:
     @classmethod
     def load(cls, base: Path) -> "ParetoSet":
         p = base.with_suffix(".jsonl")
-        return cls([json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()])
+        try:
+            rows = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+            ok = rows and all(isinstance(r, dict) and isinstance(r.get("latency_ms"), (int, float))
+                              and isinstance(r.get("top1"), (int, float)) and isinstance(r.get("bytes"), int)
+                              for r in rows)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise SearchError(f"saved Pareto set {p} is unreadable or empty: pass --force to search again")
+        return cls(rows)
 
     @staticmethod
     def spec_at(space, path: Path, index: int):
@@ -93,9 +102,9 @@ class ParetoSet:
             fastest = min(self.rows, key=lambda r: r["latency_ms"])
             smallest = min(self.rows, key=lambda r: r["bytes"])
             msg = (f"no subnet meets {latency_ms:g} ms" + (f" with a {margin:.0%} margin" if margin else "")
-                   + (f" and {max_bytes:,.0f} bytes" if max_bytes else "") +
+                   + (f" and {max_bytes:,.0f} bytes" if max_bytes is not None else "") +
                    f": the fastest achievable on this table is {fastest['latency_ms']:.3f} ms"
-                   + (f", the smallest {smallest['bytes']:,} bytes" if max_bytes else ""))
+                   + (f", the smallest {smallest['bytes']:,} bytes" if max_bytes is not None else ""))
             raise SearchError(msg)
         return max(ok, key=lambda r: (r["top1"], -r["latency_ms"]))
 

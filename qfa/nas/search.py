@@ -123,6 +123,11 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
     g = problem.to_genome(res.X)
     g, idx = np.unique(g, axis=0, return_index=True)
     f = np.atleast_2d(res.F)[idx]
+    priced = np.isfinite(table.predict_many(g))  # a genome the table has no entry for is no answer
+    if not priced.any():
+        raise SearchError("the latency table lacks entries for every subnet the search reached: profile the "
+                          "missing resolutions or precisions (hw/profile.py)")
+    g, f = g[priced], f[priced]
     order = np.argsort(f[:, 1])
     return {"genomes": g[order], "top1": -f[order, 0], "latency_ms": f[order, 1], "bytes": f[order, 2],
             "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}

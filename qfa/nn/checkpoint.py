@@ -45,11 +45,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign / pickled files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable qfa checkpoint ({msg[:160]})") from None
+        raise CheckpointError(f"{path}: not a readable qfa checkpoint ({_why(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a qfa checkpoint (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
     return state
+
+
+def _why(e: Exception) -> str:
+    """torch.load's failure in a few words (its own text runs to paragraphs of advice)."""
+    text = str(e)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds pickled Python objects, which qfa never loads: only tensors and plain data"
+    if "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated, or not a torch file"
+    if "magic number" in text or isinstance(e, EOFError):
+        return "not a torch file"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    first = first.split(". ")[0]
+    return first if len(first) <= 120 else first[:117] + "..."
 
 
 def checkpoint_space(state: dict[str, Any], path: str | os.PathLike = "checkpoint"):

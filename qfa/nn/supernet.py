@@ -157,7 +157,20 @@ class Supernet(QFANet):
         space = checkpoint_space(state, path)
         try:
             net = cls(space, state["act_quant"], float(state.get("dropout", 0.1)))
-            net.load_state_dict(state["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: checkpoint does not hold a usable supernet ({str(e).splitlines()[0][:160]})") from None
+        weights, want = state.get("model"), net.state_dict()
+        if not isinstance(weights, dict):
+            raise CheckpointError(f"{path}: checkpoint holds no weights")
+        missing = [k for k in want if k not in weights]
+        extra = [k for k in weights if k not in want]
+        shapes = [k for k in want if k in weights and getattr(weights[k], "shape", None) != want[k].shape]
+        if missing or extra or shapes:
+            raise CheckpointError(f"{path}: its weights do not fit the search space it names, {space.name!r} "
+                                  f"({space.hash}): {len(missing)} missing, {len(extra)} unexpected, {len(shapes)} of "
+                                  "another shape (a checkpoint of another space, or a damaged one)")
+        try:
+            net.load_state_dict(weights)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: checkpoint does not hold a usable supernet ({str(e).splitlines()[0][:160]})") from None
         net.trained_step = int(state.get("step", 0))
