@@ -76,8 +76,8 @@ def read_meta(path: Path) -> dict:
         raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
     if meta.get("threads", 1) < 1:
         raise _bad(path, "field 'threads'", f"must be >= 1, got {meta['threads']}")
-    if not all(type(r) is int for r in meta.get("resolutions", [])):
-        raise _bad(path, "field 'resolutions'", f"must be a list of integers, got {meta['resolutions']!r}")
+    if not meta.get("resolutions", [0]) or not all(type(r) is int for r in meta.get("resolutions", [])):
+        raise _bad(path, "field 'resolutions'", f"must be a non-empty list of integers, got {meta['resolutions']!r}")
     if "calibration" in meta:
         coef = meta["calibration"].get("coef")
         if (not isinstance(coef, list) or len(coef) != len(FEATURES)
@@ -165,6 +165,8 @@ class LatencyTable:
             raise TableError(f"{p.with_suffix('.json')}: field 'resolutions' holds {bad}, not resolutions of "
                              f"space {space.name!r} {list(space.resolutions)}")
         rows, dropped = read_rows(p)
+        if not rows:
+            raise TableError(f"{p}: holds no measurements: profile it (hw/profile.py)")
         if dropped:
             print(f"warning: {p}: dropped a half-written last row ({len(dropped)} bytes, a cut-off write; "
                   "profiling again measures it)", file=sys.stderr)

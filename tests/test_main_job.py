@@ -42,9 +42,9 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
-    # an infeasible budget: one line naming the fastest latency on the table
+    # an infeasible budget is bad input: one line naming the fastest latency on the table, exit 2
     r3 = _qfa("run", "--tiny", "--run", str(run), "--latency-ms", "0.0001")
-    assert r3.returncode == 1
+    assert r3.returncode == 2
     err = [ln for ln in r3.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert len(err) == 1 and "fastest achievable on this table is" in err[0], r3.stderr[-1000:]
     # a table that promises 10x the speed this host has: the shipped file is measured over the

@@ -171,7 +171,7 @@ def test_bad_checkpoints_and_runs_give_one_clear_line(tmp_path):
     assert r.returncode == 2 and "no checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (run / "last.pt").write_bytes(b"garbage")
     r = subprocess.run(_train_cmd(run, "--resume"), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "not a readable qfa checkpoint" in r.stderr
+    assert r.returncode == 2 and "not a readable qfa checkpoint" in r.stderr
     r = subprocess.run(_train_cmd(run), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "already holds a run" in r.stderr
     assert (run / "last.pt").read_bytes() == b"garbage"  # nothing overwritten

@@ -238,10 +238,13 @@ def _output(path: str, suffix: str, flag: str) -> Path:
             raise CLIError(f"{flag} {path} is a folder; name the file to write", 2)
         if not out.parent.is_dir():
             raise CLIError(f"{flag}: folder {out.parent}/ does not exist (create it first)", 2)
-    except OSError as e:
-        raise CLIError(f"{flag} {path}: {e.strerror}", 2) from None
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise CLIError(f"{flag}: cannot write to {out} (permission denied)", 2)
+        probe = out.parent / f".qfa-write-probe-{os.getpid()}"  # permissions alone do not tell (root, /proc)
+        probe.open("xb").close()
+        probe.unlink()
+        if out.exists() and not os.access(out, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{flag}: cannot write {path} ({getattr(e, 'strerror', None) or e})", 2) from None
     return out
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from qfa.nn.elastic.blocks import ElasticMBConv
 from qfa.nn.elastic.ops import ElasticConv2d
-from qfa.core.space import BlockSpec, SearchSpace, SpecError, SubnetSpec, mid_channels
+from qfa.core.space import BlockSpec, SearchSpace, SpecError, SubnetSpec, get_space, list_spaces, mid_channels
 
 __all__ = ["QFANet", "Supernet", "Subnet", "extract", "NotCalibratedError"]
 
@@ -162,13 +162,14 @@ class Supernet(QFANet):
         weights, want = state.get("model"), net.state_dict()
         if not isinstance(weights, dict):
             raise CheckpointError(f"{path}: checkpoint holds no weights")
-        missing = [k for k in want if k not in weights]
-        extra = [k for k in weights if k not in want]
-        shapes = [k for k in want if k in weights and getattr(weights[k], "shape", None) != want[k].shape]
-        if missing or extra or shapes:
+        if not _fits(want, weights):
+            missing, extra = len(want.keys() - weights.keys()), len(weights.keys() - want.keys())
+            shapes = sum(k in weights and getattr(weights[k], "shape", None) != v.shape for k, v in want.items())
+            fits = [n for n in list_spaces() if n != space.name and _fits(cls(get_space(n)).state_dict(), weights)]
             raise CheckpointError(f"{path}: its weights do not fit the search space it names, {space.name!r} "
-                                  f"({space.hash}): {len(missing)} missing, {len(extra)} unexpected, {len(shapes)} of "
-                                  "another shape (a checkpoint of another space, or a damaged one)")
+                                  f"({space.hash}): {missing} missing, {extra} unexpected, {shapes} of "
+                                  "another shape; " + (f"they are the weights of space {fits[0]!r}" if fits else
+                                                       "they fit no known space (a damaged checkpoint)"))
         try:
             net.load_state_dict(weights)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -183,6 +184,10 @@ class Supernet(QFANet):
             for block in blocks:
                 block.sort_channels()
         self.calibrated_for = None
+
+
+def _fits(want: dict, weights: dict) -> bool:
+    return want.keys() == weights.keys() and all(getattr(weights[k], "shape", None) == v.shape for k, v in want.items())
 
 
 class Subnet(QFANet):
