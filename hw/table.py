@@ -78,6 +78,8 @@ def read_meta(path: Path) -> dict:
         raise _bad(path, "field 'threads'", f"must be >= 1, got {meta['threads']}")
     if not meta.get("resolutions", [0]) or not all(type(r) is int for r in meta.get("resolutions", [])):
         raise _bad(path, "field 'resolutions'", f"must be a non-empty list of integers, got {meta['resolutions']!r}")
+    if not all(type(b) is int for b in meta.get("space_bits") or []):
+        raise _bad(path, "field 'space_bits'", f"must be a list of integers, got {meta['space_bits']!r}")
     if "calibration" in meta:
         coef = meta["calibration"].get("coef")
         if (not isinstance(coef, list) or len(coef) != len(FEATURES)

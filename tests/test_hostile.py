@@ -196,6 +196,14 @@ def test_checkpoint_messages_are_whole_and_name_both_spaces(tmp_path):
     r = call(["export", "--checkpoint", str(tmp_path / "wrong.pt"), "--spec", "x", "--out", str(tmp_path / "m.tflite")])
     check(r, {2})
     assert "search space it names, 'paper'" in r.errors[0] and "they are the weights of space 'fmnist'" in r.errors[0]
+    # garbage and a truncated checkpoint: said in a few words, not torch's paragraphs
+    (tmp_path / "junk.pt").write_bytes(b"x\n")
+    raw = (tmp_path / "wrong.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    for name in ("junk.pt", "cut.pt"):
+        r = call(["eval", "--checkpoint", str(tmp_path / name), "--sample", "max"])
+        check(r, {2})
+        assert r.errors[0].endswith("not a readable qfa checkpoint (not a torch file, or truncated)"), r.errors[0]
 
 
 # ---- kill -9 while profiling ---------------------------------------------------------------

@@ -128,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from qfa.nn.data import DataError
     from qfa.app.main_job import TINY, JobConfig, JobError, main_job, print_summary
     from hw.table import TableError
+    from qfa.nas.predictor import PredictorError
+    from qfa.nas.search import SearchError
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
     if args.table:
         cfg.table = Path(args.table)
@@ -141,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     try:
         summary = main_job(cfg)
-    except (CheckpointError, TableError, DataError) as e:
+    except (CheckpointError, TableError, DataError, PredictorError, SearchError) as e:
         raise CLIError(str(e), 2) from None
     except JobError as e:
         raise CLIError(str(e), e.code) from None
@@ -337,9 +339,8 @@ def cmd_predictor(args: argparse.Namespace) -> None:
         net_space = checkpoint_space(load_checkpoint(args.checkpoint), args.checkpoint)
     except CheckpointError as e:
         raise CLIError(str(e), 2) from None
-    rows = load_rows(out)
     try:
-        pred, metrics = fit(net_space, rows, epochs=args.epochs, seed=args.seed)
+        pred, metrics = fit(net_space, load_rows(out), epochs=args.epochs, seed=args.seed)
     except PredictorError as e:
         raise CLIError(str(e), 2) from None
     dest = Path(args.out or _run_dir(args.checkpoint) / "predictor.safetensors")

@@ -173,8 +173,19 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         return []
-    with open(p, newline="") as f:
-        return [r for r in csv.DictReader(f) if r.get("top1")]
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("top1")]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PredictorError(f"{p}: not a label CSV ({type(e).__name__})") from None
+    for n, r in enumerate(rows, start=2):
+        try:
+            ok = 0.0 <= float(r["top1"]) <= 100.0 and isinstance(r.get("spec"), str)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise PredictorError(f"{p}: row {n}: top1 must be a percentage and spec a spec, got {r.get('top1')!r:.40}")
+    return rows
 
 
 def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,

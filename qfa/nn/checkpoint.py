@@ -54,12 +54,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def _why(e: Exception) -> str:
     """torch.load's failure in a few words (its own text runs to paragraphs of advice)."""
     text = str(e)
-    if "Weights only load failed" in text or "weights_only" in text:
+    if "Unsupported global" in text or "unsupported GLOBAL" in text:
         return "it holds pickled Python objects, which qfa never loads: only tensors and plain data"
-    if "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
-        return "truncated, or not a torch file"
-    if "magic number" in text or isinstance(e, EOFError):
-        return "not a torch file"
+    if any(m in text for m in ("invalid load key", "magic number", "Ran out of input", "Unsupported operand",
+                               "zip archive", "central directory", "PytorchStreamReader")) or isinstance(e, EOFError):
+        return "not a torch file, or truncated"
+    if "Weights only load failed" in text:
+        return "it holds data a plain checkpoint does not, which qfa never unpickles"
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
     first = first.split(". ")[0]
     return first if len(first) <= 120 else first[:117] + "..."

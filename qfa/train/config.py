@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,11 +72,17 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+        stages = d.get("stages", [])
+        if not isinstance(stages, list) or not all(isinstance(s, (dict, StageCfg)) for s in stages):
+            raise ConfigError(f"stages must be a list of mappings, got {stages!r:.80}")
         try:
-            d["stages"] = [s if isinstance(s, StageCfg) else StageCfg(**s) for s in d.get("stages", [])]
+            d["stages"] = [s if isinstance(s, StageCfg) else StageCfg(**s) for s in stages]
         except TypeError as e:
             raise ConfigError(f"bad stage entry: {e}") from None
+        for i, st in enumerate(d["stages"]):
+            _check_types(st, f"stages[{i}].")
         cfg = cls(**d)
+        _check_types(cfg)
         cfg.validate()
         return cfg
 
@@ -94,6 +103,35 @@ class TrainConfig:
             raise ConfigError("ckpt_every and ckpt_every_s must be positive")
         if self.batch_size < 1 or self.n_random < 0:
             raise ConfigError("batch_size must be >= 1 and n_random >= 0")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """``value`` is of annotated type ``tp`` (int, float, bool, str, None, X | Y, list[X]);
+    no coercion: ``"abc"`` is no int, ``True`` no number, NaN no float."""
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _check_types(obj: Any, prefix: str = "") -> None:
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        if name == "stages":
+            continue
+        value = getattr(obj, name)
+        if not _fits(value, tp):
+            shown = getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
+            raise ConfigError(f"{prefix}{name} must be {shown}, got {value!r:.60}")
 
 
 def preset_path(name: str) -> Path:
