@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10000, help="generated inputs in all (default 10000)")
     args = ap.parse_args()
     import tests.test_fuzz as tf
-    per = max(1, args.n // len(tf.PROPERTIES))
+    per = -(-args.n // len(tf.PROPERTIES))  # at least --n in all
     tf.FUZZ = tf.settings(tf.FUZZ, max_examples=per, derandomize=False)
     with tempfile.TemporaryDirectory() as tmp:
         world = tf.make_search_world(Path(tmp))

@@ -259,3 +259,15 @@ def test_kill_9_while_profiling_loses_and_corrupts_nothing(tmp_path, block_cache
     assert whole[1] == killed[1] == b"" and set(whole[0]) == set(killed[0]) and len(killed[0]) == 441
     raw = (tmp_path / "killed" / "t.csv").read_bytes()
     assert raw.count(b"key,") == 1 and LatencyTable.load(tmp_path / "killed" / "t.csv").rows.keys() == whole[0].keys()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=abc", "batch_size must be int, got 'abc'"), ("batch_size=1.5", "batch_size must be int"),
+    ("seed=true", "seed must be int, got True"), ("stage0.epochs=x", "stages[1].epochs must be float"),
+    ("holdout_fraction=nan", "holdout_fraction must be float, got nan"), ("stages=3", "stages must be a list"),
+    ("threads=0", "threads must be auto or an integer >= 1"), ("nokey=1", "unknown config key 'nokey'"),
+])
+def test_training_config_values_are_checked_before_anything_is_written(tmp_path, override, message):
+    r = call(["train", "fmnist", "--out", str(tmp_path / "run"), "--set", override])
+    check(r, {2})
+    assert message in r.errors[0] and not (tmp_path / "run").exists(), r.errors[0]
