@@ -85,8 +85,11 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
         parser.error(f"--device {args.device!r}: a table name is letters, digits and ._- (at most 64, no '..'), "
                      "not a path; --out-dir says where tables go")
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        parser.error(f"--out-dir {args.out_dir}: exists and is not a folder")
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            parser.error(f"--out-dir {args.out_dir}: exists and is not a folder")
+    except (OSError, ValueError) as e:
+        parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
     job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
                      deploy=args.deploy, threads=args.threads, target=args.target, jobs=args.jobs,
                      calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,

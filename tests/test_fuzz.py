@@ -129,8 +129,22 @@ def fuzz_output(world):
     return prop
 
 
+def fuzz_paths(world):
+    path = st.one_of(nasty_text, st.sampled_from(["/", "/dev/null", "/proc/self/mem", "run", "table.csv", "a" * 300,
+                                                  "x/" * 300, "run/last.pt/"]))
+
+    @FUZZ
+    @given(ckpt=path, table=path, pred=path, which=st.integers(0, 2))
+    def prop(ckpt, table, pred, which):  # one real file and two of the given paths, or all three given
+        argv = ["search", "--checkpoint", ckpt if which else str(world.ckpt), "--table", table if which != 1
+                else str(world.table), "--predictor", pred, "--latency-ms", "0.5", "--pop", "8", "--gens", "2"]
+        _in(world, "paths", lambda: argv, {2})
+    return prop
+
+
 PROPERTIES = {"spec": fuzz_spec, "spec-file": fuzz_spec_file, "table": fuzz_table, "budget": fuzz_budget,
-              "device": fuzz_device, "output": fuzz_output}
+              "device": fuzz_device, "output": fuzz_output,
+              "paths": fuzz_paths}
 
 
 @pytest.mark.parametrize("name", sorted(PROPERTIES))

@@ -133,6 +133,7 @@ def test_search_flags(world, flags, message):
     (["--device", "a;touch x"], "a table name is"), (["--device", "../elsewhere/t"], "a table name is"),
     (["--target", "adb:emulator-5554", "--runtime", "benchmark_model:/missing"], "no such file"),
     (["--target", "adb:emulator-5554"], "adb needs --runtime benchmark_model:PATH"),
+    (["--out-dir", "9" * 400], "File name too long"),
 ])
 def test_profile_flags(tmp_path, flags, message):
     argv = ["profile", "--device", "t", "--out-dir", str(tmp_path / "tables"), "--validate", "1", *flags]

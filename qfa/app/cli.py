@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from qfa.nas.search import SearchError
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
     if args.table:
-        cfg.table = Path(args.table)
+        cfg.table = _table_arg(args.table)
     if args.tiny:
         cfg = replace(cfg, **TINY)
     cfg.allow_over_budget = args.allow_over_budget
@@ -352,6 +352,14 @@ def cmd_predictor(args: argparse.Namespace) -> None:
                         f"points  Kendall tau {metrics['kendall_tau']:.3f}  Spearman rho {metrics['spearman_rho']:.3f}"))
 
 
+def _table_arg(text: str) -> Path:
+    """``--table``: NAME.csv (or NAME) with NAME.json beside it."""
+    p = Path(text)
+    if not p.name or p.name in (".", ".."):
+        raise CLIError(f"--table {text!r}: name a table file (NAME.csv with NAME.json beside it)", 2)
+    return p.with_suffix(".csv")
+
+
 def _warn_other_machine(table_csv: Path) -> None:
     """One line on stderr when a local table was measured on another machine than this one."""
     from hw.transport import host_mismatch
@@ -373,7 +381,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     ckpt_file = ckpt / "last.pt" if ckpt.is_dir() else ckpt
     pred_path = Path(args.predictor or _run_dir(args.checkpoint) / "predictor.safetensors")
-    table_csv = Path(args.table).with_suffix(".csv")
+    table_csv = _table_arg(args.table)
     for p, what in ((ckpt_file, "checkpoint"), (pred_path, "predictor (run `qfa predictor fit`)"),
                     (table_csv, "latency table"), (table_csv.with_suffix(".json"), "latency table metadata")):
         if not p.is_file():

@@ -87,12 +87,16 @@ def _silence_stdout() -> None:
         pass
 
 
+_BAD_PATH = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP}
+
+
 def run_guarded(prog: str, body: Callable[[], int], expected: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``body`` (which returns an exit status) so that nothing escapes as a traceback.
 
     ``expected`` exceptions carry a ``code`` attribute (default 2) and a message for the user;
-    a failed stdout is exit 1 (a closed pipe: 0, as for ``head``); anything else is a bug:
-    one line and exit 3, or the traceback with ``QFA_DEBUG=1``."""
+    a path that cannot be used (too long, missing, a folder, no permission) is exit 2; a failed
+    write (full disk) exit 1, a closed stdout 0 (as for ``head``); anything else is a bug: one
+    line and exit 3, or the traceback with ``QFA_DEBUG=1``."""
     def say(msg: str) -> None:
         try:
             print(f"{prog}: {one_line(msg)}", file=sys.stderr, flush=True)
@@ -112,6 +116,9 @@ def run_guarded(prog: str, body: Callable[[], int], expected: tuple[type[BaseExc
         _silence_stdout()
         return EXIT_OK
     except OSError as e:
+        if e.filename is not None and e.errno in _BAD_PATH and not os.environ.get("QFA_DEBUG"):
+            say(f"error: {e.filename}: {os.strerror(e.errno)}")  # a path the user gave that cannot be used
+            return EXIT_USAGE
         if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS) and not os.environ.get("QFA_DEBUG"):
             _silence_stdout()
             say(f"error: cannot write: {os.strerror(e.errno)}" + (f" ({e.filename})" if e.filename else ""))
