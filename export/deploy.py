@@ -29,9 +29,24 @@ from qfa.nn.supernet import Supernet, extract
 __all__ = ["export_subnet", "verify_tflite"]
 
 
+def interpreter_setup(runtime: dict | None) -> dict:
+    """How the app builds its interpreter: the configuration the latency was measured under
+    (None: not measured, the interpreter's default)."""
+    rt = {"delegate": "xnnpack", "threads": 1, **(runtime or {})}
+    builtin = rt["delegate"] == "builtin"
+    return {**rt, "measured": runtime is not None,
+            "python": f"Interpreter(model_path, num_threads={rt['threads']}"
+                      + (", experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)"
+                         if builtin else ")"),
+            "android": f"InterpreterApi.Options().setNumThreads({rt['threads']})"
+                       + (".setUseXNNPACK(false)" if builtin else ""),
+            "benchmark_model": f"--num_threads={rt['threads']} --use_xnnpack={'false' if builtin else 'true'}"}
+
+
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
                   calib_images: int = DEFAULT_CALIB_IMAGES, range_images: int = 512, uint8_io: bool = False,
-                  via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1) -> dict[str, Any]:
+                  via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1,
+                  runtime: dict | None = None) -> dict[str, Any]:
     """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically.
 
     ``via="onnx2tf"``: the float folded model through ONNX and onnx2tf, calibrated on the same
@@ -74,6 +89,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
         "max_zero_point_fraction_lsb": graph.summary()["max_zero_point_rounding_lsb"],
         "calibration": {k: v for k, v in cal.items() if k != "holdout_top1_draws"},
         "bytes": len(blob), "fold_s": round(t1 - t0, 2), "convert_s": round(convert_s, 3),
+        "runtime": interpreter_setup(runtime),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, blob)

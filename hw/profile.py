@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
 from export.targets import TARGETS  # noqa: E402
 from hw.profiling import ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
 from hw.table import TableError  # noqa: E402
+from hw.runner import DELEGATES  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
 from qfa.core.space import SpecError  # noqa: E402
@@ -42,7 +43,10 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb[:SERIAL] (default local)")
     p.add_argument("--space", default="fmnist", help="search-space preset (default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
-    p.add_argument("--threads", type=integer(1, 1024), default=1)
+    p.add_argument("--threads", type=integer(1, 1024), default=1, help="interpreter threads (default 1)")
+    p.add_argument("--delegate", default="xnnpack", choices=DELEGATES, help="runtime configuration: the "
+                   "interpreter's default XNNPACK delegate, or TFLite's builtin kernels alone (default xnnpack; "
+                   "which is faster depends on the CPU: profile both)")
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
     p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
     p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
@@ -91,10 +95,10 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
     job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
-                     deploy=args.deploy, threads=args.threads, target=args.target, jobs=args.jobs,
+                     deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target, jobs=args.jobs,
                      calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
                      out_dir=out_dir, json=args.json)
-    run = RunConfig(threads=args.threads, runs=args.runs, warmup=args.warmup, taskset=args.taskset, runtime=args.runtime,
+    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup, taskset=args.taskset, runtime=args.runtime,
                     ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
 
     def body() -> int:

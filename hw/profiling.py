@@ -31,6 +31,7 @@ class ProfileJob:
     resolution: tuple[int, ...] | None = None   # default: every resolution of the space
     deploy: str = "tflite-int8"
     threads: int = 1
+    delegate: str = "xnnpack"                   # runtime configuration (hw.runner.DELEGATES)
     target: str = "local"                       # the transport's URL, recorded in the metadata
     jobs: int = 1                               # processes converting block models
     calib_subnets: int = 40
@@ -88,9 +89,10 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     meta_path = out.with_suffix(".json")
     meta = read_meta(meta_path) if meta_path.exists() else {}
     if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
-                 or meta.get("threads") != job.threads):
-        raise TableError(f"{out} holds measurements of another space/target/thread count "
-                         f"({meta.get('space')}/{meta.get('target')}/{meta.get('threads')} threads): use another --device name")
+                 or meta.get("threads") != job.threads or meta.get("delegate", "xnnpack") != job.delegate):
+        raise TableError(f"{out} holds measurements of another space/target/runtime configuration "
+                         f"({meta.get('space')}/{meta.get('target')}/{meta.get('delegate', 'xnnpack')}, "
+                         f"{meta.get('threads')} threads): use another --device name")
     done = set()
     if out.exists():
         cut = drop_partial_tail(out)  # a crash mid-write: the half row goes, its entry is measured again
@@ -100,7 +102,7 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
         done = set(read_rows(out)[0])
     facts = transport.facts()
     meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "target": target.name,
-                 "threads": job.threads, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
+                 "threads": job.threads, "delegate": job.delegate, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
                  "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
                  "shared_entries": "nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM "
                                    "clamp ('i8c') and share one entry; W8A8 is 'i8'; int4 weights ('i4') only "
@@ -196,6 +198,10 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
 def validate(job: ProfileJob, transport: Transport) -> dict:
     from hw.blocks import BlockFactory
     table = LatencyTable.load(Path(job.out_dir) / f"{job.device}.csv")
+    want = {"delegate": job.delegate, "threads": job.threads}
+    if table.runtime != want:
+        raise TableError(f"{job.device} was measured with {table.runtime}, not {want}: pass its --delegate and "
+                         "--threads to validate it")
     x, meas = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2)
     pred_raw = x[:, 0]
     pred = x @ table.coef

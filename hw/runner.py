@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Device-side timing runner: needs only python3, numpy and ai-edge-litert (or tflite-runtime).
 
-    python3 runner.py JOB.json      # JOB: {"models": [paths], "threads": 1, "warmup": 30, "runs": 200,
-                                    #       "repeats": 3, "max_cv": 0.1}
+    python3 runner.py JOB.json      # JOB: {"models": [paths], "threads": 1, "delegate": "xnnpack",
+                                    #       "warmup": 30, "runs": 200, "repeats": 3, "max_cv": 0.1}
 Prints one JSON object per model on stdout as it finishes: median/p10/p90 (microseconds),
 count and coefficient of variation; a noisy model (CV > max_cv) is re-measured up to
 ``repeats`` times and the steadiest run kept. Copied to the device by hw/profile.py.
@@ -16,22 +16,33 @@ import time
 import numpy as np
 
 
-def _interpreter(path: str, threads: int):
+# The runtime configurations a model is timed (and shipped) under: the interpreter's default,
+# which hands float and int8 ops to the XNNPACK delegate, or TFLite's builtin kernels alone
+# (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; benchmark_model's ``--use_xnnpack=false``). Which is
+# faster depends on the CPU, the format and the model's size (up to 14x either way).
+DELEGATES = ("xnnpack", "builtin")
+
+
+def _interpreter(path: str, threads: int, delegate: str = "xnnpack"):
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # a Raspberry Pi with tflite-runtime only
-        from tflite_runtime.interpreter import Interpreter
-    it = Interpreter(model_path=path, num_threads=threads)
+        from tflite_runtime.interpreter import Interpreter, OpResolverType
+    if delegate not in DELEGATES:
+        raise ValueError(f"unknown delegate {delegate!r}; expected one of {DELEGATES}")
+    kw = {} if delegate == "xnnpack" else {"experimental_op_resolver_type":
+                                           OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    it = Interpreter(model_path=path, num_threads=threads, **kw)
     it.allocate_tensors()
     return it
 
 
 def time_model(path: str, threads: int = 1, warmup: int = 30, runs: int = 200, repeats: int = 3,
-               max_cv: float = 0.1) -> dict:
+               max_cv: float = 0.1, delegate: str = "xnnpack") -> dict:
     """Median/p10/p90 of single invokes (us), over fresh interpreters until CV <= max_cv."""
     best = None
     for attempt in range(max(1, repeats)):
-        it = _interpreter(path, threads)
+        it = _interpreter(path, threads, delegate)
         d = it.get_input_details()[0]
         info = np.iinfo(d["dtype"]) if np.issubdtype(d["dtype"], np.integer) else None
         rng = np.random.default_rng(attempt)
@@ -64,7 +75,7 @@ def main(argv: list[str]) -> int:
         job = json.load(f)
     for path in job["models"]:
         res = time_model(path, job.get("threads", 1), job.get("warmup", 30), job.get("runs", 200),
-                         job.get("repeats", 3), job.get("max_cv", 0.1))
+                         job.get("repeats", 3), job.get("max_cv", 0.1), job.get("delegate", "xnnpack"))
         print(json.dumps({"model": path, **res}), flush=True)
     return 0
 

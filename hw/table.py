@@ -26,6 +26,7 @@ from qfa.core.fileio import append_csv_row, strict_json
 from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space
 
 from hw.entries import TOKENS, Entry, entries, token
+from hw.runner import DELEGATES
 
 __all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "append_row", "clamped",
            "read_meta", "read_rows"]
@@ -46,7 +47,7 @@ class TableError(ValueError):
 _TOK = "(?:i8c?|i4c?)"
 KEY = re.compile(rf"(stem|first|mb|head)\|s[0-9]{{1,2}}p[01]\|r[0-9]{{1,4}}\|[0-9]{{1,4}}x[0-9]{{1,4}}x[0-9]{{1,5}}>[0-9]{{1,5}}"
                  rf"\|k[0-9]{{1,2}}\|m[0-9]{{1,5}}\|st[12]\|[a-z]{{1,12}}\|se[01]\|sk[01]\|{_TOK}(?:/{_TOK}){{0,2}}", re.ASCII)
-_META_TYPES = {"space": str, "space_hash": str, "target": str, "device": str, "overhead_us": (int, float),
+_META_TYPES = {"space": str, "space_hash": str, "target": str, "delegate": str, "device": str, "overhead_us": (int, float),
                "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list}
 
 
@@ -72,6 +73,9 @@ def read_meta(path: Path) -> dict:
             raise _bad(path, f"field {k!r}", f"must be {getattr(t, '__name__', 'a number')}, got {meta[k]!r}")
     if meta.get("target", "tflite-int8") not in TARGETS:
         raise _bad(path, "field 'target'", f"unknown target {meta['target']!r}; known: {', '.join(sorted(TARGETS))}")
+    if meta.get("delegate", "xnnpack") not in DELEGATES:
+        raise _bad(path, "field 'delegate'", f"unknown runtime configuration {meta['delegate']!r}; known: "
+                   f"{', '.join(DELEGATES)}")
     if not 0 <= meta.get("overhead_us", 0) < 1e9:
         raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
     if meta.get("threads", 1) < 1:
@@ -182,6 +186,11 @@ class LatencyTable:
     @property
     def target_name(self) -> str:
         return self.target.name
+
+    @property
+    def runtime(self) -> dict:
+        """The runtime configuration the table was measured under (and its subnets ship with)."""
+        return {"delegate": self.meta.get("delegate", "xnnpack"), "threads": int(self.meta.get("threads", 1))}
 
     def host_mismatch(self) -> list[str]:
         """How this machine differs from the one this table was measured on (:func:`hw.transport.host_mismatch`)."""

@@ -68,6 +68,7 @@ class RunConfig:
     """How models are run on the device, whatever the transport."""
 
     threads: int = 1
+    delegate: str = "xnnpack"       # xnnpack | builtin (hw.runner.DELEGATES)
     runs: int = 200                 # timed invokes per model
     warmup: int = 30
     taskset: str | None = None      # CPU mask for the runner (ssh, adb)
@@ -150,7 +151,8 @@ class Local(Transport):
     def run(self, paths: list[Path]) -> str:
         from .runner import time_model
         c = self.cfg
-        return "".join(json.dumps(time_model(str(p), c.threads, c.warmup, c.runs)) + "\n" for p in paths)
+        return "".join(json.dumps(time_model(str(p), c.threads, c.warmup, c.runs, delegate=c.delegate)) + "\n"
+                       for p in paths)
 
     def facts(self) -> dict:
         import os
@@ -213,7 +215,7 @@ class SSH(Transport):
     def push(self, paths: list[Path]) -> None:
         c = self.cfg
         job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": c.threads,
-               "runs": c.runs, "warmup": c.warmup}
+               "delegate": c.delegate, "runs": c.runs, "warmup": c.warmup}
         with tempfile.TemporaryDirectory() as tmp:
             jp = Path(tmp) / "job.json"
             jp.write_text(json.dumps(job))
@@ -282,6 +284,7 @@ class ADB(Transport):
         for p in paths:  # one benchmark_model run per model; outputs joined, split again by parse
             cmd = (["taskset", c.taskset] if c.taskset else []) + [
                 f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
+                f"--use_xnnpack={'true' if c.delegate == 'xnnpack' else 'false'}",
                 f"--warmup_runs={c.warmup}", f"--num_runs={c.runs}"]
             outs.append(self._shell(*cmd))
         return "\0".join(outs)

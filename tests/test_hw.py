@@ -157,3 +157,47 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert len(diff) == 2 and diff[0].startswith("cpu: Intel(R) Xeon(R) Platinum 8488C vs ") and "runtime" in diff[1]
     (tmp_path / "x.json").write_text(json.dumps(dict(other, transport="ssh://pi@raspberrypi")))
     assert LatencyTable.load(tmp_path / "x.csv").host_mismatch() == []
+
+
+@pytest.mark.parametrize("delegate", ["xnnpack", "builtin"])
+def test_the_runner_times_a_model_under_each_runtime_configuration(table_dir, block_cache, tmp_path, delegate):
+    """The device-side runner honours the delegate: XNNPACK is created for 'xnnpack' only (its
+    own log line says so), and both configurations time the same block model."""
+    model = next(iter(sorted(Path(block_cache).rglob("*.tflite"))))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"models": [str(model)], "threads": 1, "delegate": delegate, "runs": 5, "warmup": 1}))
+    r = subprocess.run([sys.executable, str(ROOT / "hw" / "runner.py"), str(job)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert json.loads(r.stdout.splitlines()[0])["median_us"] > 0
+    assert ("XNNPACK delegate" in r.stderr) == (delegate == "xnnpack"), r.stderr[-500:]
+
+
+def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_path, block_cache):
+    r = _profile(tmp_path, block_cache, "--delegate", "builtin", "--calib-subnets", "0", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = LatencyTable.load(tmp_path / "t.csv")
+    assert table.runtime == {"delegate": "builtin", "threads": 1} and len(table.rows) == 441
+    mixed = _profile(tmp_path, block_cache, "--calib-subnets", "0")  # resuming it under XNNPACK
+    assert mixed.returncode == 2 and "another space/target/runtime configuration" in mixed.stderr
+    bad = _profile(tmp_path, block_cache, "--validate", "2")
+    assert bad.returncode == 2 and "pass its --delegate" in bad.stderr, bad.stderr[-500:]
+
+
+def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):
+    from export.deploy import interpreter_setup
+    from qfa.nas.pareto import ParetoSet
+    s = interpreter_setup({"delegate": "builtin", "threads": 2})
+    assert s["measured"] and "BUILTIN_WITHOUT_DEFAULT_DELEGATES" in s["python"] and "num_threads=2" in s["python"]
+    assert s["android"].endswith(".setUseXNNPACK(false)") and "--use_xnnpack=false" in s["benchmark_model"]
+    d = interpreter_setup(None)
+    assert not d["measured"] and d["delegate"] == "xnnpack" and "OpResolverType" not in d["python"]
+    front = {"genomes": np.stack([SPACE.encode(SPACE.max_spec())]), "top1": [90.0], "latency_ms": [1.0], "bytes": [1]}
+    row = ParetoSet.from_front(SPACE, front, "tflite-int8", {"delegate": "builtin", "threads": 1}).rows[0]
+    assert row["runtime"] == {"delegate": "builtin", "threads": 1}
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "runtime": {"delegate": "gpu"}}) + "\n")
+    spec, target, runtime = ParetoSet.spec_at(SPACE, tmp_path / "p.jsonl", 0)
+    assert spec == SPACE.max_spec() and target == "tflite-int8" and runtime == row["runtime"]
+    from qfa.nas.pareto import SearchError
+    with pytest.raises(SearchError, match="bad runtime"):
+        ParetoSet.spec_at(SPACE, tmp_path / "p.jsonl", 1)

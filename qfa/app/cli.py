@@ -260,11 +260,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     if (args.spec is None) == (args.pareto is None):
         raise CLIError("give exactly one of --spec or --pareto/--index", 2)
     if args.spec:
-        spec, target = load_spec(net.space, args.spec), None
+        spec, target, runtime = load_spec(net.space, args.spec), None, None
     else:
         from qfa.nas.pareto import ParetoSet, SearchError
         try:
-            spec, target = ParetoSet.spec_at(net.space, Path(args.pareto), args.index)
+            spec, target, runtime = ParetoSet.spec_at(net.space, Path(args.pareto), args.index)
         except SearchError as e:
             raise CLIError(str(e), 2) from None
     args.target = args.target or target or "tflite-int8"  # a Pareto row says how its latency was measured
@@ -277,7 +277,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from export.onnx2tf_path import Onnx2tfError
     try:
         res = export_subnet(net, spec, data, out, args.target, _calib_images(args), uint8_io=args.uint8,
-                            via=args.via, onnx_out=Path(args.onnx) if args.onnx else None, calib_draws=args.calib_draws)
+                            via=args.via, onnx_out=Path(args.onnx) if args.onnx else None, calib_draws=args.calib_draws,
+                            runtime=runtime)
     except Onnx2tfError as e:
         raise CLIError(str(e), 1) from None
     report = {"out": str(out), "sidecar": str(out.with_suffix(".json")), **{k: res["sidecar"][k] for k in

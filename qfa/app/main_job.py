@@ -166,14 +166,14 @@ def main_job(cfg: JobConfig) -> dict:
     data_r = make_datasets(None, spec.resolution)
     res = export_subnet(net, spec, data_r, out, table.target.name, calib_images=cfg.export_calib_images,
                         range_images=min(512, cfg.export_calib_images),  # lowered as the table was measured
-                        calib_draws=cfg.export_calib_draws)
+                        calib_draws=cfg.export_calib_draws, runtime=table.runtime)
     v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data_r["test"], cfg.test_images)
     timings["export_verify_s"] = time.time() - t
 
     # 6. measured latency of the shipped file on this host
     from hw.runner import time_model
-    threads = int(table.meta.get("threads", 1))
-    measured_ms = time_model(str(out), threads=threads)["median_us"] / 1000
+    runtime = table.runtime  # the file is timed as the table was measured, and as the app will run it
+    measured_ms = time_model(str(out), threads=runtime["threads"], delegate=runtime["delegate"])["median_us"] / 1000
     over = measured_ms > budget
     pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms)
     summary = {
@@ -184,7 +184,7 @@ def main_job(cfg: JobConfig) -> dict:
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
         "within_budget": not over, "table": str(table_csv),
-        "runtime": {"interpreter": "ai-edge-litert, default delegate (XNNPACK)", "threads": threads},
+        "runtime": {"interpreter": "ai-edge-litert", **runtime},
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     if over and not cfg.allow_over_budget:
@@ -204,7 +204,8 @@ def print_summary(s: dict) -> None:
             ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "
                                              f"(budget {s['budget_ms']:g} ms: "
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
-                                             f"{s['runtime']['interpreter']}, {s['runtime']['threads']} thread(s))"),
+                                             f"{s['runtime']['interpreter']}, {s['runtime']['delegate']}, "
+                                             f"{s['runtime']['threads']} thread(s))"),
             ("file", f"{s['model']}  ({s['bytes']:,} bytes; app facts in {s['sidecar']})"),
             ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),
             ("time", f"{s['total_s'] / 60:.1f} min (" + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in s["timings"].items()) + ")")]

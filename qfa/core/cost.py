@@ -128,6 +128,9 @@ class LatencyModel(Protocol):
     @property
     def target_name(self) -> str: ...
 
+    @property
+    def runtime(self) -> dict: ...
+
     def predict_many(self, genomes: np.ndarray) -> np.ndarray: ...
 
 

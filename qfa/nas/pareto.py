@@ -35,6 +35,15 @@ def pareto_base(run: Path, checkpoint: Path, predictor_path: Path, table_csv: Pa
     return run / "pareto" / f"{table_csv.stem}-{pareto_key(checkpoint, predictor_path, table_csv)}{tag}"
 
 
+DEFAULT_RUNTIME = {"delegate": "xnnpack", "threads": 1}
+
+
+def _runtime_ok(rt) -> bool:
+    from hw.runner import DELEGATES
+    return (isinstance(rt, dict) and rt.get("delegate") in DELEGATES
+            and type(rt.get("threads")) is int and rt["threads"] >= 1)
+
+
 class ParetoSet:
     """A saved front: ``NAME.jsonl`` (one spec + objectives a line) and ``NAME.csv``."""
 
@@ -42,14 +51,16 @@ class ParetoSet:
         self.rows = rows
 
     @classmethod
-    def from_front(cls, space, front: dict, target: str = "tflite-int8") -> "ParetoSet":
-        """``target``: the lowering the latency table was measured for (exports must use it)."""
+    def from_front(cls, space, front: dict, target: str = "tflite-int8", runtime: dict | None = None) -> "ParetoSet":
+        """``target``: the lowering the latency table was measured for (exports must use it);
+        ``runtime``: the configuration it was measured under (delegate, threads; the app's too)."""
         rows = []
         for i, g in enumerate(front["genomes"]):
             spec = space.decode(g)
             rows.append({"index": i, "hash": spec.hash, "top1": float(front["top1"][i]),
                          "latency_ms": float(front["latency_ms"][i]), "bytes": int(front["bytes"][i]),
-                         "spec_str": str(spec), "spec": json.loads(spec.dumps()), "target": target})
+                         "spec_str": str(spec), "spec": json.loads(spec.dumps()), "target": target,
+                         "runtime": runtime or dict(DEFAULT_RUNTIME)})
         return cls(rows)
 
     def save(self, base: Path, budget_ms: float | None = None) -> None:
@@ -80,8 +91,9 @@ class ParetoSet:
 
     @staticmethod
     def spec_at(space, path: Path, index: int):
-        """Spec number ``index`` of a saved set (JSON lines, one ``{"spec": ...}`` a line) and the
-        deployment target its latencies were measured for (None if the line does not say)."""
+        """Spec number ``index`` of a saved set (JSON lines, one ``{"spec": ...}`` a line), the
+        deployment target and the runtime configuration its latencies were measured for (None
+        where the line does not say)."""
         from qfa.core.space import SpecError
         if not path.is_file():
             raise SearchError(f"Pareto file not found: {path}")
@@ -90,8 +102,11 @@ class ParetoSet:
             raise SearchError(f"--index {index} out of range: {path} holds {len(lines)} specs")
         try:
             obj = json.loads(lines[index])
-            return space.parse(json.dumps(obj.get("spec", obj))), obj.get("target")
-        except (json.JSONDecodeError, SpecError, AttributeError) as e:
+            runtime = obj.get("runtime")
+            if runtime is not None and not _runtime_ok(runtime):
+                raise ValueError(f"bad runtime {runtime!r:.80}")
+            return space.parse(json.dumps(obj.get("spec", obj))), obj.get("target"), runtime
+        except (ValueError, SpecError, AttributeError) as e:
             raise SearchError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})") from None
 
     def answer(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> dict:

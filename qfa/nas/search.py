@@ -147,4 +147,4 @@ def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel
         raise SearchError(f"the latency table is for space {latency.space.name!r} ({latency.space.hash}), "
                           f"the predictor for {predictor.meta.get('space_hash')}")
     front = search_front(latency.space, predictor, latency, pop, gens, seed, progress, bits)
-    return ParetoSet.from_front(latency.space, front, latency.target_name), front
+    return ParetoSet.from_front(latency.space, front, latency.target_name, latency.runtime), front
