@@ -25,6 +25,9 @@ RUNNER = Path(__file__).resolve().parent / "runner.py"
 # the instruction-set flags that decide which kernels a runtime takes (XNNPACK, the builtin ones)
 ISA_FLAGS = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                        "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm"})
+# /proc/cpuinfo fields that identify the core design (x86: family/model/stepping; Arm: part)
+_CPU_ID = {"cpu family": "family", "model": "model", "stepping": "stepping", "CPU implementer": "implementer",
+           "CPU part": "part", "CPU variant": "variant"}
 CONNECT_TIMEOUT_S = 10
 
 
@@ -160,11 +163,17 @@ class Local(Transport):
         facts = {"machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
                  "cores": os.cpu_count()}
         try:
+            ident: dict[str, str] = {}
             for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, val = (part.strip() for part in line.partition(":"))
+                if key in _CPU_ID and key not in ident:
+                    ident[key] = val
                 if line.startswith("model name") and "cpu" not in facts:
                     facts["cpu"] = line.split(":", 1)[1].strip()
                 elif line.startswith("flags") and "cpu_flags" not in facts:
                     facts["cpu_flags"] = sorted(set(line.split(":", 1)[1].split()) & ISA_FLAGS)
+            if ident:  # "AMD EPYC" alone names a Zen 3 and a Zen 4 (AVX-512) alike
+                facts["cpu_id"] = " ".join(f"{_CPU_ID[k]} {ident[k]}" for k in _CPU_ID if k in ident)
             gov = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
             facts["governor"] = gov.read_text().strip() if gov.exists() else None
         except OSError:
@@ -316,17 +325,19 @@ def parse_benchmark_model(out: str) -> dict:
 TRANSPORTS: dict[str, type[Transport]] = {t.scheme: t for t in (Local, SSH, ADB)}
 
 # device facts that must match for a table measured here (transport local) to describe this machine
-FINGERPRINT = ("machine", "cpu", "cpu_flags", "cores", "runtime")
+FINGERPRINT = ("machine", "cpu", "cpu_id", "cpu_flags", "cores", "runtime")
 
 
 def host_mismatch(meta: dict) -> list[str]:
     """How this machine differs from the one a table (its metadata ``meta``) was measured on:
-    'field: table vs here' for each fingerprint field the table records; empty when they match,
-    or when the table was measured over ssh/adb (another device by design)."""
+    'field: table vs here' for each fingerprint field that differs or that the table does not
+    state (a table that cannot say which machine it describes is not trusted for this one);
+    empty when they match, or when the table was measured over ssh/adb (another device by design)."""
     if meta.get("transport", "local") != "local":
         return []
-    theirs, ours = meta.get("device_facts", {}), Local("local", RunConfig()).facts()
-    return [f"{k}: {theirs[k]} vs {ours.get(k)}" for k in FINGERPRINT if k in theirs and theirs[k] != ours.get(k)]
+    theirs, ours = meta.get("device_facts") or {}, Local("local", RunConfig()).facts()
+    return [f"{k}: {theirs[k]} vs {ours.get(k)}" if k in theirs else f"{k}: not stated by the table (here {ours.get(k)})"
+            for k in FINGERPRINT if k in ours and (k not in theirs or theirs[k] != ours[k])]
 
 
 def make_transport(target: str, cfg: RunConfig = RunConfig()) -> Transport:

@@ -157,6 +157,11 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert len(diff) == 2 and diff[0].startswith("cpu: Intel(R) Xeon(R) Platinum 8488C vs ") and "runtime" in diff[1]
     (tmp_path / "x.json").write_text(json.dumps(dict(other, transport="ssh://pi@raspberrypi")))
     assert LatencyTable.load(tmp_path / "x.csv").host_mismatch() == []
+    # a table that does not say which core design or ISA it was measured on is not trusted here
+    vague = {k: v for k, v in here.meta["device_facts"].items() if k not in ("cpu_id", "cpu_flags")}
+    (tmp_path / "x.json").write_text(json.dumps(dict(here.meta, device_facts=vague)))
+    diff = LatencyTable.load(tmp_path / "x.csv").host_mismatch()
+    assert [d.split(":")[0] for d in diff] == ["cpu_id", "cpu_flags"] and "not stated by the table" in diff[0]
 
 
 @pytest.mark.parametrize("delegate", ["xnnpack", "builtin"])

@@ -233,3 +233,35 @@ def test_every_encoding_fits_saves_and_predicts_the_same_after_loading(encoding,
     pred.save(tmp_path / "p.safetensors")
     np.testing.assert_allclose(Predictor.load(tmp_path / "p.safetensors").predict_many(SPACE, g),
                                pred.predict_many(SPACE, g), rtol=1e-6)
+
+
+def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
+    """Two tables of one space: the shipped one, and a STAND-IN for a second runtime
+    configuration (the same rows at half the latency, labelled builtin). Under one budget the
+    answer is the most accurate over both, and says which deployment it is for."""
+    import json as _json
+    import pandas as pd
+    from tests.hostile import call, check, make_search_world
+    w = make_search_world(tmp_path)
+    fast = tmp_path / "fast.csv"
+    df = pd.read_csv(w.table)
+    df["median_us"] /= 2
+    df.to_csv(fast, index=False)
+    meta = _json.loads(w.table.with_suffix(".json").read_text())
+    fast.with_suffix(".json").write_text(_json.dumps({**meta, "delegate": "builtin", "overhead_us": meta["overhead_us"] / 2}))
+    more = ("--pop", "64", "--gens", "40")
+    one = call(w.argv("--latency-ms", "0.2", *more))
+    both = call(w.argv("--latency-ms", "0.2", "--table", str(fast), *more))
+    check(one, {0}), check(both, {0})
+    a, b = _json.loads(one.out), _json.loads(both.out)
+    assert a["runtime"]["delegate"] == "xnnpack" and len(b["candidates"]) == 2
+    assert b["predicted_top1"] >= max(c["top1"] for c in b["candidates"]) >= a["predicted_top1"]
+    assert b["runtime"]["delegate"] == "builtin" and b["table"] == str(fast)
+    # a budget only the faster deployment meets (under the slow table's fastest subnet, margin
+    # included): answered from it, not refused
+    slow_min = min(_json.loads(ln)["latency_ms"] for ln in open(a["pareto"]))
+    tight = call(w.argv("--latency-ms", f"{slow_min:.6f}", "--table", str(fast), *more))
+    check(tight, {0})
+    assert _json.loads(tight.out)["table"] == str(fast)
+    alone = call(w.argv("--latency-ms", f"{slow_min:.6f}", *more))
+    check(alone, {2})

@@ -374,6 +374,9 @@ def _warn_other_machine(table_csv: Path) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    """One saved (or new) Pareto set per ``--table``; the answer is the most accurate subnet
+    under the budget over all of them: each table is one deployment (lowering and runtime
+    configuration), so several tables search across configurations."""
     import time as _time
     t0 = _time.perf_counter()
     from qfa.nas.search import SearchError, pareto_base, saved_or_search  # the saved-set path imports nothing heavy
@@ -382,51 +385,63 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     ckpt_file = ckpt / "last.pt" if ckpt.is_dir() else ckpt
     pred_path = Path(args.predictor or _run_dir(args.checkpoint) / "predictor.safetensors")
-    table_csv = _table_arg(args.table)
+    tables = [_table_arg(t) for t in args.table]
     for p, what in ((ckpt_file, "checkpoint"), (pred_path, "predictor (run `qfa predictor fit`)"),
-                    (table_csv, "latency table"), (table_csv.with_suffix(".json"), "latency table metadata")):
+                    *((p, w) for t in tables for p, w in ((t, "latency table"),
+                                                           (t.with_suffix(".json"), "latency table metadata")))):
         if not p.is_file():
             raise CLIError(f"{what} not found: {p}", 2)
-    base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
-
-    def load():
-        from hw.table import LatencyTable, TableError
-        from qfa.nas.predictor import Predictor, PredictorError
-        try:
-            return Predictor.load(pred_path), LatencyTable.load(table_csv)
-        except (TableError, PredictorError) as e:
-            raise CLIError(str(e), 2) from None
-    _warn_other_machine(table_csv)
 
     def progress(g: int, n: int) -> None:
         if not args.json and (g % 10 == 0 or g == n):
             print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
-    try:
-        pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
-    except SearchError as e:
-        raise CLIError(str(e), 2) from None
-    cached = front is None
-    if not cached:
-        if not args.json:
-            print(f"\rsearch: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
-                  f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
-        pset.save(base, args.latency_ms)
-    try:
-        best = pset.answer(args.latency_ms, args.max_bytes, args.margin)
-    except SearchError as e:
-        raise CLIError(str(e), 2) from None
+    answers, misses = [], []
+    for table_csv in tables:
+        base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
+
+        def load(table_csv=table_csv):
+            from hw.table import LatencyTable, TableError
+            from qfa.nas.predictor import Predictor, PredictorError
+            try:
+                return Predictor.load(pred_path), LatencyTable.load(table_csv)
+            except (TableError, PredictorError) as e:
+                raise CLIError(str(e), 2) from None
+        _warn_other_machine(table_csv)
+        try:
+            pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
+        except SearchError as e:
+            raise CLIError(str(e), 2) from None
+        if front is not None:
+            if not args.json:
+                print(f"\rsearch: {table_csv.name}: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
+                      f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
+            pset.save(base, args.latency_ms)
+        try:
+            answers.append((pset.answer(args.latency_ms, args.max_bytes, args.margin), base, front is None, table_csv))
+        except SearchError as e:
+            misses.append(str(e) + (f" ({table_csv.name})" if len(tables) > 1 else ""))
+    if not answers:
+        raise CLIError("; ".join(misses), 2)
+    best, base, cached, table_csv = max(answers, key=lambda a: (a[0]["top1"], -a[0]["latency_ms"]))
     ms = (_time.perf_counter() - t0) * 1000
+    runtime = best.get("runtime") or {"delegate": "xnnpack", "threads": 1}
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
            "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
            "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1),
-           "target": best.get("target", "tflite-int8")}
+           "target": best.get("target", "tflite-int8"), "runtime": runtime, "table": str(table_csv),
+           "candidates": [{"table": str(t), "top1": a["top1"], "latency_ms": a["latency_ms"], "hash": a["hash"]}
+                          for a, _, _, t in answers]}
+    why = ("" if len(tables) == 1 else f"\n  chosen over {len(tables)} tables: " + "; ".join(
+        f"{Path(c['table']).stem} {c['top1']:.2f}% at {c['latency_ms']:.3f} ms" for c in res["candidates"])
+        + (f"; {len(misses)} with no subnet under the budget" if misses else ""))
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
         f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
-        f"{best['bytes']:,} bytes\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), plot "
-        f"{base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
+        f"{best['bytes']:,} bytes\n  deploy: {res['target']}, {runtime['delegate']}, {runtime['threads']} thread(s) "
+        f"(as {table_csv.name} measured it){why}\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), "
+        f"plot {base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
         + f"\n  export: qfa export --checkpoint {args.checkpoint} --pareto {base.with_suffix('.jsonl')} "
-          f"--index {best['index']} --out model.tflite --verify   (target {res['target']})"))
+          f"--index {best['index']} --out model.tflite --verify"))
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -560,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp2 = _command(sub, "search", cmd_search, help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2")
     sp2.add_argument("--checkpoint", required=True)
-    sp2.add_argument("--table", required=True, help="latency table CSV (with its JSON beside it)")
+    sp2.add_argument("--table", required=True, action="append", help="latency table CSV (with its JSON beside "
+                     "it); repeat it to search across deployments (e.g. an XNNPACK and a builtin-kernels table): "
+                     "the most accurate subnet under the budget over all of them")
     sp2.add_argument("--latency-ms", type=number(positive=True), required=True, help="latency budget (ms, as the table measures)")
     sp2.add_argument("--max-bytes", type=number(positive=True), help="size budget: int8 weight bytes")
     sp2.add_argument("--margin", type=number(0.0), default=0.05, help="keep predicted latency under budget/(1+margin) "
