@@ -55,10 +55,17 @@ def _bad(path: Path, where: str, why: str) -> TableError:
     return TableError(f"{path}: {where}: {one_line(why, 200)}")
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TableError(f"cannot read {path}: {e.strerror}") from None
+
+
 def read_meta(path: Path) -> dict:
     """A table's JSON metadata, validated (types, known target, finite numbers)."""
     try:
-        meta = strict_json(path.read_bytes().decode("utf-8-sig"))
+        meta = strict_json(_read(path).decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise _bad(path, "metadata", "not UTF-8 text") from None
     except ValueError as e:
@@ -97,7 +104,7 @@ def read_rows(path: Path) -> tuple[dict[str, float], bytes]:
     """``{key: median_us}`` of a table CSV, and the bytes of a half-written last row (dropped,
     b"" if none). Each row needs a key of :data:`KEY`'s grammar, seen once, and a finite
     median_us > 0."""
-    raw = path.read_bytes()
+    raw = _read(path)
     dropped = b""
     if raw and not raw.endswith(b"\n"):
         cut = raw.rfind(b"\n") + 1

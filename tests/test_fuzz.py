@@ -136,9 +136,10 @@ def fuzz_paths(world):
     @FUZZ
     @given(ckpt=path, table=path, pred=path, which=st.integers(0, 2))
     def prop(ckpt, table, pred, which):  # one real file and two of the given paths, or all three given
+        # (some given paths are real: "run" is the run folder, "table.csv" the table; so 0 or 2)
         argv = ["search", "--checkpoint", ckpt if which else str(world.ckpt), "--table", table if which != 1
                 else str(world.table), "--predictor", pred, "--latency-ms", "0.5", "--pop", "8", "--gens", "2"]
-        _in(world, "paths", lambda: argv, {2})
+        _in(world, "paths", lambda: argv, {0, 2})
     return prop
 
 

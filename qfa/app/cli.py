@@ -397,7 +397,10 @@ def cmd_search(args: argparse.Namespace) -> None:
             print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
     answers, misses = [], []
     for table_csv in tables:
-        base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
+        try:
+            base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
+        except SearchError as e:
+            raise CLIError(str(e), 2) from None
 
         def load(table_csv=table_csv):
             from hw.table import LatencyTable, TableError

@@ -121,7 +121,8 @@ def run_guarded(prog: str, body: Callable[[], int], expected: tuple[type[BaseExc
             return EXIT_USAGE
         if e.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS) and not os.environ.get("QFA_DEBUG"):
             _silence_stdout()
-            say(f"error: cannot write: {os.strerror(e.errno)}" + (f" ({e.filename})" if e.filename else ""))
+            verb = "I/O failed" if e.errno == errno.EIO else "cannot write"
+            say(f"error: {verb}: {os.strerror(e.errno)}" + (f" ({e.filename})" if e.filename else ""))
             return EXIT_FAILED
         if os.environ.get("QFA_DEBUG"):
             raise

@@ -24,7 +24,10 @@ def pareto_key(checkpoint: Path, predictor_path: Path, table_csv: Path) -> str:
     st = checkpoint.stat()
     h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     for p in (predictor_path, table_csv, table_csv.with_suffix(".json")):
-        h.update(p.read_bytes())
+        try:
+            h.update(p.read_bytes())
+        except OSError as e:
+            raise SearchError(f"cannot read {p}: {e.strerror}") from None
     return h.hexdigest()[:12]
 
 

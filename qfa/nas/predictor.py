@@ -276,8 +276,11 @@ class Predictor:
             raise
         except Exception as e:  # noqa: BLE001 - safetensors' own error types
             raise PredictorError(f"{path}: unreadable predictor ({type(e).__name__})") from None
-        other = {k: json.loads(v) for k, v in meta.items() if k not in ("mean", "std", "format", "layers")}
-        return cls(weights, float(meta["mean"]), float(meta["std"]), other, link)
+        try:
+            other = {k: json.loads(v) for k, v in meta.items() if k not in ("mean", "std", "format", "layers")}
+            return cls(weights, float(meta["mean"]), float(meta["std"]), other, link)
+        except (ValueError, KeyError, TypeError) as e:
+            raise PredictorError(f"{path}: unreadable predictor metadata ({type(e).__name__})") from None
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> list[tuple[np.ndarray, np.ndarray]]:
