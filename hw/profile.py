@@ -95,11 +95,12 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
     job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
-                     deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target, jobs=args.jobs,
-                     calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
+                     deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target,
+                     jobs=args.jobs, calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
                      out_dir=out_dir, json=args.json)
-    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup, taskset=args.taskset, runtime=args.runtime,
-                    ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
+    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup,
+                    taskset=args.taskset, runtime=args.runtime, ssh_options=tuple(args.ssh_option or ()),
+                    remote_python=args.remote_python)
 
     def body() -> int:
         transport = None

@@ -106,17 +106,20 @@ def main_job(cfg: JobConfig) -> dict:
     if cfg.profile or mismatch:
         import subprocess
         why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
-        table_csv = run / "tables" / "host.csv"
+        rt = given.runtime  # the same deployment as the given table, measured here
+        name = "host" if rt == {"delegate": "xnnpack", "threads": 1} else f"host-{rt['delegate']}-{rt['threads']}t"
+        table_csv = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
-        r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", "host", "--out-dir",
-                            str(table_csv.parent), "--space", net.space.name,
-                            "--deploy", given.target.name])
+        r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
+                            str(table_csv.parent), "--space", net.space.name, "--deploy", given.target.name,
+                            "--delegate", rt["delegate"], "--threads", str(rt["threads"])])
         if r.returncode:
             raise JobError("profiling the host failed (see above)", r.returncode)
     else:
         facts = given.meta.get("device_facts", {})
         _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
-             f"{given.meta.get('threads', 1)} thread(s), as this host; --profile measures this host anyway)")
+             f"{given.runtime['delegate']}, {given.runtime['threads']} thread(s), as this host; --profile measures "
+             "this host anyway)")
     table = LatencyTable.load(table_csv)
     table.check_space(net.space)
     timings["table_s"] = time.time() - t
