@@ -200,7 +200,7 @@ def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):
     front = {"genomes": np.stack([SPACE.encode(SPACE.max_spec())]), "top1": [90.0], "latency_ms": [1.0], "bytes": [1]}
     row = ParetoSet.from_front(SPACE, front, "tflite-int8", {"delegate": "builtin", "threads": 1}).rows[0]
     assert row["runtime"] == {"delegate": "builtin", "threads": 1}
-    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "runtime": {"delegate": "gpu"}}) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "runtime": {"delegate": 7}}) + "\n")
     spec, target, runtime = ParetoSet.spec_at(SPACE, tmp_path / "p.jsonl", 0)
     assert spec == SPACE.max_spec() and target == "tflite-int8" and runtime == row["runtime"]
     from qfa.nas.pareto import SearchError

@@ -267,6 +267,10 @@ def cmd_export(args: argparse.Namespace) -> None:
             spec, target, runtime = ParetoSet.spec_at(net.space, Path(args.pareto), args.index)
         except SearchError as e:
             raise CLIError(str(e), 2) from None
+        from hw.runner import DELEGATES
+        if runtime is not None and runtime["delegate"] not in DELEGATES:
+            raise CLIError(f"{args.pareto} line {args.index + 1}: unknown delegate {runtime['delegate']!r}; "
+                           f"known: {', '.join(DELEGATES)}", 2)
     args.target = args.target or target or "tflite-int8"  # a Pareto row says how its latency was measured
     if spec.space.hash != net.space.hash:
         raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
