@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from export.targets import TARGETS  # noqa: E402
+from export.targets import DELEGATES, TARGETS  # noqa: E402
 from hw.blocks import BlockFactory  # noqa: E402
 from hw.build import write_model  # noqa: E402
-from hw.runner import DELEGATES, time_model  # noqa: E402
+from hw.runner import time_model  # noqa: E402
 from hw.transport import Local, RunConfig  # noqa: E402
 from qfa.core.space import get_space  # noqa: E402
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from export.ir import Graph
-from export.targets import TARGETS
+from export.targets import DEFAULT_RUNTIME, TARGETS
 from export.tflite import to_tflite
 from export.verify import TFLiteModel, op_summary
 
@@ -32,7 +32,7 @@ __all__ = ["export_subnet", "verify_tflite"]
 def interpreter_setup(runtime: dict | None) -> dict:
     """How the app builds its interpreter: the configuration the latency was measured under
     (None: not measured, the interpreter's default)."""
-    rt = {"delegate": "xnnpack", "threads": 1, **(runtime or {})}
+    rt = {**DEFAULT_RUNTIME, **(runtime or {})}
     builtin = rt["delegate"] == "builtin"
     return {**rt, "measured": runtime is not None,
             "python": f"Interpreter(model_path, num_threads={rt['threads']}"

@@ -10,7 +10,23 @@ from dataclasses import dataclass
 from export.ir import Graph, Op
 from export.lower import decompose_hswish, refine_weights
 
-__all__ = ["Target", "TARGETS"]
+__all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of"]
+
+# The runtime configuration a model is timed and shipped under, besides its lowering: the
+# interpreter's default, which hands float and int8 ops to the XNNPACK delegate, or TFLite's
+# builtin kernels alone (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; benchmark_model's
+# ``--use_xnnpack=false``), and a thread count. Which is faster depends on the CPU, the format
+# and the model's size (up to 14x either way), so a latency table measures one configuration.
+# hw/runner.py, which runs alone on the device, mirrors DELEGATES (tests check it).
+DELEGATES = ("xnnpack", "builtin")
+DEFAULT_RUNTIME = {"delegate": "xnnpack", "threads": 1}
+
+
+def runtime_of(meta: dict) -> dict:
+    """The runtime configuration a table's metadata states (the default where it says nothing:
+    tables measured before the delegate was recorded ran the interpreter's default)."""
+    return {"delegate": meta.get("delegate", DEFAULT_RUNTIME["delegate"]),
+            "threads": int(meta.get("threads", DEFAULT_RUNTIME["threads"]))}
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,9 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from export.targets import TARGETS  # noqa: E402
+from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS  # noqa: E402
 from hw.profiling import ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
 from hw.table import TableError  # noqa: E402
-from hw.runner import DELEGATES  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
 from qfa.core.space import SpecError  # noqa: E402
@@ -44,7 +43,7 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--space", default="fmnist", help="search-space preset (default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
     p.add_argument("--threads", type=integer(1, 1024), default=1, help="interpreter threads (default 1)")
-    p.add_argument("--delegate", default="xnnpack", choices=DELEGATES, help="runtime configuration: the "
+    p.add_argument("--delegate", default=DEFAULT_RUNTIME["delegate"], choices=DELEGATES, help="runtime configuration: the "
                    "interpreter's default XNNPACK delegate, or TFLite's builtin kernels alone (default xnnpack; "
                    "which is faster depends on the CPU: profile both)")
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.targets import TARGETS
+from export.targets import DEFAULT_RUNTIME, TARGETS, runtime_of
 from hw.build import build, write_model
 from hw.table import LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
 from hw.transport import Transport
@@ -31,7 +31,7 @@ class ProfileJob:
     resolution: tuple[int, ...] | None = None   # default: every resolution of the space
     deploy: str = "tflite-int8"
     threads: int = 1
-    delegate: str = "xnnpack"                   # runtime configuration (hw.runner.DELEGATES)
+    delegate: str = DEFAULT_RUNTIME["delegate"]  # runtime configuration (export.targets.DELEGATES)
     target: str = "local"                       # the transport's URL, recorded in the metadata
     jobs: int = 1                               # processes converting block models
     calib_subnets: int = 40
@@ -89,10 +89,9 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     meta_path = out.with_suffix(".json")
     meta = read_meta(meta_path) if meta_path.exists() else {}
     if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
-                 or meta.get("threads") != job.threads or meta.get("delegate", "xnnpack") != job.delegate):
+                 or runtime_of(meta) != {"delegate": job.delegate, "threads": job.threads}):
         raise TableError(f"{out} holds measurements of another space/target/runtime configuration "
-                         f"({meta.get('space')}/{meta.get('target')}/{meta.get('delegate', 'xnnpack')}, "
-                         f"{meta.get('threads')} threads): use another --device name")
+                         f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}): use another --device name")
     done = set()
     if out.exists():
         cut = drop_partial_tail(out)  # a crash mid-write: the half row goes, its entry is measured again

@@ -16,10 +16,7 @@ import time
 import numpy as np
 
 
-# The runtime configurations a model is timed (and shipped) under: the interpreter's default,
-# which hands float and int8 ops to the XNNPACK delegate, or TFLite's builtin kernels alone
-# (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; benchmark_model's ``--use_xnnpack=false``). Which is
-# faster depends on the CPU, the format and the model's size (up to 14x either way).
+# export.targets.DELEGATES, repeated: this file runs alone on the device (tests check they agree)
 DELEGATES = ("xnnpack", "builtin")
 
 

@@ -20,13 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
-from export.targets import TARGETS, Target
+from export.targets import DELEGATES, TARGETS, Target, runtime_of
 from qfa.core.conventions import one_line
 from qfa.core.fileio import append_csv_row, strict_json
 from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space
 
 from hw.entries import TOKENS, Entry, entries, token
-from hw.runner import DELEGATES
 
 __all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "append_row", "clamped",
            "read_meta", "read_rows"]
@@ -80,14 +79,14 @@ def read_meta(path: Path) -> dict:
             raise _bad(path, f"field {k!r}", f"must be {getattr(t, '__name__', 'a number')}, got {meta[k]!r}")
     if meta.get("target", "tflite-int8") not in TARGETS:
         raise _bad(path, "field 'target'", f"unknown target {meta['target']!r}; known: {', '.join(sorted(TARGETS))}")
-    if meta.get("delegate", "xnnpack") not in DELEGATES:
+    if runtime_of(meta)["delegate"] not in DELEGATES:
         raise _bad(path, "field 'delegate'", f"unknown runtime configuration {meta['delegate']!r}; known: "
                    f"{', '.join(DELEGATES)}")
     if not 0 <= meta.get("overhead_us", 0) < 1e9:
         raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
     if meta.get("threads", 1) < 1:
         raise _bad(path, "field 'threads'", f"must be >= 1, got {meta['threads']}")
-    if not meta.get("resolutions", [0]) or not all(type(r) is int for r in meta.get("resolutions", [])):
+    if "resolutions" in meta and (not meta["resolutions"] or not all(type(r) is int for r in meta["resolutions"])):
         raise _bad(path, "field 'resolutions'", f"must be a non-empty list of integers, got {meta['resolutions']!r}")
     if not all(type(b) is int for b in meta.get("space_bits") or []):
         raise _bad(path, "field 'space_bits'", f"must be a list of integers, got {meta['space_bits']!r}")
@@ -197,7 +196,7 @@ class LatencyTable:
     @property
     def runtime(self) -> dict:
         """The runtime configuration the table was measured under (and its subnets ship with)."""
-        return {"delegate": self.meta.get("delegate", "xnnpack"), "threads": int(self.meta.get("threads", 1))}
+        return runtime_of(self.meta)
 
     def host_mismatch(self) -> list[str]:
         """How this machine differs from the one this table was measured on (:func:`hw.transport.host_mismatch`)."""

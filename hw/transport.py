@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from export.targets import DEFAULT_RUNTIME, DELEGATES
+
 __all__ = ["TransportError", "BadTarget", "check_run_config", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
            "parse_benchmark_model", "host_mismatch", "FINGERPRINT"]
 
@@ -56,6 +58,8 @@ def _check(value: str | None, pattern: re.Pattern, what: str, expected: str = "l
 
 def check_run_config(cfg: "RunConfig") -> None:
     """Reject run options that could reach ssh/adb as options or shell text."""
+    if cfg.delegate not in DELEGATES:
+        raise BadTarget(f"unknown delegate {cfg.delegate!r}; known: {', '.join(DELEGATES)}")
     _check(cfg.taskset, _TASKSET, "--taskset", "a hex CPU mask such as f0")
     _check(cfg.remote_python, _PROGRAM, "--remote-python", "a program name or path")
     for opt in cfg.ssh_options:
@@ -71,7 +75,7 @@ class RunConfig:
     """How models are run on the device, whatever the transport."""
 
     threads: int = 1
-    delegate: str = "xnnpack"       # xnnpack | builtin (hw.runner.DELEGATES)
+    delegate: str = DEFAULT_RUNTIME["delegate"]  # export.targets.DELEGATES
     runs: int = 200                 # timed invokes per model
     warmup: int = 30
     taskset: str | None = None      # CPU mask for the runner (ssh, adb)

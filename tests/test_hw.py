@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from export.targets import DELEGATES
 from hw.entries import entries
 from hw.table import LatencyTable, TableError
 from hw.transport import parse_benchmark_model
@@ -164,10 +165,13 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert [d.split(":")[0] for d in diff] == ["cpu_id", "cpu_flags"] and "not stated by the table" in diff[0]
 
 
-@pytest.mark.parametrize("delegate", ["xnnpack", "builtin"])
+@pytest.mark.parametrize("delegate", DELEGATES)
 def test_the_runner_times_a_model_under_each_runtime_configuration(table_dir, block_cache, tmp_path, delegate):
     """The device-side runner honours the delegate: XNNPACK is created for 'xnnpack' only (its
-    own log line says so), and both configurations time the same block model."""
+    own log line says so), and both configurations time the same block model. The runner, which
+    runs alone on the device, repeats the delegate names: they agree."""
+    from hw import runner
+    assert runner.DELEGATES == DELEGATES
     model = next(iter(sorted(Path(block_cache).rglob("*.tflite"))))
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"models": [str(model)], "threads": 1, "delegate": delegate, "runs": 5, "warmup": 1}))

@@ -67,6 +67,7 @@ def _say(msg: str) -> None:
 
 
 def main_job(cfg: JobConfig) -> dict:
+    from export.targets import DEFAULT_RUNTIME
     from hw.table import LatencyTable
     from qfa.nn.data import make_datasets
     from export.deploy import export_subnet, verify_tflite
@@ -101,13 +102,13 @@ def main_job(cfg: JobConfig) -> dict:
     # 2. latency table
     t = time.time()
     table_csv = Path(cfg.table)
-    given = LatencyTable.load(table_csv)
+    given = table = LatencyTable.load(table_csv)
     mismatch = [] if cfg.profile else given.host_mismatch()
     if cfg.profile or mismatch:
         import subprocess
         why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
         rt = given.runtime  # the same deployment as the given table, measured here
-        name = "host" if rt == {"delegate": "xnnpack", "threads": 1} else f"host-{rt['delegate']}-{rt['threads']}t"
+        name = "host" if rt == DEFAULT_RUNTIME else f"host-{rt['delegate']}-{rt['threads']}t"
         table_csv = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
@@ -115,12 +116,12 @@ def main_job(cfg: JobConfig) -> dict:
                             "--delegate", rt["delegate"], "--threads", str(rt["threads"])])
         if r.returncode:
             raise JobError("profiling the host failed (see above)", r.returncode)
+        table = LatencyTable.load(table_csv)
     else:
         facts = given.meta.get("device_facts", {})
         _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
              f"{given.runtime['delegate']}, {given.runtime['threads']} thread(s), as this host; --profile measures "
              "this host anyway)")
-    table = LatencyTable.load(table_csv)
     table.check_space(net.space)
     timings["table_s"] = time.time() - t
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.targets import DEFAULT_RUNTIME, DELEGATES
 from qfa.core.fileio import atomic_write
 
 __all__ = ["ParetoSet", "SearchError", "pareto_key", "pareto_base"]
@@ -38,12 +39,8 @@ def pareto_base(run: Path, checkpoint: Path, predictor_path: Path, table_csv: Pa
     return run / "pareto" / f"{table_csv.stem}-{pareto_key(checkpoint, predictor_path, table_csv)}{tag}"
 
 
-DEFAULT_RUNTIME = {"delegate": "xnnpack", "threads": 1}
-
-
 def _runtime_ok(rt) -> bool:
-    """The shape of a row's runtime (which delegates exist is hw's to say: ``hw.runner.DELEGATES``)."""
-    return (isinstance(rt, dict) and isinstance(rt.get("delegate"), str)
+    return (isinstance(rt, dict) and rt.get("delegate") in DELEGATES
             and type(rt.get("threads")) is int and rt["threads"] >= 1)
 
 
