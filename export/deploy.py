@@ -16,7 +16,8 @@ import torch
 from export.ir import Graph
 from export.targets import DEFAULT_RUNTIME, TARGETS
 from export.tflite import to_tflite
-from export.verify import TFLiteModel, op_summary
+from export.lower import xnnpack_limit_errors
+from export.verify import TFLiteModel, load_failures, op_summary
 
 from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES
 from qfa.nn.data import resize
@@ -26,7 +27,11 @@ from export.fold import fold
 from qfa.core.space import SubnetSpec
 from qfa.nn.supernet import Supernet, extract
 
-__all__ = ["export_subnet", "verify_tflite"]
+__all__ = ["ExportError", "fold_subnet", "export_subnet", "verify_tflite"]
+
+
+class ExportError(RuntimeError):
+    """The exported file would not load under a runtime configuration (nothing is written)."""
 
 
 def interpreter_setup(runtime: dict | None) -> dict:
@@ -43,6 +48,17 @@ def interpreter_setup(runtime: dict | None) -> dict:
             "benchmark_model": f"--num_threads={rt['threads']} --use_xnnpack={'false' if builtin else 'true'}"}
 
 
+def fold_subnet(net: Supernet, spec: SubnetSpec, data: dict, calib_images: int = DEFAULT_CALIB_IMAGES,
+                range_images: int = 512, calib_draws: int = 1) -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
+    """Calibrate ``spec`` (BN statistics and BatchQuant ranges), extract it and fold it into the
+    integer graph, not yet lowered for a target (``Target.lower`` of a copy, once per target).
+    Returns (graph, the extracted PyTorch subnet, the calibration report, the range images)."""
+    cal = calibrate_best(net, spec, data, calib_images, calib_draws)
+    sub = extract(net, spec)
+    images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
+    return fold(sub, images), sub, cal, images
+
+
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
                   calib_images: int = DEFAULT_CALIB_IMAGES, range_images: int = 512, uint8_io: bool = False,
                   via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1,
@@ -53,14 +69,12 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     images (scales re-derived by the converter: the comparison path). ``onnx_out``: also write
     the Q/DQ ONNX model there. ``calib_draws``: see :func:`qfa.nn.evaluate.calibrate_best`."""
     t0 = time.perf_counter()
-    cal = calibrate_best(net, spec, data, calib_images, calib_draws)
-    sub = extract(net, spec)
-    images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
+    folded, sub, cal, images = fold_subnet(net, spec, data, calib_images, range_images, calib_draws)
     tgt = TARGETS[target]
     if uint8_io:
         from dataclasses import replace
         tgt = replace(tgt, io_dtype="uint8")
-    graph = tgt.lower(fold(sub, images))
+    graph = tgt.lower(folded)
     t1 = time.perf_counter()
     if via == "onnx2tf":
         from export.onnx import to_onnx
@@ -70,6 +84,11 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     else:
         blob = to_tflite(graph, tgt)
     convert_s = time.perf_counter() - t1
+    refused = load_failures(blob)
+    if refused:  # never ship a file the app cannot open (the lowering keeps XNNPACK's limits)
+        why = "; ".join(xnnpack_limit_errors(graph)[:2]) if via == "direct" else ""
+        raise ExportError(f"{out.name} would not load under {', '.join(refused)}: {next(iter(refused.values()))}"
+                          + (f" ({why})" if why else ""))
     if onnx_out is not None:
         from export.onnx import to_onnx
         atomic_write(Path(onnx_out), to_onnx(graph))

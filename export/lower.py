@@ -12,6 +12,10 @@ a 2-bit layer's folded bias by up to half an accumulator step (measured: up to 0
 
 :func:`decompose_hswish` replaces HARD_SWISH by an ADD and a MUL, for runtimes whose int8
 HARD_SWISH is slow (docs/results.md, "Which precisions buy speed").
+
+:func:`fit_xnnpack` keeps the file inside the scale limits XNNPACK checks when it builds its
+runtime (a model that breaks one does not load at all under the default interpreter), and
+:func:`xnnpack_limit_errors` names any that remain.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 from export.ir import Graph, Op, QTensor
 from export.reference import conv_nhwc
 
-__all__ = ["apply_shifts", "refine_weights", "decompose_hswish"]
+__all__ = ["apply_shifts", "refine_weights", "decompose_hswish", "fit_xnnpack", "xnnpack_limit_errors"]
 
 
 def _real_weight(op: Op) -> np.ndarray:
@@ -135,3 +139,70 @@ def decompose_hswish(graph: Graph) -> Graph:
         ops.append(Op("mul", [p, gate], op.output, layer=op.layer))
     graph.ops = ops
     return graph
+
+
+# XNNPACK's int8 operator limits (xnn_create_*; checked in float32 when the delegate builds its
+# runtime, and one failure refuses the whole model: "failed to create XNNPACK runtime"):
+# conv requantization scale in_scale * w_scale / out_scale < 256; ADD input/output scale ratios
+# in [2^-10, 2^8); MUL a_scale * b_scale / out_scale in [2^-16, 2^8); HARD_SWISH and QUANTIZE
+# (int8 -> int8) input/output in [2^-8, 2^7]; a fused activation's output range not empty.
+CONV_REQUANT_MAX = 256.0
+
+
+def _requant(graph: Graph, op: Op) -> np.ndarray:
+    f = np.float32
+    return f(graph.tensors[op.inputs[0]].scale) * op.w_scale.astype(f) / f(graph.tensors[op.output].scale)
+
+
+def fit_xnnpack(graph: Graph) -> Graph:
+    """Give every conv output channel whose integer weights are all zero the weight scale that
+    makes its requantization scale 1 (rewrites ``graph`` in place).
+
+    Such a channel outputs its bias alone, so its weight scale is arbitrary, and training leaves
+    it at whatever its quantizer last held: measured up to 1,988x the output scale for a dead
+    depthwise channel of a short-schedule W2A2 subnet, which XNNPACK refuses. With scale 1 the
+    int32 bias grid is the output grid, so the channel's output is the bias rounded once, as
+    the trained model rounds it: exact.
+    """
+    for op in graph.ops:
+        if op.kind != "conv":
+            continue
+        axis = (0, 1, 2) if op.depthwise else (1, 2, 3)
+        dead = ~np.any(op.weight != 0, axis=axis)
+        if dead.any():
+            w_scale = op.w_scale.astype(np.float64).copy()
+            w_scale[dead] = graph.tensors[op.output].scale / graph.tensors[op.inputs[0]].scale
+            op.w_scale = w_scale
+    return graph
+
+
+def xnnpack_limit_errors(graph: Graph) -> list[str]:
+    """Each op of ``graph`` outside XNNPACK's int8 limits, in words (empty: the file loads)."""
+    f = np.float32
+    sc = {k: f(t.scale) for k, t in graph.tensors.items()}
+    errors = []
+
+    def ratio(what: str, op: Op, r: float, lo: float, hi: float, hi_open: bool = True) -> None:
+        if not (lo <= r and (r < hi if hi_open else r <= hi)):
+            errors.append(f"{op.layer or op.output}: {op.kind} {what} {r:.4g} outside [{lo:.4g}, {hi:.4g}"
+                          f"{')' if hi_open else ']'}")
+
+    for op in graph.ops:
+        out = sc[op.output]
+        if op.kind == "conv":
+            m = _requant(graph, op)
+            if np.any(m >= CONV_REQUANT_MAX):
+                errors.append(f"{op.layer or op.output}: conv requantization scale {float(m.max()):.4g} "
+                              f">= {CONV_REQUANT_MAX:g} ({int((m >= CONV_REQUANT_MAX).sum())} channels)")
+        elif op.kind == "add":
+            for i in op.inputs:
+                ratio("input/output scale", op, float(sc[i] / out), 2.0 ** -10, 2.0 ** 8)
+        elif op.kind == "addc":
+            ratio("input/output scale", op, float(sc[op.inputs[0]] / out), 2.0 ** -10, 2.0 ** 8)
+        elif op.kind == "mul":
+            ratio("input scales/output scale", op, float(sc[op.inputs[0]] * sc[op.inputs[1]] / out), 2.0 ** -16, 2.0 ** 8)
+        elif op.kind in ("hswish", "requant"):
+            ratio("input/output scale", op, float(sc[op.inputs[0]] / out), 2.0 ** -8, 2.0 ** 7, hi_open=False)
+        if op.act == "relu" and graph.tensors[op.output].zero_point >= graph.tensors[op.output].qmax:
+            errors.append(f"{op.layer or op.output}: fused relu leaves an empty output range")
+    return errors

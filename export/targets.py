@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from export.ir import Graph, Op
-from export.lower import decompose_hswish, refine_weights
+from export.lower import decompose_hswish, fit_xnnpack, refine_weights
 
 __all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of"]
 
@@ -40,11 +40,14 @@ class Target:
     hswish: str = "op"
     io_dtype: str = "int8"  # int8 | uint8
 
-    def lower(self, graph: Graph) -> Graph:
+    def lower(self, graph: Graph, fit: bool = True) -> Graph:
         """Rewrite ``graph`` (in place) into what this target's file holds, so that the graph's
-        reference run and the file agree: refined weight integers, hswish lowering."""
+        reference run and the file agree: refined weight integers, hswish lowering, and (``fit``)
+        the scales XNNPACK needs to load the file (every runtime configuration loads the same file)."""
         refine_weights(graph, self.int4_packs)
-        return decompose_hswish(graph) if self.hswish == "decomposed" else graph
+        if self.hswish == "decomposed":
+            decompose_hswish(graph)
+        return fit_xnnpack(graph) if fit else graph
 
     def int4_packs(self, op: Op) -> bool:
         return self.int4_weights and op.kind == "conv" and not op.depthwise and op.w_bits <= 4

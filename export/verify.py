@@ -8,17 +8,24 @@ import numpy as np
 
 from export.ir import Graph
 from export.reference import _op
+from export.targets import DELEGATES
 
-__all__ = ["TFLiteModel", "op_errors", "op_summary"]
+__all__ = ["TFLiteModel", "load_failures", "op_errors", "op_summary"]
 
 
 class TFLiteModel:
     """A .tflite file in ai-edge-litert, fed real-valued NHWC batches (quantized as the
-    sidecar says: q = round((x + shift) / scale) + zero_point)."""
+    sidecar says: q = round((x + shift) / scale) + zero_point), under one of
+    :data:`export.targets.DELEGATES` (the interpreter's default: XNNPACK)."""
 
-    def __init__(self, model: str | Path | bytes, threads: int = 1, preserve: bool = False) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, model: str | Path | bytes, threads: int = 1, preserve: bool = False,
+                 delegate: str = "xnnpack") -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        if delegate not in DELEGATES:
+            raise ValueError(f"unknown delegate {delegate!r}; expected one of {DELEGATES}")
         kw: dict[str, Any] = {"num_threads": threads, "experimental_preserve_all_tensors": preserve}
+        if delegate == "builtin":
+            kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         if isinstance(model, (bytes, bytearray)):
             self.it = Interpreter(model_content=bytes(model), **kw)
         else:
@@ -48,6 +55,18 @@ class TFLiteModel:
         """Every tensor's current value by name (needs ``preserve=True``)."""
         return {d["name"]: self.it.get_tensor(d["index"]) for d in self.it.get_tensor_details()
                 if d["name"] and not d["name"].endswith((".weight", ".bias"))}
+
+
+def load_failures(model: bytes) -> dict[str, str]:
+    """{delegate: the interpreter's first error line} for each runtime configuration
+    (:data:`export.targets.DELEGATES`) that refuses the file; empty when every one loads it."""
+    failures = {}
+    for delegate in DELEGATES:
+        try:
+            TFLiteModel(model, delegate=delegate)
+        except (RuntimeError, ValueError) as e:
+            failures[delegate] = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return failures
 
 
 def op_errors(graph: Graph, model: TFLiteModel, x: np.ndarray) -> dict[str, int]:

@@ -40,7 +40,8 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
                epilog=__doc__.split("\n\n", 1)[1] + "\n" + textwrap.fill(EXIT_STATUS_HELP, 100))
     p.add_argument("--device", help="table name: latency_tables/NAME.csv (required unless --estimate)")
     p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | adb[:SERIAL] (default local)")
-    p.add_argument("--space", default="fmnist", help="search-space preset (default fmnist)")
+    p.add_argument("--space", default="fmnist", help="search-space preset, or a space .json file a run wrote (RUN/space.json: a preset fitted to "
+                   "its data; default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
     p.add_argument("--threads", type=integer(1, 1024), default=1, help="interpreter threads (default 1)")
     p.add_argument("--delegate", default=DEFAULT_RUNTIME["delegate"], choices=DELEGATES, help="runtime configuration: the "

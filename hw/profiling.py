@@ -77,11 +77,11 @@ def probe_specs(table: LatencyTable, resolutions: list[int]) -> list:
 
 
 def profile(job: ProfileJob, transport: Transport) -> dict:
-    from qfa.core.space import get_space
+    from qfa.core.space import resolve_space
     from hw.blocks import BlockFactory, overhead_model
     from hw.entries import entries
 
-    space = get_space(job.space)
+    space = resolve_space(job.space)
     target = TARGETS[job.deploy]
     resolutions = _resolutions(job, space)
     out = Path(job.out_dir) / f"{job.device}.csv"
@@ -100,7 +100,7 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
                   file=sys.stderr)
         done = set(read_rows(out)[0])
     facts = transport.facts()
-    meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "target": target.name,
+    meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "space_json": space.to_json(), "target": target.name,
                  "threads": job.threads, "delegate": job.delegate, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
                  "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
                  "shared_entries": "nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM "
@@ -142,11 +142,11 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
 def estimate(job: ProfileJob, transport: Transport) -> dict:
     """Time to build a table here, extrapolated from building and timing a random sample of
     its shapes, and one random whole subnet (the calibration set), on this transport."""
-    from qfa.core.space import get_space
+    from qfa.core.space import resolve_space
     from hw.blocks import BlockFactory
     from hw.entries import entries
 
-    space, target = get_space(job.space), TARGETS[job.deploy]
+    space, target = resolve_space(job.space), TARGETS[job.deploy]
     resolutions = _resolutions(job, space)
     table = LatencyTable({}, {"target": target.name, "overhead_us": 0.0}, space)
     specs = probe_specs(table, resolutions)

@@ -23,7 +23,7 @@ import numpy as np
 from export.targets import DELEGATES, TARGETS, Target, runtime_of
 from qfa.core.conventions import one_line
 from qfa.core.fileio import append_csv_row, strict_json
-from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space
+from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_from_json
 
 from hw.entries import TOKENS, Entry, entries, token
 
@@ -47,7 +47,8 @@ _TOK = "(?:i8c?|i4c?)"
 KEY = re.compile(rf"(stem|first|mb|head)\|s[0-9]{{1,2}}p[01]\|r[0-9]{{1,4}}\|[0-9]{{1,4}}x[0-9]{{1,4}}x[0-9]{{1,5}}>[0-9]{{1,5}}"
                  rf"\|k[0-9]{{1,2}}\|m[0-9]{{1,5}}\|st[12]\|[a-z]{{1,12}}\|se[01]\|sk[01]\|{_TOK}(?:/{_TOK}){{0,2}}", re.ASCII)
 _META_TYPES = {"space": str, "space_hash": str, "target": str, "delegate": str, "device": str, "overhead_us": (int, float),
-               "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list}
+               "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list,
+               "space_json": dict}
 
 
 def _bad(path: Path, where: str, why: str) -> TableError:
@@ -166,7 +167,8 @@ class LatencyTable:
             raise TableError(f"latency table not found: {p} (and {p.with_suffix('.json').name} beside it)")
         meta = read_meta(p.with_suffix(".json"))
         try:
-            space = get_space(meta["space"], meta.get("space_bits"))
+            space = (space_from_json(meta["space_json"], "space_json") if "space_json" in meta
+                     else get_space(meta["space"], meta.get("space_bits")))
         except SpecError as e:
             raise TableError(f"{p.with_suffix('.json')}: unknown search space in metadata ({e})") from None
         if space.hash != meta["space_hash"]:

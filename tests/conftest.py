@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from qfa.nn.data import load_fashion_mnist, to_tensor
+from qfa.nn.elastic.ops import ElasticBatchNorm2d
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,16 @@ def perturb(net: torch.nn.Module, seed: int = 0) -> None:
             elif leaf == "bias":
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
         net.classifier.weight.normal_(0, 0.2, generator=g)
+
+
+def boost_bn(net: torch.nn.Module, share: float = 0.05, gain: float = 10.0, seed: int = 3) -> None:
+    """Multiply the gain of a random share of BatchNorm channels: folded weight scales beyond
+    anything training leaves (x10 stays within what the runtimes accept; x100 does not)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, ElasticBatchNorm2d):
+                m.weight[torch.rand(m.weight.shape, generator=g) < share] *= gain
 
 
 @pytest.fixture(scope="session")

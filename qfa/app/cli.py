@@ -129,11 +129,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     from hw.table import TableError
     from qfa.nas.predictor import PredictorError
     from qfa.nas.search import SearchError
-    cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile)
+    from qfa.train.config import ConfigError
+    cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile,
+                    data=args.data)
     if args.table:
         cfg.table = _table_arg(args.table)
     if args.tiny:
         cfg = replace(cfg, **TINY)
+    cfg.train_overrides = tuple(cfg.train_overrides) + tuple(args.set or ())
     cfg.allow_over_budget = args.allow_over_budget
     for k in ("n_predictor", "pop", "gens", "test_images"):
         if getattr(args, k) is not None:
@@ -142,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     try:
         summary = main_job(cfg)
-    except (CheckpointError, TableError, DataError, PredictorError, SearchError) as e:
+    except (CheckpointError, TableError, DataError, PredictorError, SearchError, ConfigError, SpecError) as e:
         raise CLIError(str(e), 2) from None
     except JobError as e:
         raise CLIError(str(e), e.code) from None
@@ -199,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not specs:
         raise CLIError("nothing to evaluate: give --spec and/or --sample", 2)
     try:
-        data = make_datasets(args.data, space.resolutions[-1])
+        data = make_datasets(args.data or net.data, space.resolutions[-1], space=space)
     except DataError as e:
         raise CLIError(str(e), 2) from None
 
@@ -252,7 +255,7 @@ def _output(path: str, suffix: str, flag: str) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from qfa.nn.data import DataError, make_datasets
-    from export.deploy import export_subnet, verify_tflite
+    from export.deploy import ExportError, export_subnet, verify_tflite
     out = _output(args.out, ".tflite", "--out")
     if args.onnx:
         _output(args.onnx, ".onnx", "--onnx")
@@ -271,7 +274,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if spec.space.hash != net.space.hash:
         raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
     try:
-        data = make_datasets(args.data, spec.resolution)
+        data = make_datasets(args.data or net.data, spec.resolution, space=net.space)
     except DataError as e:
         raise CLIError(str(e), 2) from None
     from export.onnx2tf_path import Onnx2tfError
@@ -279,7 +282,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         res = export_subnet(net, spec, data, out, args.target, _calib_images(args), uint8_io=args.uint8,
                             via=args.via, onnx_out=Path(args.onnx) if args.onnx else None, calib_draws=args.calib_draws,
                             runtime=runtime)
-    except Onnx2tfError as e:
+    except (Onnx2tfError, ExportError) as e:
         raise CLIError(str(e), 1) from None
     report = {"out": str(out), "sidecar": str(out.with_suffix(".json")), **{k: res["sidecar"][k] for k in
               ("hash", "spec_str", "target", "bytes", "fold_s", "convert_s", "max_zero_point_fraction_lsb")}}
@@ -319,7 +322,7 @@ def cmd_predictor(args: argparse.Namespace) -> None:
         rank, world, device = distributed_env()
         net.to(device)
         try:
-            data = make_datasets(args.data, net.space.resolutions[-1])
+            data = make_datasets(args.data or net.data, net.space.resolutions[-1], space=net.space)
         except DataError as e:
             raise CLIError(str(e), 2) from None
         def progress(i: int, n: int, row: dict) -> None:
@@ -481,6 +484,10 @@ def _command(sub, name: str, func: Callable[[argparse.Namespace], None], **kw) -
     return p
 
 
+DATA_HELP = ("your own images: an ImageFolder root (ROOT/train/<class>/ and ROOT/val/<class>/, or ROOT/<class>/ "
+             "alone, a test split then carved from it), grey or RGB, any size and number of classes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="qfa", description=__doc__.split("\n\n")[0], epilog=_EPILOG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -513,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable), "
                     "e.g. batch_size=32 or stage1.epochs=2")
     tp.add_argument("--act-quant", choices=["bq", "minmax", "lsq"], help="activation quantizer (ablation)")
-    tp.add_argument("--data", help="ImageFolder root with train/ and val/ (default: Fashion-MNIST)")
+    tp.add_argument("--data", help=DATA_HELP + " (default: Fashion-MNIST)")
     tp.add_argument("--device", choices=["auto", "cpu", "cuda"])
     tp.add_argument("--batch-size", type=integer(1))
     tp.add_argument("--seed", type=integer(0))
@@ -530,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--sample", help="specs to sample, comma-separated: max[:B], min[:B], random:N (mixed "
                     "precision) or random:N:B (every conv at B bits)")
     ep.add_argument("--seed", type=integer(0), default=0)
-    ep.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    ep.add_argument("--data", help="ImageFolder root (default: the data the supernet was trained on)")
     _add_calib(ep)
     ep.add_argument("--test-images", type=integer(1), default=None, help="limit the test images (default: all)")
 
@@ -558,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--threshold", type=number(0.0), default=99.0, help="minimum top-1 agreement %% for --verify (default 99)")
     xp.add_argument("--test-images", type=integer(1), default=None, help="limit the verification images (default: all)")
     _add_calib(xp)
-    xp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    xp.add_argument("--data", help="ImageFolder root (default: the data the supernet was trained on)")
 
     pp = _command(sub, "predictor", cmd_predictor, help="collect accuracy labels for subnets, or fit the accuracy predictor",
                        description="examples:\n  qfa predictor collect --checkpoint runs/fmnist --n 400\n"
@@ -575,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--eval-images", type=integer(1), help="held-out images per subnet (default all: fewer make noisier labels)")
     pp.add_argument("--epochs", type=integer(1), default=150, help="MLP training epochs (fit; default 150)")
     pp.add_argument("--seed", type=integer(0), default=0)
-    pp.add_argument("--data", help="ImageFolder root (default: Fashion-MNIST)")
+    pp.add_argument("--data", help="ImageFolder root (default: the data the supernet was trained on)")
 
     sp2 = _command(sub, "search", cmd_search, help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2")
@@ -599,14 +606,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("profile", help="measure a device into a latency table (same as python hw/profile.py)", add_help=False)
 
     rp = _command(sub, "run", cmd_run, help="the main job: train, table, predictor, search, export, verify",
-                       description="The whole flow on Fashion-MNIST, resumable (rerun to continue):\n"
+                       description="The whole flow on Fashion-MNIST or --data, resumable (rerun to continue):\n"
                                    "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
                                    "  shipped host latency table (or --profile this host), label subnets and fit the\n"
                                    "  accuracy predictor, search with NSGA-II under --latency-ms, export the chosen subnet\n"
                                    "  to int8 .tflite, verify it on the test set and measure its latency here.\n"
-                                   "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5")
+                                   "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5\n"
+                                   "  qfa run --data ~/my_images --run runs/mine")
     rp.add_argument("--run", default="runs/main", help="run folder (default runs/main)")
     rp.add_argument("--checkpoint", help="a trained supernet to use instead of training one")
+    rp.add_argument("--data", help=DATA_HELP + "; the space is fitted to it (default: Fashion-MNIST)")
+    rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key (repeatable), "
+                    "e.g. space.resolutions=[24,32] or stage1.epochs=1")
     rp.add_argument("--table", help="latency table CSV (default: the shipped host table)")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
     rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")

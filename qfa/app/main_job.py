@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from latency_tables import shipped
+from qfa.core.fileio import atomic_write
 
 __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
 
@@ -35,6 +36,7 @@ class JobError(RuntimeError):
 class JobConfig:
     run: Path = Path("runs/main")
     checkpoint: str | None = None       # reuse a trained run instead of training
+    data: str | None = None              # an ImageFolder root (None: Fashion-MNIST); the space is fitted to it
     config: str = "fmnist_short"         # training preset when training
     train_overrides: tuple[str, ...] = ()
     table: Path = DEFAULT_TABLE
@@ -70,7 +72,7 @@ def main_job(cfg: JobConfig) -> dict:
     from export.targets import DEFAULT_RUNTIME
     from hw.table import LatencyTable
     from qfa.nn.data import make_datasets
-    from export.deploy import export_subnet, verify_tflite
+    from export.deploy import ExportError, export_subnet, verify_tflite
     from qfa.nas.predictor import Predictor, collect, fit, load_rows
     from qfa.nas.search import SearchError, pareto_base, saved_or_search
     from qfa.nn.supernet import Supernet
@@ -94,9 +96,13 @@ def main_job(cfg: JobConfig) -> dict:
         else:
             resume = ckpt.exists()
             _say(f"1/6 supernet: {'resuming' if resume else 'training'} the {cfg.config} schedule in {run}")
-            result = Trainer(load_config(cfg.config, list(cfg.train_overrides)), run, resume=resume, progress=True).run()
+            overrides = list(cfg.train_overrides) + ([f"data={json.dumps(str(cfg.data))}"] if cfg.data else [])
+            result = Trainer(load_config(cfg.config, overrides), run, resume=resume, progress=True).run()
             done.write_text(json.dumps(result, default=str))
     net = Supernet.from_checkpoint(ckpt)
+    data_root = cfg.data or net.data
+    if cfg.data and cfg.checkpoint and net.data != cfg.data:
+        _say(f"   the supernet was trained on {net.data or 'Fashion-MNIST'}; labelling and verifying on {cfg.data}")
     timings["train_s"] = time.time() - t
 
     # 2. latency table
@@ -104,15 +110,22 @@ def main_job(cfg: JobConfig) -> dict:
     table_csv = Path(cfg.table)
     given = table = LatencyTable.load(table_csv)
     mismatch = [] if cfg.profile else given.host_mismatch()
-    if cfg.profile or mismatch:
+    other_space = not cfg.profile and given.space.hash != net.space.hash
+    if cfg.profile or mismatch or other_space:
         import subprocess
-        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
+        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else
+               f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
+               if other_space else "")
         rt = given.runtime  # the same deployment as the given table, measured here
         name = "host" if rt == DEFAULT_RUNTIME else f"host-{rt['delegate']}-{rt['threads']}t"
         table_csv = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
+        space_arg = net.space.name
+        if net.space.name != net.space.name.split("-")[0]:  # a preset fitted to the data: hand over its JSON
+            space_arg = str(run / "space.json")
+            atomic_write(Path(space_arg), json.dumps(net.space.to_json()).encode())
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
-                            str(table_csv.parent), "--space", net.space.name, "--deploy", given.target.name,
+                            str(table_csv.parent), "--space", space_arg, "--deploy", given.target.name,
                             "--delegate", rt["delegate"], "--threads", str(rt["threads"])])
         if r.returncode:
             raise JobError("profiling the host failed (see above)", r.returncode)
@@ -127,7 +140,7 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 3. predictor
     t = time.time()
-    data = make_datasets(None, net.space.resolutions[-1])
+    data = make_datasets(data_root, net.space.resolutions[-1], space=net.space)
     labels = run / "predictor_data.csv"
     have = len(load_rows(labels))
     if have < cfg.n_predictor:
@@ -167,10 +180,13 @@ def main_job(cfg: JobConfig) -> dict:
     t = time.time()
     out = run / "model.tflite"
     _say(f"5/6 export: {out}")
-    data_r = make_datasets(None, spec.resolution)
-    res = export_subnet(net, spec, data_r, out, table.target.name, calib_images=cfg.export_calib_images,
-                        range_images=min(512, cfg.export_calib_images),  # lowered as the table was measured
-                        calib_draws=cfg.export_calib_draws, runtime=table.runtime)
+    data_r = make_datasets(data_root, spec.resolution, space=net.space)
+    try:
+        res = export_subnet(net, spec, data_r, out, table.target.name, calib_images=cfg.export_calib_images,
+                            range_images=min(512, cfg.export_calib_images),  # lowered as the table was measured
+                            calib_draws=cfg.export_calib_draws, runtime=table.runtime)
+    except ExportError as e:
+        raise JobError(str(e), 1) from None
     v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data_r["test"], cfg.test_images)
     timings["export_verify_s"] = time.time() - t
 

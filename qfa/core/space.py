@@ -33,8 +33,11 @@ from qfa.core.fileio import strict_json
 
 __all__ = [
     "FP", "QBits", "StageDef", "BlockSpec", "SubnetSpec", "SearchSpace", "SpecError",
-    "make_divisible", "mid_channels", "get_space", "list_spaces",
+    "make_divisible", "mid_channels", "get_space", "list_spaces", "resolve_space", "space_from_json", "DATA_FIELDS",
 ]
+
+# What a space takes from the data it is trained on (a variant of a preset differs only here).
+DATA_FIELDS = ("in_channels", "num_classes", "resolutions")
 
 FP = 32  # "bitwidth" that means full precision (float32, no quantizer)
 
@@ -349,6 +352,37 @@ class SearchSpace:
                 "k": {v: i for i, v in enumerate(self.kernels)},
                 "e": {v: i for i, v in enumerate(self.expands)},
                 "q": {v: i for i, v in enumerate(self.bit_pairs)}}
+
+    def fit_data(self, in_channels: int | None = None, num_classes: int | None = None,
+                 resolutions: Sequence[int] | None = None) -> "SearchSpace":
+        """This space for other data: input channels (1 grey, 3 RGB), class count, resolutions.
+
+        A variant is another space, with its own hash and a name that says how it differs from
+        its preset (``fmnist-c3-k5``), so weights, tables and specs of one are refused by the
+        other with both names. Unchanged fields keep the preset's name."""
+        changes = {k: v for k, v in (("in_channels", in_channels), ("num_classes", num_classes),
+                                     ("resolutions", resolutions)) if v is not None}
+        for k in ("in_channels", "num_classes"):
+            if k in changes and type(changes[k]) is not int:
+                raise SpecError(f"space {k} must be an integer, got {_show(changes[k])}")
+        if changes.get("in_channels", 1) not in (1, 3):
+            raise SpecError(f"space in_channels must be 1 (grey) or 3 (RGB), got {changes['in_channels']}")
+        if not 2 <= changes.get("num_classes", 2) <= 100_000:
+            raise SpecError(f"space num_classes must be 2..100000, got {changes['num_classes']}")
+        if "resolutions" in changes:
+            r = changes["resolutions"]
+            if not isinstance(r, (list, tuple)) or not r or not all(type(v) is int and 16 <= v <= 1024 for v in r):
+                raise SpecError(f"space resolutions must be a non-empty list of integers 16..1024, got {_show(r)}")
+            changes["resolutions"] = tuple(sorted(set(r)))
+        base_name = self.name.split("-")[0]
+        base = get_space(base_name, self.bits) if base_name in _PRESETS else self
+        fields = {k: changes.get(k, getattr(self, k)) for k in DATA_FIELDS}
+        tag = "".join(f"-{c}{v}" for c, k, v in (("c", "in_channels", fields["in_channels"]),
+                                                  ("k", "num_classes", fields["num_classes"]))
+                      if v != getattr(base, k))
+        if fields["resolutions"] != base.resolutions:
+            tag += f"-r{fields['resolutions'][0]}" + (f"-{fields['resolutions'][-1]}" if len(fields["resolutions"]) > 1 else "")
+        return dataclasses.replace(self, name=base_name + tag, **fields)
 
     def with_bits(self, bits: Iterable[int]) -> "SearchSpace":
         """The same architecture with another bit choice set (e.g. adding FP for stage 0)."""
@@ -708,3 +742,34 @@ def get_space(name: str, bits: Iterable[int] | None = None) -> SearchSpace:
         raise SpecError(f"unknown space {name!r}; available: {', '.join(list_spaces())}")
     space = _PRESETS[name]()
     return space.with_bits(bits) if bits is not None else space
+
+
+def resolve_space(text: str) -> SearchSpace:
+    """A space named on a command line: a preset name, or a JSON file a run wrote
+    (``RUN/space.json``: a preset fitted to its data)."""
+    if text in _PRESETS:
+        return get_space(text)
+    from pathlib import Path
+    p = Path(text)
+    if p.suffix != ".json":
+        raise SpecError(f"unknown space {text!r}; available: {', '.join(list_spaces())}, or a space .json file")
+    try:
+        d = strict_json(p.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise SpecError(f"cannot read space file {text}: {str(e).splitlines()[0][:120]}") from None
+    return space_from_json(d, text)
+
+
+def space_from_json(d: Any, where: str = "space") -> SearchSpace:
+    """A space from its JSON (:meth:`SearchSpace.to_json`), checked: a file's space is input."""
+    if not isinstance(d, dict) or d.get("name", "").split("-")[0] not in _PRESETS:
+        raise SpecError(f"{where}: not a search space of a known preset ({', '.join(list_spaces())})")
+    try:
+        space = SearchSpace.from_json(d)
+        preset = get_space(space.name.split("-")[0], space.bits)
+        variant = preset.fit_data(*(getattr(space, k) for k in DATA_FIELDS))
+    except (TypeError, ValueError, KeyError) as e:
+        raise SpecError(f"{where}: malformed search space ({str(e).splitlines()[0][:120]})") from None
+    if variant.to_json() != space.to_json():  # only the data fields may differ from the preset
+        raise SpecError(f"{where}: space {space.name!r} differs from its preset beyond {', '.join(DATA_FIELDS)}")
+    return variant

@@ -5,6 +5,7 @@ mid-epoch, or split over any number of workers and processes, sees exactly the s
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["FMNIST_DIR", "DataError", "load_fashion_mnist", "resize", "FMNIST_MEAN", "FMNIST_STD",
            "FMNIST_LABELS", "to_tensor", "ImageSet", "FashionMNIST", "ImageFolder", "holdout_split",
-           "make_datasets", "HOLDOUT_SEED"]
+           "make_datasets", "HOLDOUT_SEED", "scan_folder", "data_facts", "space_for_data"]
 
 HOLDOUT_SEED = 2147483647  # OFA's seed for its held-out split of the training set
 
@@ -132,40 +133,82 @@ class FashionMNIST(ImageSet):
         return to_tensor(img[None])[0], int(self.targets[i])
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+STATS_IMAGES = 2000  # training images the normalisation statistics are computed from
+
+
+@functools.lru_cache(maxsize=8)
+def _scan(root: str, mtime_ns: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...], int, int, str]:
+    """(class names, (file, class index) pairs, channels the images need (1 grey, 3 colour),
+    files skipped as unreadable, the first of them) of ``root/<class>/<image>``; every file
+    is opened and verified once (cached until the folder changes)."""
+    from PIL import Image, UnidentifiedImageError
+    base = Path(root)
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
+    files, channels, skipped, first_bad = [], 1, 0, ""
+    for ci, c in enumerate(classes):
+        n_before = len(files)
+        for f in sorted((base / c).iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            try:
+                with Image.open(f) as img:
+                    mode = img.mode
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                skipped += 1
+                first_bad = first_bad or str(f)
+                continue
+            files.append((str(f), ci))
+            channels = channels if mode in GREY_MODES else 3
+        if len(files) == n_before:
+            raise DataError(f"class folder {base / c} holds no readable images")
+    return tuple(classes), tuple(files), channels, skipped, first_bad
+
+
+def scan_folder(root: str | os.PathLike) -> dict:
+    """What an ImageFolder tree holds: ``labels`` (class folder names), ``files``, ``channels``
+    (1 when every image is grey, else 3) and ``skipped`` (files that are not readable images)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    stamp = max([root.stat().st_mtime_ns] + [d.stat().st_mtime_ns for d in root.iterdir() if d.is_dir()])
+    labels, files, channels, skipped, first_bad = _scan(str(root), stamp)
+    return {"labels": labels, "files": files, "channels": channels, "skipped": skipped, "first_skipped": first_bad}
 
 
 class ImageFolder(ImageSet):
-    """``root/<class>/<image>`` (ImageNet layout). Training: random-resized crop (scale
-    0.08-1) + flip; evaluation: resize to 1.14x then centre crop; both at ``resolution``."""
+    """``root/<class>/<image>`` (ImageNet layout) of any image size, read grey (``channels=1``)
+    or RGB (3). Training: random-resized crop (scale 0.08-1) + flip; evaluation: resize to
+    1.14x then centre crop; both at ``resolution``. Files that are not readable images are
+    skipped (``skipped`` counts them); ``labels`` orders the classes (another split's order
+    when given, so that its class indices mean the same)."""
 
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
-
-    def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False, seed: int = 0) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DataError(f"image folder not found: {root}")
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not classes:
-            raise DataError(f"{root} holds no class folders (expected root/<class>/<image>)")
-        self.labels = tuple(classes)
-        self.files, targets = [], []
-        for ci, c in enumerate(classes):
-            for f in sorted((root / c).iterdir()):
-                if f.suffix in self.EXTS:
-                    self.files.append(f)
-                    targets.append(ci)
-        if not self.files:
-            raise DataError(f"{root} holds no images ({', '.join(self.EXTS)})")
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.resolution = resolution
+    def __init__(self, root: str | os.PathLike, resolution: int, augment: bool = False, seed: int = 0,
+                 channels: int = 3, labels: tuple[str, ...] | None = None) -> None:
+        found = scan_folder(root)
+        self.labels = tuple(labels or found["labels"])
+        unknown = sorted(set(found["labels"]) - set(self.labels))
+        if unknown:
+            raise DataError(f"{root} has classes the training split lacks: {', '.join(unknown[:5])}")
+        index = {c: i for i, c in enumerate(self.labels)}
+        self.files = [f for f, _ in found["files"]]
+        self.targets = np.asarray([index[found["labels"][ci]] for _, ci in found["files"]], dtype=np.int64)
+        self.skipped, self.first_skipped = found["skipped"], found["first_skipped"]
+        self.resolution, self.channels = resolution, channels
+        self.mean, self.std = (0.5,) * channels, (0.5,) * channels  # make_datasets sets the training split's
         super().__init__(np.arange(len(self.files)), augment, seed)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def pixels(self, k: int) -> torch.Tensor:
+        """Image ``k`` transformed, in [0, 1], (C, r, r), before normalisation."""
         from PIL import Image
         i = self.indices[k]
-        img = Image.open(self.files[i]).convert("RGB")
+        try:
+            img = Image.open(self.files[i]).convert("L" if self.channels == 1 else "RGB")
+        except OSError as e:
+            raise DataError(f"cannot read image {self.files[i]}: {str(e).splitlines()[0][:100]}") from None
         r = self.resolution
         w, h = img.size
         if self.augment:
@@ -190,24 +233,75 @@ class ImageFolder(ImageSet):
             w2, h2 = img.size
             x0, y0 = (w2 - r) // 2, (h2 - r) // 2
             img = img.crop((x0, y0, x0 + r, y0 + r))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std, int(self.targets[i])
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+        return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        c = self.channels
+        x = self.pixels(k)
+        return (x - torch.tensor(self.mean).view(c, 1, 1)) / torch.tensor(self.std).view(c, 1, 1), int(self.targets[self.indices[k]])
+
+    def compute_stats(self, n: int = STATS_IMAGES) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std over (up to) ``n`` of these images, as evaluation sees them."""
+        pick = np.random.default_rng(0).permutation(len(self))[:n]
+        plain = self.subset(np.arange(len(self)), augment=False)
+        x = torch.stack([plain.pixels(int(k)) for k in pick])
+        return tuple(float(v) for v in x.mean((0, 2, 3))), tuple(max(float(v), 1e-3) for v in x.std((0, 2, 3)))
 
 
-def make_datasets(data: str | None, resolution: int, seed: int = 0,
-                  holdout_fraction: float = 0.1) -> dict[str, ImageSet]:
-    """{'train', 'holdout', 'test'} for Fashion-MNIST (``data`` None or 'fmnist') or an
-    ImageFolder root holding ``train/`` and ``val/``. 'holdout' is carved from train."""
+def data_facts(data: str | None) -> dict:
+    """``{"channels", "num_classes", "labels"}`` of a dataset: what a space fitted to it takes."""
     if data in (None, "", "fmnist"):
+        return {"channels": 1, "num_classes": len(FMNIST_LABELS), "labels": FMNIST_LABELS}
+    found = scan_folder(_train_root(Path(data)))
+    return {"channels": found["channels"], "num_classes": len(found["labels"]), "labels": found["labels"]}
+
+
+def _train_root(root: Path) -> Path:
+    """An ImageFolder root's training classes: ``root/train`` if present, else ``root`` itself."""
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def space_for_data(space, data: str | None, in_channels: int | None = None, num_classes: int | None = None,
+                   resolutions: list[int] | None = None):
+    """``space`` fitted to ``data``: each of ``in_channels`` / ``num_classes`` / ``resolutions``
+    as given, else as the data says (its class folders and image modes). A class count the data
+    contradicts is a DataError."""
+    facts = data_facts(data)
+    if num_classes is not None and num_classes != facts["num_classes"]:
+        raise DataError(f"num_classes={num_classes}, but {data or 'Fashion-MNIST'} has {facts['num_classes']} classes")
+    return space.fit_data(in_channels or facts["channels"], facts["num_classes"], resolutions)
+
+
+def make_datasets(data: str | None, resolution: int, seed: int = 0, holdout_fraction: float = 0.1,
+                  space=None) -> dict[str, ImageSet]:
+    """{'train', 'holdout', 'test'} for Fashion-MNIST (``data`` None or 'fmnist') or an
+    ImageFolder root (``root/train`` and ``root/val``; without ``val/`` the test split is carved
+    from train, and a root that holds class folders itself is all train). 'holdout' is carved
+    from train. Images are read with ``space``'s input channels, whose class count must be the
+    data's; an ImageFolder is normalised with its training split's statistics."""
+    if data in (None, "", "fmnist"):
+        if space is not None and (space.in_channels, space.num_classes) != (1, len(FMNIST_LABELS)):
+            raise DataError(f"Fashion-MNIST is 1-channel with {len(FMNIST_LABELS)} classes; space {space.name!r} "
+                            f"takes {space.in_channels} channels and {space.num_classes} classes (give its --data)")
         train = FashionMNIST("train", augment=True, seed=seed)
         test = FashionMNIST("test")
-    else:
-        root = Path(data)
-        if not (root / "train").is_dir() or not (root / "val").is_dir():
-            raise DataError(f"{root}: expected an ImageFolder root with train/ and val/ sub-folders")
-        train = ImageFolder(root / "train", resolution, augment=True, seed=seed)
-        test = ImageFolder(root / "val", resolution)
-    tr, ho = holdout_split(len(train), holdout_fraction)
-    return {"train": train.subset(tr), "holdout": train.subset(ho, augment=False), "test": test}
+        tr, ho = holdout_split(len(train), holdout_fraction)
+        return {"train": train.subset(tr), "holdout": train.subset(ho, augment=False), "test": test}
+    root = Path(data)
+    channels = space.in_channels if space is not None else scan_folder(_train_root(root))["channels"]
+    train = ImageFolder(_train_root(root), resolution, augment=True, seed=seed, channels=channels)
+    if space is not None and len(train.labels) != space.num_classes:
+        raise DataError(f"{data} has {len(train.labels)} classes; space {space.name!r} has {space.num_classes}")
+    if (root / "val").is_dir():
+        test = ImageFolder(root / "val", resolution, channels=channels, labels=train.labels)
+        rest = np.arange(len(train))
+    else:  # no separate test split: carve one from train (fixed, apart from the held-out one)
+        rest, te = holdout_split(len(train), 0.1, seed=HOLDOUT_SEED - 1)
+        test = train.subset(te, augment=False)
+    tr, ho = holdout_split(len(rest), holdout_fraction)
+    train_set = train.subset(rest[tr])
+    mean, std = train_set.compute_stats()
+    for d in (train, test, train_set):
+        d.mean, d.std = mean, std
+    return {"train": train_set, "holdout": train.subset(rest[ho], augment=False), "test": test}

@@ -175,6 +175,8 @@ class Supernet(QFANet):
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: checkpoint does not hold a usable supernet ({str(e).splitlines()[0][:160]})") from None
         net.trained_step = int(state.get("step", 0))
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        net.data = config.get("data") if isinstance(config.get("data"), str) else None  # None: Fashion-MNIST
         return net.to(device)
 
     @torch.no_grad()

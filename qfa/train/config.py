@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from qfa.core.space import DATA_FIELDS
+
 __all__ = ["StageCfg", "TrainConfig", "load_config", "preset_path", "ConfigError"]
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
@@ -37,6 +39,9 @@ class StageCfg:
 class TrainConfig:
     space: str = "fmnist"
     space_bits: list[int] | None = None     # override the preset's bit choices (e.g. add 32)
+    in_channels: int | None = None          # space.in_channels; None: the data's (1 if all grey, else 3)
+    num_classes: int | None = None          # space.num_classes; None: the data's (its class folders)
+    resolutions: list[int] | None = None    # space.resolutions; None: the preset's
     act_quant: str = "bq"                   # bq | minmax | lsq (the ablation)
     data: str | None = None                 # None: Fashion-MNIST; else an ImageFolder root
     holdout_fraction: float = 0.1
@@ -152,8 +157,12 @@ def _parse_value(text: str) -> Any:
 
 
 def _apply(d: dict, key: str, value: Any) -> None:
-    """Set ``key`` (``name`` or ``<stage name>.<field>``) in the plain config dict ``d``."""
+    """Set ``key`` (``name``, ``space.<data field>`` or ``<stage name>.<field>``) in the plain
+    config dict ``d``."""
     head, _, rest = key.partition(".")
+    if head == "space" and rest in DATA_FIELDS:
+        d[rest] = value
+        return
     if rest:
         stage = next((s for s in d.get("stages", []) if s.get("name") == head), None)
         if stage is None:

@@ -22,9 +22,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from qfa.nn.calibrate import calibrate
-from qfa.nn.data import ImageSet, make_datasets
+from qfa.nn.data import ImageSet, make_datasets, space_for_data
 from qfa.nn.evaluate import accuracy, calib_batches
-from qfa.core.space import FP, get_space
+from qfa.core.fileio import atomic_write
+from qfa.core.space import FP, SpecError, get_space
 from qfa.nn.supernet import Subnet, Supernet, extract
 from qfa.nn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from qfa.train.config import ConfigError, TrainConfig
@@ -78,7 +79,11 @@ class Trainer:
         self.device = self._device()
         if self.dist.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.space = get_space(cfg.space, cfg.space_bits)
+        try:
+            self.space = space_for_data(get_space(cfg.space, cfg.space_bits), cfg.data, cfg.in_channels,
+                                        cfg.num_classes, cfg.resolutions)
+        except SpecError as e:
+            raise ConfigError(str(e)) from None
         for st in cfg.stages:
             extra = sorted(set(st.bits) - set(self.space.bits))
             if extra:
@@ -88,7 +93,10 @@ class Trainer:
         self.net = Supernet(self.space, cfg.act_quant, cfg.dropout).to(self.device)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.data = make_datasets(cfg.data, self.space.resolutions[-1], cfg.seed, cfg.holdout_fraction)
+        self.data = make_datasets(cfg.data, self.space.resolutions[-1], cfg.seed, cfg.holdout_fraction, self.space)
+        if self.dist.main:  # the space fitted to the data, for hw/profile.py --space
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.run_dir / "space.json", json.dumps(self.space.to_json(), indent=1).encode())
         per_step = cfg.batch_size * self.dist.world
         self.steps_per_epoch = len(self.data["train"]) // per_step
         if self.steps_per_epoch == 0:
