@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from qfa.core.space import SpecError, get_space, resolve_space
-from qfa.nn.data import DataError, load_fashion_mnist, make_datasets, scan_folder, space_for_data
+from qfa.nn.data import DataError, load_fashion_mnist, make_datasets, scan_folder, skipped_note, space_for_data
 from qfa.nn.supernet import Supernet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +80,7 @@ def test_the_loader_reads_what_the_space_asks(rgb_root, tmp_path):
     x, y = d["train"][0]
     assert x.shape == (3, 32, 32) and d["train"].labels == tuple(f"class_{c}" for c in range(4))
     assert len(d["train"]) + len(d["holdout"]) == 4 * 40 and len(d["test"]) == 4 * 10  # 2 corrupt files skipped
+    assert skipped_note(d).startswith("skipped 2 file(s) that are not readable images (first: ")
     # normalisation from the training split: the tinted, mostly black images are far from 0.5
     mean, std = d["train"].mean, d["train"].std
     assert len(mean) == 3 and all(0.05 < m < 0.4 for m in mean) and d["test"].mean == mean
@@ -134,3 +135,18 @@ def test_qfa_run_on_your_own_rgb_images(rgb_root, tmp_path):
     from export.verify import TFLiteModel
     m = TFLiteModel(run / "model.tflite")
     assert m.out["shape"].tolist() == [1, 4]
+
+
+def test_nothing_outside_its_loader_and_preset_assumes_fashion_mnist():
+    """Fashion-MNIST's channels, classes, normalisation and labels live in its loader
+    (qfa/nn/data.py) and its preset (the fmnist space); everything else asks the space or the data."""
+    pattern = re.compile(r"FMNIST_|load_fashion_mnist|make_datasets\(None|FashionMNIST\(|to_tensor\(|num_classes\s*=\s*10\b|"
+                         r"in_channels\s*=\s*1\b|0\.2860|0\.3530")
+    hits = []
+    for pkg in ("qfa", "hw", "export", "latency_tables"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            rel = f.relative_to(ROOT).as_posix()
+            for i, line in enumerate(f.read_text().splitlines(), 1):
+                if pattern.search(line) and rel != "qfa/nn/data.py" and not (rel == "qfa/core/space.py" and "fmnist" in line):
+                    hits.append(f"{rel}:{i}: {line.strip()}")
+    assert hits == []

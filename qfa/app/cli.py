@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, number, run_guarded
-from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, list_spaces
+from qfa.core.space import SearchSpace, SpecError, SubnetSpec, list_spaces, resolve_space
 
 __all__ = ["main", "CLIError", "load_spec"]
 
@@ -70,7 +70,8 @@ def _emit(args: argparse.Namespace, obj: dict, human: Callable[[], None]) -> Non
 
 def _space(args: argparse.Namespace) -> SearchSpace:
     try:
-        return get_space(args.space, args.bits)
+        space = resolve_space(args.space)
+        return space.with_bits(args.bits) if args.bits else space
     except SpecError as e:
         raise CLIError(str(e), 2) from None
 
@@ -454,7 +455,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 # ---- parser ------------------------------------------------------------------------------
 def _add_space_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--space", default="fmnist", choices=list_spaces(), help="search-space preset (default: fmnist)")
+    p.add_argument("--space", default="fmnist", help=f"search-space preset ({', '.join(list_spaces())}), or a space .json "
+                   "file a run wrote (RUN/space.json; default: fmnist)")
     p.add_argument("--bits", type=bit_list, default=None,
                    help="override the space's bit choices, e.g. 2,3,4,32 (32 = full precision)")
 

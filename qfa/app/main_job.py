@@ -126,7 +126,9 @@ def main_job(cfg: JobConfig) -> dict:
             atomic_write(Path(space_arg), json.dumps(net.space.to_json()).encode())
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
                             str(table_csv.parent), "--space", space_arg, "--deploy", given.target.name,
-                            "--delegate", rt["delegate"], "--threads", str(rt["threads"])])
+                            "--delegate", rt["delegate"], "--threads", str(rt["threads"])],
+                           stdout=subprocess.PIPE, text=True)
+        sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
         if r.returncode:
             raise JobError("profiling the host failed (see above)", r.returncode)
         table = LatencyTable.load(table_csv)
@@ -166,7 +168,9 @@ def main_job(cfg: JobConfig) -> dict:
     _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}" if front is None else
          f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s")
     lats = np.array([r["latency_ms"] for r in pset.rows])
-    budget = cfg.latency_ms if cfg.latency_ms is not None else float(np.round((lats.min() + lats.max()) / 2, 3))
+    # default: the middle of the front, and never below what the margin lets the fastest subnet meet
+    budget = cfg.latency_ms if cfg.latency_ms is not None else \
+        float(np.ceil(max((lats.min() + lats.max()) / 2, lats.min() * (1 + cfg.margin)) * 1000) / 1000)
     pset.save(base, budget)
     try:
         best = pset.answer(budget, margin=cfg.margin)

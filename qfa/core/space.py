@@ -729,7 +729,21 @@ def _fmnist() -> SearchSpace:
     )
 
 
-_PRESETS = {"paper": _paper, "fmnist": _fmnist}
+def _edge() -> SearchSpace:
+    # The fmnist family widened for small RGB images (64-96 px) on modest hardware: a stride-2
+    # stem, stages 24/40/80; in_channels and num_classes are fitted to the data.
+    return SearchSpace(
+        name="edge", in_channels=3, num_classes=10, stem_width=16, stem_stride=2,
+        first_width=16,
+        stages=(StageDef(24, 2, "relu", False), StageDef(40, 2, "hswish", True),
+                StageDef(80, 2, "hswish", True)),
+        final_expand_width=480, feature_mix_width=640,
+        depths=(1, 2, 3), resolutions=(64, 80, 96), bits=(2, 3, 4, 8, FP),
+        se_bits=QBits(8, 8),
+    )
+
+
+_PRESETS = {"paper": _paper, "fmnist": _fmnist, "edge": _edge}
 
 
 def list_spaces() -> list[str]:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["FMNIST_DIR", "DataError", "load_fashion_mnist", "resize", "FMNIST_MEAN", "FMNIST_STD",
            "FMNIST_LABELS", "to_tensor", "ImageSet", "FashionMNIST", "ImageFolder", "holdout_split",
-           "make_datasets", "HOLDOUT_SEED", "scan_folder", "data_facts", "space_for_data"]
+           "make_datasets", "HOLDOUT_SEED", "scan_folder", "data_facts", "space_for_data", "skipped_note"]
 
 HOLDOUT_SEED = 2147483647  # OFA's seed for its held-out split of the training set
 
@@ -135,28 +135,31 @@ class FashionMNIST(ImageSet):
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 STATS_IMAGES = 2000  # training images the normalisation statistics are computed from
+VERIFY_LIMIT = 50_000  # trees up to this many files are decoded-checked when scanned; larger: headers only
 
 
 @functools.lru_cache(maxsize=8)
 def _scan(root: str, mtime_ns: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...], int, int, str]:
     """(class names, (file, class index) pairs, channels the images need (1 grey, 3 colour),
-    files skipped as unreadable, the first of them) of ``root/<class>/<image>``; every file
-    is opened and verified once (cached until the folder changes)."""
+    files skipped as unreadable, the first of them) of ``root/<class>/<image>``. Every file's
+    header is read, and up to VERIFY_LIMIT files are verified too (cached until the folder
+    changes)."""
     from PIL import Image, UnidentifiedImageError
     base = Path(root)
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
+    listed = [[f for f in sorted((base / c).iterdir()) if f.is_file() and not f.name.startswith(".")] for c in classes]
+    verify = sum(map(len, listed)) <= VERIFY_LIMIT
     files, channels, skipped, first_bad = [], 1, 0, ""
     for ci, c in enumerate(classes):
         n_before = len(files)
-        for f in sorted((base / c).iterdir()):
-            if not f.is_file() or f.name.startswith("."):
-                continue
+        for f in listed[ci]:
             try:
                 with Image.open(f) as img:
                     mode = img.mode
-                    img.verify()
+                    if verify:
+                        img.verify()
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 skipped += 1
                 first_bad = first_bad or str(f)
@@ -247,6 +250,14 @@ class ImageFolder(ImageSet):
         plain = self.subset(np.arange(len(self)), augment=False)
         x = torch.stack([plain.pixels(int(k)) for k in pick])
         return tuple(float(v) for v in x.mean((0, 2, 3))), tuple(max(float(v), 1e-3) for v in x.std((0, 2, 3)))
+
+
+def skipped_note(sets: dict[str, ImageSet]) -> str:
+    """One line on the files of ``make_datasets``' splits that were skipped as unreadable ('' if none)."""
+    seen = {id(getattr(d, "files", None)): d for d in sets.values() if getattr(d, "skipped", 0)}
+    n = sum(d.skipped for d in seen.values())
+    first = next((d.first_skipped for d in seen.values()), "")
+    return f"skipped {n} file(s) that are not readable images (first: {first})" if n else ""
 
 
 def data_facts(data: str | None) -> dict:

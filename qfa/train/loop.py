@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from qfa.nn.calibrate import calibrate
-from qfa.nn.data import ImageSet, make_datasets, space_for_data
+from qfa.nn.data import ImageSet, make_datasets, skipped_note, space_for_data
 from qfa.nn.evaluate import accuracy, calib_batches
 from qfa.core.fileio import atomic_write
 from qfa.core.space import FP, SpecError, get_space
@@ -94,6 +94,8 @@ class Trainer:
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.data = make_datasets(cfg.data, self.space.resolutions[-1], cfg.seed, cfg.holdout_fraction, self.space)
+        if self.progress and skipped_note(self.data):
+            print(f"train: {skipped_note(self.data)}", file=sys.stderr)
         if self.dist.main:  # the space fitted to the data, for hw/profile.py --space
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / "space.json", json.dumps(self.space.to_json(), indent=1).encode())
