@@ -136,7 +136,7 @@ def test_qfa_profile_forwards_and_estimates_a_table(table_dir):
                               timeout=540, cwd=ROOT)
     bad = qfa("--device", "x", "--space", "nope")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "qfa profile: error: unknown space 'nope'; available: fmnist, paper"]
+        "qfa profile: error: unknown space 'nope'; available: edge, fmnist, paper, or a space .json file"]
     r = qfa("--estimate", "1", "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "2", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     est = json.loads(r.stdout)
