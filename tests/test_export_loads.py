@@ -1,6 +1,7 @@
 """Every exported file loads under every runtime configuration (XNNPACK and TFLite's builtin
 kernels), for random specs x every target, from a barely trained supernet (a real 51-step
-`qfa train` run: dead channels with arbitrary weight scales) and from one with extreme scales
+`qfa train` run: where dead channels with arbitrary weight scales occur, in some runs and not
+others; the last test makes one on purpose) and from one with extreme scales
 (perturbed quantizers, BatchNorm gains x10). Beyond what the runtimes accept (gains x1000),
 the export refuses in one line and writes nothing. Real LiteRT interpreter loads.
 
@@ -58,23 +59,19 @@ def _specs():
 @pytest.mark.parametrize("which", ["barely_trained", "extreme"])
 def test_every_export_loads_under_every_delegate(request, which):
     net = request.getfixturevalue(which)
-    data, refused, fitted = {}, [], []  # fitted: graphs that broke XNNPACK's limits before the fit
+    data, refused = {}, []
     specs = _specs()
     for spec in specs:
         if spec.resolution not in data:
             data[spec.resolution] = make_datasets(None, spec.resolution)
         g0, *_ = fold_subnet(net, spec, data[spec.resolution], calib_images=128, range_images=128)
         for target in TARGETS.values():
-            fitted.append(bool(xnnpack_limit_errors(target.lower(copy.deepcopy(g0), fit=False))))
             g = target.lower(copy.deepcopy(g0))
             assert xnnpack_limit_errors(g) == [], (str(spec), target.name)
             bad = load_failures(to_tflite(g, target))
             if bad:
                 refused.append((str(spec), target.name, bad))
-    assert len(fitted) == len(specs) * len(TARGETS)
     assert refused == []
-    if which == "barely_trained":  # the case the fit exists for occurs (the min W2A2 subnet, at least)
-        assert any(fitted)
 
 
 def test_a_file_no_runtime_loads_is_refused_in_one_line(tmp_path):
