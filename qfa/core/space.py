@@ -776,7 +776,7 @@ def resolve_space(text: str) -> SearchSpace:
 
 def space_from_json(d: Any, where: str = "space") -> SearchSpace:
     """A space from its JSON (:meth:`SearchSpace.to_json`), checked: a file's space is input."""
-    if not isinstance(d, dict) or d.get("name", "").split("-")[0] not in _PRESETS:
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d["name"].split("-")[0] not in _PRESETS:
         raise SpecError(f"{where}: not a search space of a known preset ({', '.join(list_spaces())})")
     try:
         space = SearchSpace.from_json(d)
