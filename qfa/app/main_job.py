@@ -120,12 +120,10 @@ def main_job(cfg: JobConfig) -> dict:
         name = "host" if rt == DEFAULT_RUNTIME else f"host-{rt['delegate']}-{rt['threads']}t"
         table_csv = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
-        space_arg = net.space.name
-        if net.space.name != net.space.name.split("-")[0]:  # a preset fitted to the data: hand over its JSON
-            space_arg = str(run / "space.json")
-            atomic_write(Path(space_arg), json.dumps(net.space.to_json()).encode())
+        space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
+        atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
-                            str(table_csv.parent), "--space", space_arg, "--deploy", given.target.name,
+                            str(table_csv.parent), "--space", str(space_arg), "--deploy", given.target.name,
                             "--delegate", rt["delegate"], "--threads", str(rt["threads"])],
                            stdout=subprocess.PIPE, text=True)
         sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone

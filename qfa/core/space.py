@@ -353,6 +353,11 @@ class SearchSpace:
                 "e": {v: i for i, v in enumerate(self.expands)},
                 "q": {v: i for i, v in enumerate(self.bit_pairs)}}
 
+    @property
+    def preset(self) -> str:
+        """The preset this space is (or is a data-fitted variant of): ``fmnist-c3-k5`` -> ``fmnist``."""
+        return self.name.split("-")[0]
+
     def fit_data(self, in_channels: int | None = None, num_classes: int | None = None,
                  resolutions: Sequence[int] | None = None) -> "SearchSpace":
         """This space for other data: input channels (1 grey, 3 RGB), class count, resolutions.
@@ -374,15 +379,14 @@ class SearchSpace:
             if not isinstance(r, (list, tuple)) or not r or not all(type(v) is int and 16 <= v <= 1024 for v in r):
                 raise SpecError(f"space resolutions must be a non-empty list of integers 16..1024, got {_show(r)}")
             changes["resolutions"] = tuple(sorted(set(r)))
-        base_name = self.name.split("-")[0]
-        base = get_space(base_name, self.bits) if base_name in _PRESETS else self
+        base = get_space(self.preset, self.bits) if self.preset in _PRESETS else self
         fields = {k: changes.get(k, getattr(self, k)) for k in DATA_FIELDS}
         tag = "".join(f"-{c}{v}" for c, k, v in (("c", "in_channels", fields["in_channels"]),
                                                   ("k", "num_classes", fields["num_classes"]))
                       if v != getattr(base, k))
         if fields["resolutions"] != base.resolutions:
             tag += f"-r{fields['resolutions'][0]}" + (f"-{fields['resolutions'][-1]}" if len(fields["resolutions"]) > 1 else "")
-        return dataclasses.replace(self, name=base_name + tag, **fields)
+        return dataclasses.replace(self, name=self.preset + tag, **fields)
 
     def with_bits(self, bits: Iterable[int]) -> "SearchSpace":
         """The same architecture with another bit choice set (e.g. adding FP for stage 0)."""
@@ -780,7 +784,7 @@ def space_from_json(d: Any, where: str = "space") -> SearchSpace:
         raise SpecError(f"{where}: not a search space of a known preset ({', '.join(list_spaces())})")
     try:
         space = SearchSpace.from_json(d)
-        preset = get_space(space.name.split("-")[0], space.bits)
+        preset = get_space(space.preset, space.bits)
         variant = preset.fit_data(*(getattr(space, k) for k in DATA_FIELDS))
     except (TypeError, ValueError, KeyError) as e:
         raise SpecError(f"{where}: malformed search space ({str(e).splitlines()[0][:120]})") from None

@@ -261,11 +261,11 @@ def skipped_note(sets: dict[str, ImageSet]) -> str:
 
 
 def data_facts(data: str | None) -> dict:
-    """``{"channels", "num_classes", "labels"}`` of a dataset: what a space fitted to it takes."""
+    """``{"channels", "num_classes"}`` of a dataset: what a space fitted to it takes."""
     if data in (None, "", "fmnist"):
-        return {"channels": 1, "num_classes": len(FMNIST_LABELS), "labels": FMNIST_LABELS}
+        return {"channels": 1, "num_classes": len(FMNIST_LABELS)}
     found = scan_folder(_train_root(Path(data)))
-    return {"channels": found["channels"], "num_classes": len(found["labels"]), "labels": found["labels"]}
+    return {"channels": found["channels"], "num_classes": len(found["labels"])}
 
 
 def _train_root(root: Path) -> Path:

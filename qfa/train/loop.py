@@ -94,8 +94,9 @@ class Trainer:
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.data = make_datasets(cfg.data, self.space.resolutions[-1], cfg.seed, cfg.holdout_fraction, self.space)
-        if self.progress and skipped_note(self.data):
-            print(f"train: {skipped_note(self.data)}", file=sys.stderr)
+        note = skipped_note(self.data)
+        if self.progress and note:
+            print(f"train: {note}", file=sys.stderr)
         if self.dist.main:  # the space fitted to the data, for hw/profile.py --space
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.run_dir / "space.json", json.dumps(self.space.to_json(), indent=1).encode())
