@@ -17,6 +17,7 @@ from export.ir import Graph
 from export.targets import DEFAULT_RUNTIME, TARGETS
 from export.tflite import to_tflite
 from export.lower import xnnpack_limit_errors
+from export.simulate import DeployedModel
 from export.verify import TFLiteModel, load_failures, op_summary
 
 from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES
@@ -27,7 +28,10 @@ from export.fold import fold
 from qfa.core.space import SubnetSpec
 from qfa.nn.supernet import Supernet, extract
 
-__all__ = ["ExportError", "fold_subnet", "export_subnet", "verify_tflite"]
+__all__ = ["ExportError", "fold_subnet", "deployed_model", "export_subnet", "verify_tflite"]
+
+
+RANGE_IMAGES = 512
 
 
 class ExportError(RuntimeError):
@@ -49,18 +53,32 @@ def interpreter_setup(runtime: dict | None) -> dict:
 
 
 def fold_subnet(net: Supernet, spec: SubnetSpec, data: dict, calib_images: int = DEFAULT_CALIB_IMAGES,
-                range_images: int = 512, calib_draws: int = 1) -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
+                range_images: int = RANGE_IMAGES, calib_draws: int = 1) -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
     """Calibrate ``spec`` (BN statistics and BatchQuant ranges), extract it and fold it into the
     integer graph, not yet lowered for a target (``Target.lower`` of a copy, once per target).
     Returns (graph, the extracted PyTorch subnet, the calibration report, the range images)."""
     cal = calibrate_best(net, spec, data, calib_images, calib_draws)
     sub = extract(net, spec)
-    images = torch.cat([resize(x, spec.resolution) for x in calib_batches(data["train"], range_images)])
+    images = range_set(data, spec.resolution, range_images)
     return fold(sub, images), sub, cal, images
 
 
+def range_set(data: dict, resolution: int, n: int = RANGE_IMAGES) -> torch.Tensor:
+    """The training images that fix the 8-bit ranges of tensors no trained quantizer owns."""
+    return torch.cat([resize(x, resolution) for x in calib_batches(data["train"], n)])
+
+
+def deployed_model(net: Supernet, spec: SubnetSpec, data: dict, target: str,
+                   range_images: int = RANGE_IMAGES, delegate: str = "xnnpack") -> DeployedModel:
+    """``spec`` as the .tflite for ``target`` computes it under ``delegate``, from ``net``
+    holding the spec's calibration (BN statistics and BatchQuant ranges): extracted, folded,
+    lowered, run in PyTorch."""
+    graph = fold(extract(net, spec), range_set(data, spec.resolution, range_images))
+    return DeployedModel(TARGETS[target].lower(graph), delegate)
+
+
 def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target: str = "tflite-int8",
-                  calib_images: int = DEFAULT_CALIB_IMAGES, range_images: int = 512, uint8_io: bool = False,
+                  calib_images: int = DEFAULT_CALIB_IMAGES, range_images: int = RANGE_IMAGES, uint8_io: bool = False,
                   via: str = "direct", onnx_out: Path | None = None, calib_draws: int = 1,
                   runtime: dict | None = None) -> dict[str, Any]:
     """Calibrate, extract and fold ``spec``; write ``out`` (.tflite) and ``out``.json atomically.
@@ -79,7 +97,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     if via == "onnx2tf":
         from export.onnx import to_onnx
         from export.onnx2tf_path import onnx2tf_int8
-        fgraph = fold(sub, images[:range_images], shifts=False)  # float model: no shift bookkeeping
+        fgraph = fold(sub, images, shifts=False)  # float model: no shift bookkeeping
         blob = onnx2tf_int8(to_onnx(fgraph, qdq=False), images.permute(0, 2, 3, 1).numpy())
     else:
         blob = to_tflite(graph, tgt)
@@ -118,38 +136,46 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
 
 @torch.no_grad()
 def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_images: int | None = None,
-                  onnx_model: bytes | None = None, direct: bool = True) -> dict[str, Any]:
-    """PyTorch fake-quant vs the .tflite on the test set: top-1 of each, agreement, logit error
-    (and the Q/DQ ONNX model in onnxruntime, when given)."""
+                  onnx_model: bytes | None = None, direct: bool = True, delegate: str = "xnnpack") -> dict[str, Any]:
+    """The .tflite (under ``delegate``) on the test set against the PyTorch fake-quant subnet
+    and against the subnet as deployed (``graph`` run by :mod:`export.simulate`, ``direct``
+    exports only): top-1 of each, agreements, the largest logit difference in output LSB (and
+    the Q/DQ ONNX model in onnxruntime, when given)."""
     n = len(test) if n_images is None else min(n_images, len(test))
-    model = TFLiteModel(blob)
+    model = TFLiteModel(blob, delegate=delegate)
     shift = graph.tensors[graph.input].shift if direct else 0.0
+    deployed = DeployedModel(graph, delegate) if direct else None
     ort = None
     if onnx_model is not None:
         import onnxruntime
         ort = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
-        ort_correct = ort_agree = 0
     out_scale = model.out["quantization"][0]
-    pt_correct = tf_correct = agree = 0
-    max_lsb = 0.0
+    n_ok = {"pytorch": 0, "tflite": 0, "deployed": 0, "onnx": 0}
+    n_agree = {"pytorch": 0, "deployed": 0, "onnx": 0}
+    max_lsb = {"pytorch": 0.0, "deployed": 0.0}
     r = graph.meta["resolution"]
     for start in range(0, n, 256):
         batch = [test[i] for i in range(start, min(n, start + 256))]
         x = resize(torch.stack([b[0] for b in batch]), r)
         y = np.array([b[1] for b in batch])
-        pt = subnet(x).numpy()
         tf = model.logits(np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()), shift)
+        outs = {"pytorch": subnet(x).numpy()}
+        if deployed is not None:
+            outs["deployed"] = deployed(x).numpy()
         if ort is not None:
-            o = ort.run(None, {"input": x.numpy()})[0]
-            ort_correct += int((o.argmax(1) == y).sum())
-            ort_agree += int((o.argmax(1) == pt.argmax(1)).sum())
-        pt_correct += int((pt.argmax(1) == y).sum())
-        tf_correct += int((tf.argmax(1) == y).sum())
-        agree += int((pt.argmax(1) == tf.argmax(1)).sum())
-        max_lsb = max(max_lsb, float(np.abs(pt - tf).max() / out_scale))
-    res = {"images": n, "pytorch_top1": 100.0 * pt_correct / n, "tflite_top1": 100.0 * tf_correct / n,
-           "agreement": 100.0 * agree / n, "max_logit_error_lsb": round(max_lsb, 2), "bytes": len(blob),
-           "ops": op_summary(blob)}
+            outs["onnx"] = ort.run(None, {"input": x.numpy()})[0]
+        n_ok["tflite"] += int((tf.argmax(1) == y).sum())
+        for k, o in outs.items():
+            n_ok[k] += int((o.argmax(1) == y).sum())
+            n_agree[k] += int((o.argmax(1) == tf.argmax(1)).sum())
+            if k in max_lsb:
+                max_lsb[k] = max(max_lsb[k], float(np.abs(o - tf).max() / out_scale))
+    res = {"images": n, "delegate": delegate, "pytorch_top1": 100.0 * n_ok["pytorch"] / n,
+           "tflite_top1": 100.0 * n_ok["tflite"] / n, "agreement": 100.0 * n_agree["pytorch"] / n,
+           "max_logit_error_lsb": round(max_lsb["pytorch"], 2), "bytes": len(blob), "ops": op_summary(blob)}
+    if deployed is not None:
+        res.update({"deployed_top1": 100.0 * n_ok["deployed"] / n, "deployed_agreement": 100.0 * n_agree["deployed"] / n,
+                    "deployed_max_logit_error_lsb": round(max_lsb["deployed"], 2)})
     if ort is not None:
-        res.update({"onnx_top1": 100.0 * ort_correct / n, "onnx_agreement": 100.0 * ort_agree / n})
+        res.update({"onnx_top1": 100.0 * n_ok["onnx"] / n, "onnx_agreement": 100.0 * n_agree["onnx"] / n})
     return res

@@ -4,7 +4,7 @@ BatchNorm goes into per-channel weight scales and biases, BatchQuant's alpha int
 activation scale, its offset into a zero point rounded to an integer (the rounding is
 reported per tensor). Weights keep their trained integers. Tensors that no trained quantizer
 owns (pre-activations, residual sums, SE internals, logits) get 8-bit ranges calibrated on
-real images by running the integer graph itself.
+real images by running the integer graph itself (:mod:`export.simulate`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 from export.ir import Graph, Op, QTensor, grid_qparams
 from export.lower import apply_shifts
-from export.reference import calibrate_ranges
+from export.simulate import calibrate_ranges
 
 from qfa.nn.elastic.blocks import ElasticMBConv, ElasticSE
 from qfa.nn.elastic.ops import ElasticConv2d
@@ -196,5 +196,5 @@ def fold(subnet: Subnet, calib_images: Iterable[torch.Tensor] | torch.Tensor, me
             t.shift = 0.0
     if isinstance(calib_images, torch.Tensor):
         calib_images = calib_images.split(256)
-    calibrate_ranges(g, (np.ascontiguousarray(xb.permute(0, 2, 3, 1).numpy()) for xb in calib_images))
+    calibrate_ranges(g, calib_images)
     return g.validate()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from export.ir import Graph, Op
 from export.lower import decompose_hswish, fit_xnnpack, refine_weights
 
-__all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of"]
+__all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of", "FAKE_QUANT", "SCORINGS"]
 
 # The runtime configuration a model is timed and shipped under, besides its lowering: the
 # interpreter's default, which hands float and int8 ops to the XNNPACK delegate, or TFLite's
@@ -56,3 +56,8 @@ class Target:
 TARGETS = {t.name: t for t in (Target("tflite-int8"), Target("tflite-int4w", int4_weights=True),
                                Target("tflite-int8-hswish-decomposed", hswish="decomposed"),
                                Target("tflite-int4w-hswish-decomposed", int4_weights=True, hswish="decomposed"))}
+
+# How a subnet is scored (labels, `qfa eval`): as deployed for a target (its lowered integer
+# graph run by export.simulate: what the .tflite computes), or the PyTorch fake-quant model.
+FAKE_QUANT = "fake-quant"
+SCORINGS = (*TARGETS, FAKE_QUANT)

@@ -7,10 +7,9 @@ from typing import Any
 import numpy as np
 
 from export.ir import Graph
-from export.reference import _op
 from export.targets import DELEGATES
 
-__all__ = ["TFLiteModel", "load_failures", "op_errors", "op_summary"]
+__all__ = ["TFLiteModel", "load_failures", "op_diffs", "op_errors", "op_summary"]
 
 
 class TFLiteModel:
@@ -23,6 +22,7 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         if delegate not in DELEGATES:
             raise ValueError(f"unknown delegate {delegate!r}; expected one of {DELEGATES}")
+        self.delegate = delegate
         kw: dict[str, Any] = {"num_threads": threads, "experimental_preserve_all_tensors": preserve}
         if delegate == "builtin":
             kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
@@ -69,21 +69,28 @@ def load_failures(model: bytes) -> dict[str, str]:
     return failures
 
 
-def op_errors(graph: Graph, model: TFLiteModel, x: np.ndarray) -> dict[str, int]:
-    """Per op: max |TFLite output - graph op on TFLite's own inputs| in LSB, for one image.
+def op_diffs(graph: Graph, model: TFLiteModel, x: np.ndarray):
+    """Per op, in order: (op, TFLite's output - the simulated op (:mod:`export.simulate`) on
+    TFLite's own inputs, in LSB), for one image (``model`` built with ``preserve=True``).
 
-    This isolates the lowering of each op from the propagation of earlier rounding
-    differences (which sub-8-bit grids amplify), so it is the exactness check of the export.
-    """
+    This isolates each op from the propagation of earlier rounding differences (which
+    sub-8-bit grids amplify): what is left is the runtime's kernels against the simulation."""
+    import torch
+    from export.simulate import DeployedModel
+    sim = DeployedModel(graph, model.delegate)
     model.invoke_q(model.quantize_input(x[:1], graph.tensors[graph.input].shift))
     vals = model.tensors()
-    errs = {}
+    nchw = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))  # noqa: E731
     for op in graph.ops:
-        args = [graph.tensors[i].dequantize(vals[i]).astype(np.float32) for i in op.inputs]
+        args = [nchw(graph.tensors[i].dequantize(vals[i]).astype(np.float32)) for i in op.inputs]
         out = graph.tensors[op.output]
-        ref = out.quantize(_op(op, args, graph.tensors)).astype(np.int32)
-        errs[op.output] = int(np.abs(ref - vals[op.output].astype(np.int32)).max())
-    return errs
+        ref = out.quantize(sim.op_output(op, args).numpy().transpose(0, 2, 3, 1)).astype(np.int32)
+        yield op, vals[op.output].astype(np.int32) - ref
+
+
+def op_errors(graph: Graph, model: TFLiteModel, x: np.ndarray) -> dict[str, int]:
+    """Per op: max |:func:`op_diffs`| in LSB, for one image: the exactness check of the export."""
+    return {op.output: int(np.abs(d).max()) for op, d in op_diffs(graph, model, x)}
 
 
 def op_summary(model_bytes: bytes) -> dict[str, int]:

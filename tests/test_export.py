@@ -9,7 +9,7 @@ import torch
 from ai_edge_litert import schema_py_generated as fb
 
 from .conftest import perturb
-from export.reference import run
+from export.simulate import DeployedModel
 from export.lower import refine_weights
 from export.targets import TARGETS
 from export.tflite import to_tflite
@@ -90,7 +90,6 @@ def test_fold_computes_each_trained_grid_like_pytorch(supernet, fmnist_train, re
     before it, equals PyTorch's quantized value but for rare rounding ties. Without refined weights
     the int32 bias of 2-bit layers is rounded by up to half of (input scale x weight scale), a
     large share of a 2-bit step: that variant must fail."""
-    from export.reference import _op
     from qfa.nn.elastic.ops import ElasticConv2d
     spec = SPACE.min_spec(bits=2)
     x = resize(fmnist_train[:256], spec.resolution)
@@ -109,18 +108,19 @@ def test_fold_computes_each_trained_grid_like_pytorch(supernet, fmnist_train, re
                                        caps.__setitem__(n, o.permute(0, 2, 3, 1).numpy()))
     with torch.no_grad():
         sub(x)
-    env = {g.input: x.permute(0, 2, 3, 1).numpy() + g.tensors[g.input].shift}
+    sim = DeployedModel(g)
+    env = {g.input: x + g.tensors[g.input].shift}
     worst = {}
     for op in g.ops:
-        y, t = _op(op, [env[i] for i in op.inputs], g.tensors), g.tensors[op.output]
+        y, t = sim.op_output(op, [env[i] for i in op.inputs]), g.tensors[op.output]
         env[op.output] = y
         if t.fixed:
-            q = t.quantize(y)
+            q = t.quantize(y.permute(0, 2, 3, 1).numpy())
             if op.output in caps:
                 want = t.quantize(caps[op.output] + t.shift)
                 worst[op.output] = (np.abs(q.astype(int) - want).max(), float((q != want).mean()))
                 q = want
-            env[op.output] = t.dequantize(q).astype(np.float32)
+            env[op.output] = torch.from_numpy(t.dequantize(q).astype(np.float32)).permute(0, 3, 1, 2)
     assert len(worst) >= 8, worst
     low = [frac for name, (d, frac) in worst.items() if g.tensors[name].bits < 8]
     # 8-bit grids: the bias is still rounded, on a finer grid (measured: <= 2 LSB once refined)
@@ -148,14 +148,16 @@ def test_learned_zero_points_are_kept_exactly():
            Op("conv", ["h"], "y", weight=w2, w_scale=s2, bias=np.zeros(6), pad=1, depthwise=True)]
     g = apply_shifts(Graph(t, ops, "x", "y"))
     assert any(op.kind == "addc" for op in g.ops)  # the border correction
-    # tensors left unfixed stay real in the reference: this isolates the shift mechanism
+    # tensors left unfixed stay real in the simulation: this isolates the shift mechanism
     x = rng.normal(0, 1, (4, 8, 8, 3)).astype(np.float32)
     xq = np.round(x / 0.05) * 0.05
     h = np.maximum(conv_nhwc(xq, w1 * s1[:, None, None, None], 1, 0, False) + b1, 0)
     hq = (np.clip(np.round(h / S + Z), 0, 3) - Z) * S  # BatchQuant's real-zero-point quantizer
     want = conv_nhwc(hq, w2 * s2, 1, 1, True)
     trace = {}
-    got = run(g, x, integer_output=False, trace=trace)
+    DeployedModel(g)(torch.from_numpy(x).permute(0, 3, 1, 2), trace=trace)
+    trace = {k: v.permute(0, 2, 3, 1).numpy() for k, v in trace.items()}
+    got = trace["y"]
     # equal except where h/S + Z sits within the int32 bias grid (0.0025) of a rounding tie
     v = h / S + Z
     near_tie = np.abs(v - np.floor(v) - 0.5) < 0.0025 / S
@@ -214,7 +216,7 @@ def test_onnx_qdq_matches_the_integer_graph_in_onnxruntime(supernet, fmnist_trai
     xs = x[:32].numpy()
     out = sess.run(None, {"input": xs})[0]
     t = g.tensors[g.output]
-    ref = t.dequantize(run(g, np.ascontiguousarray(x[:32].permute(0, 2, 3, 1).numpy()))).reshape(32, -1)
+    ref = DeployedModel(g)(x[:32]).numpy()
     lsb = np.abs(out - ref) / t.scale
     # the same integer model: most logits identical, argmax mostly identical (low-bit nets amplify
     # single-LSB rounding differences, as for TFLite)

@@ -17,6 +17,8 @@ def _qfa(*args, timeout=540):
 
 @pytest.mark.slow
 def test_main_job_tiny_end_to_end_and_resume(tmp_path):
+    import pandas as pd
+    from qfa.app.main_job import DEFAULT_TABLE
     run = tmp_path / "run"
     # --allow-over-budget: whether this host meets the budget depends on its speed today (CI's
     # machines differ); the summary must say which, and the over-budget path is tested below
@@ -32,8 +34,11 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     it.invoke()
     side = json.loads(Path(s["sidecar"]).read_text())
     assert side["hash"] == s["hash"] and len(side["labels"]) == 10
-    # agreement above the tiny job's threshold, a feasible spec, the Pareto outputs
-    assert s["agreement"] >= 50.0
+    # the file computes what the labels scored (the subnet as deployed) on nearly every image,
+    # the fake-quant model less exactly; a feasible spec, the Pareto outputs
+    assert s["deployed_agreement"] >= 99.0 and s["agreement"] >= 50.0
+    labels = run / "predictor_data.csv"
+    assert set(pd.read_csv(labels)["scored"]) == {json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())["target"]}
     assert s["predicted_latency_ms"] <= s["budget_ms"]
     assert Path(s["pareto_png"]).stat().st_size > 1000 and Path(s["pareto_csv"]).exists()
     assert s["measured_latency_ms"] > 0 and s["within_budget"] == (s["measured_latency_ms"] <= s["budget_ms"])
@@ -49,8 +54,6 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert len(err) == 1 and "fastest achievable on this table is" in err[0], r3.stderr[-1000:]
     # a table that promises 10x the speed this host has: the shipped file is measured over the
     # budget, which is one line and exit status 1 unless --allow-over-budget
-    import pandas as pd
-    from qfa.app.main_job import DEFAULT_TABLE
     fast = tmp_path / "fast.csv"
     df = pd.read_csv(DEFAULT_TABLE)
     df["median_us"] /= 10
@@ -66,6 +69,13 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r5.returncode == 0, r5.stderr[-2000:]
     s5 = json.loads(r5.stdout)
     assert not s5["within_budget"] and s5["measured_latency_ms"] > s5["budget_ms"] >= s5["predicted_latency_ms"]
+    # labels scored another way are refused, not mixed into the predictor: one line, exit 2
+    df = pd.read_csv(labels)
+    df["scored"] = "fake-quant"
+    df.to_csv(labels, index=False)
+    r6 = _qfa("run", "--tiny", "--run", str(run))
+    err = [ln for ln in r6.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
+    assert r6.returncode == 2 and len(err) == 1 and "scored as fake-quant" in err[0], r6.stderr[-1000:]
 
 
 def test_main_job_bad_input_is_one_line(tmp_path):

@@ -72,8 +72,8 @@ def main_job(cfg: JobConfig) -> dict:
     from export.targets import DEFAULT_RUNTIME
     from hw.table import LatencyTable
     from qfa.nn.data import make_datasets
-    from export.deploy import ExportError, export_subnet, verify_tflite
-    from qfa.nas.predictor import Predictor, collect, fit, load_rows
+    from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
+    from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_of
     from qfa.nas.search import SearchError, pareto_base, saved_or_search
     from qfa.nn.supernet import Supernet
     t_start = time.time()
@@ -142,12 +142,20 @@ def main_job(cfg: JobConfig) -> dict:
     t = time.time()
     data = make_datasets(data_root, net.space.resolutions[-1], space=net.space)
     labels = run / "predictor_data.csv"
-    have = len(load_rows(labels))
+    rows = load_rows(labels)
+    have = len(rows)
+    if rows and scoring_of(rows) != table.target.name:
+        raise JobError(f"{labels} holds labels scored as {scoring_of(rows)}, not as deployed for {table.target.name}; "
+                       f"move it away to label again", 2)
     if have < cfg.n_predictor:
         _say(f"3/6 predictor: labelling {cfg.n_predictor - have} more subnets on the held-out split")
-        collect(net, data, labels, cfg.n_predictor, cfg.calib_images, cfg.eval_images,
-                progress=lambda i, n, row: print(f"\r  {i}/{n} subnets, last {float(row['top1']):.2f}%", end="",
-                                                 file=sys.stderr, flush=True))
+        try:  # scored as the file for this table's target computes them
+            collect(net, data, labels, cfg.n_predictor, cfg.calib_images, cfg.eval_images, scored=table.target.name,
+                    delegate=table.runtime["delegate"],
+                    progress=lambda i, n, row: print(f"\r  {i}/{n} subnets, last {float(row['top1']):.2f}%", end="",
+                                                     file=sys.stderr, flush=True))
+        except PredictorError as e:
+            raise JobError(str(e), 2) from None
         print(file=sys.stderr)
     pred_path = run / "predictor.safetensors"
     if not pred_path.exists() or have < cfg.n_predictor:
@@ -185,11 +193,12 @@ def main_job(cfg: JobConfig) -> dict:
     data_r = make_datasets(data_root, spec.resolution, space=net.space)
     try:
         res = export_subnet(net, spec, data_r, out, table.target.name, calib_images=cfg.export_calib_images,
-                            range_images=min(512, cfg.export_calib_images),  # lowered as the table was measured
+                            range_images=min(RANGE_IMAGES, cfg.export_calib_images),  # as the labels were scored
                             calib_draws=cfg.export_calib_draws, runtime=table.runtime)
     except ExportError as e:
         raise JobError(str(e), 1) from None
-    v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data_r["test"], cfg.test_images)
+    v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data_r["test"], cfg.test_images,
+                      delegate=table.runtime["delegate"])
     timings["export_verify_s"] = time.time() - t
 
     # 6. measured latency of the shipped file on this host
@@ -201,7 +210,8 @@ def main_job(cfg: JobConfig) -> dict:
     summary = {
         "spec": str(spec), "hash": spec.hash, "budget_ms": budget,
         "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
-        "agreement": v["agreement"], "predicted_latency_ms": best["latency_ms"], "measured_latency_ms": measured_ms,
+        "agreement": v["agreement"], "deployed_top1_test": v["deployed_top1"], "deployed_agreement": v["deployed_agreement"],
+        "predicted_latency_ms": best["latency_ms"], "measured_latency_ms": measured_ms,
         "bytes": v["bytes"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
@@ -213,16 +223,17 @@ def main_job(cfg: JobConfig) -> dict:
         raise JobError(f"the shipped model runs in {measured_ms:.3f} ms here, over the {budget:g} ms budget (predicted "
                        f"{best['latency_ms']:.3f} ms on {table_csv.name}); --allow-over-budget keeps it, --profile "
                        f"measures this host (summary in {run / 'summary.json'})")
-    if v["agreement"] < cfg.threshold:
-        raise JobError(f"TFLite/PyTorch top-1 agreement {v['agreement']:.2f}% is below {cfg.threshold}% "
+    if v["deployed_agreement"] < cfg.threshold:
+        raise JobError(f"TFLite/as-deployed top-1 agreement {v['deployed_agreement']:.2f}% is below {cfg.threshold}% "
                        f"(summary in {run / 'summary.json'})")
     return summary
 
 
 def print_summary(s: dict) -> None:
     rows = [("chosen subnet", s["spec"]), ("hash", s["hash"]),
-            ("top-1 PyTorch / TFLite (test)", f"{s['pytorch_top1_test']:.2f}% / {s['tflite_top1_test']:.2f}%  "
-                                              f"(agreement {s['agreement']:.2f}%; predicted {s['predicted_top1_holdout']:.2f}% held-out)"),
+            ("top-1 TFLite (test)", f"{s['tflite_top1_test']:.2f}% (predicted {s['predicted_top1_holdout']:.2f}% held-out); "
+                                    f"as deployed in PyTorch {s['deployed_top1_test']:.2f}% (agreement {s['deployed_agreement']:.2f}%), "
+                                    f"fake-quant {s['pytorch_top1_test']:.2f}% (agreement {s['agreement']:.2f}%)"),
             ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "
                                              f"(budget {s['budget_ms']:g} ms: "
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "

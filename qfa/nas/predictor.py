@@ -35,12 +35,22 @@ import numpy as np
 
 from qfa.core.fileio import append_csv_row, atomic_write
 from qfa.core.space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
+from export.targets import FAKE_QUANT
 
 __all__ = ["ENCODING", "ENCODINGS", "RESPONSES", "features", "onehot", "split_onehot", "strata_specs", "collect", "distributed_env",
-           "load_rows", "Predictor", "models", "default_encodings", "fit",
+           "load_rows", "scoring_of", "Predictor", "models", "default_encodings", "fit",
            "searched_pairs", "PredictorError"]
 
-FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum"]
+FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum", "scored"]
+
+
+def scoring_of(rows: Sequence[dict]) -> str:
+    """How a label file's subnets were scored: "fake-quant" or the target they were scored as
+    deployed for (one file, one scoring: a mix is refused where it would arise)."""
+    kinds = {r.get("scored") or FAKE_QUANT for r in rows}  # files from before the field: fake-quant
+    if len(kinds) > 1:
+        raise PredictorError(f"labels scored in several ways ({', '.join(sorted(kinds))}): use one label file per scoring")
+    return kinds.pop() if kinds else FAKE_QUANT
 
 
 class PredictorError(ValueError):
@@ -190,22 +200,34 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
 
 def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
             eval_images: int | None = None, seed: int = 0, rank: int = 0, world: int = 1,
-            progress: Callable[[int, int, dict], None] | None = None, device: str = "cpu") -> int:
+            progress: Callable[[int, int, dict], None] | None = None, device: str = "cpu",
+            scored: str = "tflite-int8", delegate: str = "xnnpack") -> int:
     """Calibrate and evaluate ``n`` stratified specs on the held-out split (all of it by
     default); append rows to ``out`` (CSV, one fsync'd line each); skip specs already there.
     Rank r of a torchrun world takes every world-th spec. Returns the number of rows added.
 
-    The default calibration is the one an export uses, so a label is the held-out top-1 of the
-    subnet as it ships."""
+    ``scored``: a target (each subnet scored as deployed for it: what its .tflite computes
+    under ``delegate``) or "fake-quant" (the PyTorch model). With the default calibration, the one an export uses, a
+    label is the held-out top-1 of the subnet as it ships."""
     from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES, calibrate
-    from qfa.nn.evaluate import accuracy, calib_batches
+    from qfa.nn.evaluate import calib_batches, score
     calib_images = calib_images or DEFAULT_CALIB_IMAGES
+    model_for = None
+    if scored != FAKE_QUANT:  # lowered as `qfa run` exports: ranges from up to 512 training images
+        from export.deploy import RANGE_IMAGES, deployed_model
+        model_for = lambda net_, spec_: deployed_model(net_, spec_, data, scored,  # noqa: E731
+                                                       min(RANGE_IMAGES, calib_images), delegate)
     n_eval = min(eval_images or len(data["holdout"]), len(data["holdout"]))
     rows = load_rows(out)
     other = {int(r["calib_images"]) for r in rows if r.get("calib_images")} - {calib_images}
     if other:  # one file, one labelling: a predictor fitted on a mix learns the calibration size
         raise PredictorError(f"{out} holds labels calibrated on {sorted(other)} images, not {calib_images}; "
                              f"pass --calib-images {max(other)} to extend it, or another --data-csv")
+    have = scoring_of(rows) if rows else scored
+    if have != scored:
+        raise PredictorError(f"{out} holds labels scored as {have}, not {scored}; pass --score {have} to extend it, "
+                             f"or another --data-csv")
+    fields = FIELDS if not rows or "scored" in rows[0] else FIELDS[:-1]  # extend a file in its own columns
     done = {r["hash"] for r in rows}
     added = 0
     plan = strata_specs(net.space, n, seed)
@@ -213,12 +235,10 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
         if i % world != rank or spec.hash in done:
             continue
         calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
-        net.eval()
-        with net.active(spec):
-            top1 = accuracy(net, data["holdout"], spec.resolution, eval_images, device)
+        top1 = score(net, spec, data["holdout"], eval_images, device, model_for)
         row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}", "images": n_eval,
-               "calib_images": calib_images, "stratum": kind}
-        append_csv_row(out, FIELDS, row)
+               "calib_images": calib_images, "stratum": kind, "scored": scored}
+        append_csv_row(out, fields, row)
         done.add(spec.hash)
         added += 1
         if progress:
@@ -391,7 +411,7 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
             cv[key] = float(np.nanmean(taus))
     enc, best = max(cv, key=cv.get)
     weights = candidates[best](xs[enc][tr], t[tr])
-    meta = {"space_hash": space.hash, "encoding": enc, "target": target, "cost_mu": mu.tolist(),
+    meta = {"space_hash": space.hash, "scored": scoring_of(rows), "encoding": enc, "target": target, "cost_mu": mu.tolist(),
             "cost_sd": sd.tolist(), "model": best, "cv_kendall_tau": {f"{m} on {e}": v for (e, m), v in cv.items()}}
     seen = ~np.isnan(oof[enc, best])
     pred = Predictor(weights, mean, std, meta, _isotonic(oof[enc, best][seen], y[seen]))

@@ -12,9 +12,14 @@ from qfa.nn.data import ImageSet, resize
 from qfa.core.space import SubnetSpec
 from qfa.nn.supernet import Supernet
 
-__all__ = ["calib_batches", "calib_seeds", "accuracy", "calibrate_best", "evaluate_specs", "CALIB_SEED"]
+__all__ = ["calib_batches", "calib_seeds", "accuracy", "calibrate_best", "evaluate_specs", "score", "CALIB_SEED",
+           "ModelFor"]
 
 CALIB_SEED = 1234
+
+# After calibration, the model a subnet is scored as: None scores the supernet's fake-quant
+# forward; export.deploy gives one that scores it as deployed (what the .tflite computes).
+ModelFor = Callable[[Supernet, SubnetSpec], torch.nn.Module]
 
 
 def calib_seeds(draws: int) -> list[int]:
@@ -77,17 +82,26 @@ def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet],
     return info
 
 
+def score(net: Supernet, spec: SubnetSpec, data: ImageSet, n_images: int | None = None,
+          device: str | torch.device = "cpu", model_for: ModelFor | None = None) -> float:
+    """Top-1 of calibrated ``spec`` on ``data``: its fake-quant forward, or ``model_for``'s model."""
+    net.eval()
+    if model_for is not None:
+        return accuracy(model_for(net, spec), data, spec.resolution, n_images, device)
+    with net.active(spec):
+        return accuracy(net, data, spec.resolution, n_images, device)
+
+
 def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], data: dict[str, ImageSet],
                    calib_images: int = DEFAULT_CALIB_IMAGES, test_images: int | None = None,
-                   device: str | torch.device = "cpu", progress=None, calib_draws: int = 1) -> list[dict]:
+                   device: str | torch.device = "cpu", progress=None, calib_draws: int = 1,
+                   model_for: ModelFor | None = None) -> list[dict]:
     """For each spec: calibrate on training images (the best of ``calib_draws`` draws on the
-    held-out split), then top-1 on the test set."""
+    held-out split), then top-1 on the test set (as ``model_for`` scores it)."""
     rows = []
     for spec in specs:
         cal = calibrate_best(net, spec, data, calib_images, calib_draws, device=device)
-        net.eval()
-        with net.active(spec):
-            top1 = accuracy(net, data["test"], spec.resolution, test_images, device)
+        top1 = score(net, spec, data["test"], test_images, device, model_for)
         rows.append({"hash": spec.hash, "spec": str(spec), "top1": top1, "calibration": cal})
         if progress:
             progress(rows[-1])

@@ -1,0 +1,176 @@
+"""A lowered integer graph run in PyTorch: the subnet as its .tflite computes it ("as deployed").
+
+Every tensor the file quantizes is rounded (half away from zero) onto its int8 grid, convs
+accumulate integers with their int32 bias and requantize with the float32 scale, ADD constants
+are the file's int8 constants, the input is quantized as the sidecar says: measured op by op
+against ai-edge-litert, the same integers but for rare 1-LSB differences (docs/results.md,
+"Export fidelity"). What ``qfa eval``, predictor labels and ``qfa export --verify`` score "as
+deployed" is this model of the very graph the file is written from, so no second placement of
+quantizers has to be kept in step with the lowering. The same pass, with tensors left real
+where no range is fixed yet, calibrates those ranges (:func:`calibrate_ranges`).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.ir import Graph, QTensor
+from export.reference import fix_ranges, quantized_const
+
+__all__ = ["DeployedModel", "calibrate_ranges"]
+
+
+def _round(v: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero, as TFLite's requantization does."""
+    return torch.sign(v) * torch.floor(v.abs() + 0.5)
+
+
+def _quantize(y: torch.Tensor, t: QTensor) -> torch.Tensor:
+    q = (_round(y / t.scale) + t.zero_point).clamp(t.qmin, t.qmax)
+    return (q - t.zero_point) * t.scale
+
+
+def runtime_table(t_in: QTensor, t_out: QTensor, kind: str, delegate: str) -> torch.Tensor:
+    """The runtime's own int8 -> int8 function of a one-input op between two grids, over the
+    256 input codes (a one-op .tflite run under ``delegate``): exact where its fixed-point
+    arithmetic is not worth re-deriving (HARD_SWISH: 1 LSB off the formula on 0.13% of values)."""
+    from export.ir import Op
+    from export.tflite import to_tflite
+    from export.verify import TFLiteModel
+    a = QTensor("a", (1, 16, 16, 1), scale=t_in.scale, zero_point=t_in.zero_point)
+    b = QTensor("b", (1, 16, 16, 1), scale=t_out.scale, zero_point=t_out.zero_point, qmin=t_out.qmin, qmax=t_out.qmax)
+    m = TFLiteModel(to_tflite(Graph({"a": a, "b": b}, [Op(kind, ["a"], "b")], "a", "b")), delegate=delegate)
+    codes = m.invoke_q(np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)).reshape(-1)
+    return torch.from_numpy(codes.astype(np.float32))
+
+
+class DeployedModel(torch.nn.Module):
+    """``graph`` (folded and lowered for one target) as a module: NCHW real-valued images in,
+    the dequantized int8 logits out, as the .tflite gives them under ``delegate``. Inference only.
+
+    Convolutions between fixed tensors are computed as the runtime computes them: the int32
+    accumulator of integer inputs (minus their zero point) and integer weights, exact in
+    float32 (below 2^24), plus the int32 bias, times the float32 requantization scale, rounded
+    onto the output grid. HARD_SWISH is the runtime's own table (:func:`runtime_table`). The
+    other ops work on dequantized values, each rounded onto its output grid."""
+
+    def __init__(self, graph: Graph, delegate: str = "xnnpack") -> None:
+        super().__init__()
+        self.graph = graph
+        self._convs: dict[str, tuple] = {}
+        self._consts: dict[str, torch.Tensor] = {}
+        self._tables: dict[str, torch.Tensor] = {}
+        g = graph
+        for op in g.ops:
+            if op.kind == "conv":
+                w = op.weight.astype(np.float32)
+                w = w.transpose(3, 0, 1, 2) if op.depthwise else w.transpose(0, 3, 1, 2)  # (O, I|1, k, k)
+                tin, tout = g.tensors[op.inputs[0]], g.tensors[op.output]
+                real_w = torch.from_numpy(np.ascontiguousarray(w * op.w_scale[:, None, None, None], np.float32))
+                if tin.fixed and tout.fixed:
+                    bq, _ = op.int32_bias(tin.scale)
+                    f = np.float32
+                    mult = (f(tin.scale) * op.w_scale.astype(f) / f(tout.scale)).astype(f)
+                    lo, hi = self._act_range(op.act, tout)
+                    self._convs[op.output] = ("int", torch.from_numpy(np.ascontiguousarray(w)),
+                                              torch.from_numpy(bq.astype(np.float32)),
+                                              torch.from_numpy(mult).view(1, -1, 1, 1), lo, hi)
+                else:  # calibration: the output range is not fixed yet
+                    bias = np.multiply(*op.int32_bias(tin.scale)) if tin.fixed else op.bias
+                    self._convs[op.output] = ("real", real_w, torch.from_numpy(np.asarray(bias, np.float32)))
+            elif op.kind == "addc":
+                c = quantized_const(op.const, g.tensors[op.output].scale).astype(np.float32)
+                self._consts[op.output] = torch.from_numpy(np.ascontiguousarray(np.transpose(
+                    c.reshape((1,) * (4 - c.ndim) + c.shape), (0, 3, 1, 2))))
+            elif op.kind == "hswish" and g.tensors[op.inputs[0]].fixed and g.tensors[op.output].fixed:
+                self._tables[op.output] = runtime_table(g.tensors[op.inputs[0]], g.tensors[op.output], "hswish", delegate)
+
+    @staticmethod
+    def _act_range(act: str, t: QTensor) -> tuple[int, int]:
+        """The integer output range of a fused activation (TFLite's CalculateActivationRangeQuantized)."""
+        lo, hi = t.qmin, t.qmax
+        if act == "relu":
+            lo = max(lo, t.zero_point)
+        elif act == "relu_n1_to_1":
+            lo = max(lo, t.zero_point + int(np.round(-1.0 / t.scale)))
+            hi = min(hi, t.zero_point + int(np.round(1.0 / t.scale)))
+        return lo, hi
+
+    def _conv(self, op, x: torch.Tensor) -> torch.Tensor:
+        kind, w, b, *rest = (v.to(x.device) if isinstance(v, torch.Tensor) else v for v in self._convs[op.output])
+        groups = w.shape[0] if op.depthwise else 1
+        if kind == "real":
+            y = F.conv2d(x, w, b, op.stride, op.pad, 1, groups)
+            return y.clamp(min=0) if op.act == "relu" else y.clamp(-1, 1) if op.act == "relu_n1_to_1" else y
+        mult, lo, hi = rest
+        tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
+        q = torch.round(x / tin.scale)  # the input's integers minus its zero point
+        acc = F.conv2d(q, w, b, op.stride, op.pad, 1, groups)  # integers: exact in float32 below 2^24
+        out = (_round(acc * mult) + tout.zero_point).clamp(lo, hi)
+        return ((out - tout.zero_point) * tout.scale).float()
+
+    def op_output(self, op, args: list[torch.Tensor]) -> torch.Tensor:
+        """``op`` of the graph on NCHW real values ``args`` (before rounding onto its output grid)."""
+        if op.kind == "conv":
+            return self._conv(op, args[0])
+        if op.kind == "addc":
+            y = args[0] + self._consts[op.output].to(args[0].device)
+            return y.clamp(min=0) if op.act == "relu" else y
+        if op.kind == "hswish":
+            if op.output in self._tables:
+                tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
+                idx = (torch.round(args[0] / tin.scale) + tin.zero_point + 128).clamp(0, 255).long()
+                return (self._tables[op.output].to(idx.device)[idx] - tout.zero_point) * tout.scale
+            return args[0] * (args[0] + 3).clamp(0, 6) / 6
+        if op.kind == "add":
+            return args[0] + args[1]
+        if op.kind == "mul":
+            return args[0] * args[1]
+        if op.kind == "mean":
+            return args[0].mean((2, 3), keepdim=True)
+        if op.kind == "requant":
+            return args[0]
+        raise ValueError(f"unknown op {op.kind}")
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, stats: dict[str, list[float]] | None = None,
+                trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of NCHW ``x``. Tensors whose range is not fixed yet stay real; their min/max
+        go into ``stats`` (the calibration pass). ``trace`` receives every tensor's value."""
+        g = self.graph
+        env: dict[str, torch.Tensor] = {} if trace is None else trace
+
+        def store(name: str, y: torch.Tensor) -> None:
+            t = g.tensors[name]
+            if t.fixed:
+                y = _quantize(y, t)
+            elif stats is not None:
+                lo, hi = stats.get(name, (np.inf, -np.inf))
+                stats[name] = [min(lo, float(y.min())), max(hi, float(y.max()))]
+            env[name] = y
+
+        tin = g.tensors[g.input]  # quantized as the sidecar says: q = floor((x + shift) / scale + 0.5) + zp
+        if tin.fixed:
+            q = (torch.floor((x.double() + tin.shift) / tin.scale + 0.5) + tin.zero_point).clamp(tin.qmin, tin.qmax)
+            env[g.input] = ((q - tin.zero_point) * tin.scale).float()
+        else:
+            store(g.input, x.float() + tin.shift)
+        for op in g.ops:
+            store(op.output, self.op_output(op, [env[i] for i in op.inputs]))
+        return env[g.output].flatten(1)
+
+
+def calibrate_ranges(graph: Graph, batches: Iterable[torch.Tensor]) -> Graph:
+    """Fix the 8-bit range of every unfixed tensor of ``graph`` from NCHW batches of real images.
+
+    All unfixed tensors are measured in one pass, with their upstream unfixed tensors kept real,
+    then fixed (fixing them one topological level at a time would be exact but slower): what is
+    left is 8-bit rounding of upstream intermediates."""
+    stats: dict[str, list[float]] = {}
+    model = DeployedModel(graph)
+    for xb in batches:
+        model(xb, stats)
+    return fix_ranges(graph, stats)
