@@ -44,12 +44,15 @@ def main() -> None:
     ap.add_argument("--val-per-class", type=int, default=500)
     ap.add_argument("--size", type=int, default=40, help="side of the saved images (px)")
     ap.add_argument("--out", default="/tmp/qfa-own-data")
+    ap.add_argument("--write-only", action="store_true", help="only write the image folder (ROOT = OUT/images)")
     ap.add_argument("qfa_run_args", nargs="*", help="extra `qfa run` arguments (after --)")
     args = ap.parse_args()
     out = Path(args.out)
     root, run = out / "images", out / "run"
     if not (root / "val").is_dir():
         write_folder(root, args.classes, args.per_class, args.val_per_class, args.size)
+    if args.write_only:
+        return
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "qfa", "run", "--data", str(root), "--run", str(run), "--json",
                         *args.qfa_run_args], stdout=subprocess.PIPE, text=True)
@@ -62,8 +65,9 @@ def main() -> None:
     side = json.loads((run / "model.json").read_text())
     print(f"{args.classes} classes x {args.per_class} RGB {args.size}px training images, chance {100 / args.classes:.1f}%")
     print(f"space {json.loads((run / 'space.json').read_text())['name']}, shipped {s['spec']}")
-    print(f"test top-1 ({side['input']['shape_nhwc']}): TFLite {s['tflite_top1_test']:.2f}%, PyTorch "
-          f"{s['pytorch_top1_test']:.2f}%, agreement {s['agreement']:.2f}%; latency predicted "
+    print(f"test top-1 ({side['input']['shape_nhwc']}): TFLite {s['tflite_top1_test']:.2f}%, as deployed in PyTorch "
+          f"{s['deployed_top1_test']:.2f}% (agreement {s['deployed_agreement']:.2f}%), fake-quant "
+          f"{s['pytorch_top1_test']:.2f}% (agreement {s['agreement']:.2f}%); latency predicted "
           f"{s.get('predicted_latency_ms')} ms, measured {s.get('measured_latency_ms')} ms; wall {wall:.0f} s")
     print(json.dumps({"timings": s["timings"], "budget_ms": s["budget_ms"], "runtime": s["runtime"]}))
 
