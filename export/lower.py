@@ -26,7 +26,7 @@ import numpy as np
 from export.ir import Graph, Op, QTensor
 from export.reference import conv_nhwc
 
-__all__ = ["apply_shifts", "refine_weights", "decompose_hswish", "fit_xnnpack", "xnnpack_limit_errors"]
+__all__ = ["apply_shifts", "refine_weights", "decompose_hswish", "fit_xnnpack", "xnnpack_limit_errors", "requant_scale"]
 
 
 def _real_weight(op: Op) -> np.ndarray:
@@ -153,7 +153,8 @@ def decompose_hswish(graph: Graph) -> Graph:
 CONV_REQUANT_MAX = 256.0
 
 
-def _requant(graph: Graph, op: Op) -> np.ndarray:
+def requant_scale(graph: Graph, op: Op) -> np.ndarray:
+    """A conv's per-channel requantization scale in float32, as XNNPACK computes and checks it."""
     f = np.float32
     return f(graph.tensors[op.inputs[0]].scale) * op.w_scale.astype(f) / f(graph.tensors[op.output].scale)
 
@@ -194,7 +195,7 @@ def xnnpack_limit_errors(graph: Graph) -> list[str]:
     for op in graph.ops:
         out = sc[op.output]
         if op.kind == "conv":
-            m = _requant(graph, op)
+            m = requant_scale(graph, op)
             if np.any(m >= CONV_REQUANT_MAX):
                 errors.append(f"{op.layer or op.output}: conv requantization scale {float(m.max()):.4g} "
                               f">= {CONV_REQUANT_MAX:g} ({int((m >= CONV_REQUANT_MAX).sum())} channels)")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from export.ir import Graph, QTensor
+from export.lower import requant_scale
 from export.reference import fix_ranges, quantized_const
 
 __all__ = ["DeployedModel", "calibrate_ranges"]
@@ -69,18 +70,17 @@ class DeployedModel(torch.nn.Module):
                 w = op.weight.astype(np.float32)
                 w = w.transpose(3, 0, 1, 2) if op.depthwise else w.transpose(0, 3, 1, 2)  # (O, I|1, k, k)
                 tin, tout = g.tensors[op.inputs[0]], g.tensors[op.output]
-                real_w = torch.from_numpy(np.ascontiguousarray(w * op.w_scale[:, None, None, None], np.float32))
                 if tin.fixed and tout.fixed:
                     bq, _ = op.int32_bias(tin.scale)
-                    f = np.float32
-                    mult = (f(tin.scale) * op.w_scale.astype(f) / f(tout.scale)).astype(f)
+                    mult = requant_scale(g, op).astype(np.float32)
                     lo, hi = self._act_range(op.act, tout)
                     self._convs[op.output] = ("int", torch.from_numpy(np.ascontiguousarray(w)),
                                               torch.from_numpy(bq.astype(np.float32)),
                                               torch.from_numpy(mult).view(1, -1, 1, 1), lo, hi)
                 else:  # calibration: the output range is not fixed yet
                     bias = np.multiply(*op.int32_bias(tin.scale)) if tin.fixed else op.bias
-                    self._convs[op.output] = ("real", real_w, torch.from_numpy(np.asarray(bias, np.float32)))
+                    real_w = np.ascontiguousarray(w * op.w_scale[:, None, None, None], np.float32)
+                    self._convs[op.output] = ("real", torch.from_numpy(real_w), torch.from_numpy(np.asarray(bias, np.float32)))
             elif op.kind == "addc":
                 c = quantized_const(op.const, g.tensors[op.output].scale).astype(np.float32)
                 self._consts[op.output] = torch.from_numpy(np.ascontiguousarray(np.transpose(

@@ -42,7 +42,7 @@ class Target:
 
     def lower(self, graph: Graph, fit: bool = True) -> Graph:
         """Rewrite ``graph`` (in place) into what this target's file holds, so that the graph's
-        reference run and the file agree: refined weight integers, hswish lowering, and (``fit``)
+        simulation (export.simulate) and the file agree: refined weight integers, hswish lowering, and (``fit``)
         the scales XNNPACK needs to load the file (every runtime configuration loads the same file)."""
         refine_weights(graph, self.int4_packs)
         if self.hswish == "decomposed":
