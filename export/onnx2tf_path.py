@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["onnx2tf_int8", "Onnx2tfError"]
+__all__ = ["onnx2tf_int8", "onnx2tf_convert", "Onnx2tfError"]
 
 # onnx2tf always tries to download this sample file unless one of that name is present
 _SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -24,6 +24,14 @@ def onnx2tf_int8(onnx_bytes: bytes, calib_nhwc: np.ndarray, timeout: float = 600
     """Convert with onnx2tf, calibrating int8 on ``calib_nhwc`` (real-valued, normalised NHWC
     images, as the model's input takes them). Returns the full-integer .tflite (int8 I/O), or
     another of the variants it writes (``variant="float32"``: the float baseline)."""
+    return onnx2tf_convert(onnx_bytes, calib_nhwc, (variant,), timeout)[variant]
+
+
+def onnx2tf_convert(onnx_bytes: bytes, calib_nhwc: np.ndarray, variants: tuple[str, ...],
+                    timeout: float = 600) -> dict[str, bytes]:
+    """One onnx2tf run (float32, and full-integer int8 calibrated on ``calib_nhwc``, per-channel
+    weights, int8 I/O): the .tflite bytes of each of ``variants`` (``float32``,
+    ``full_integer_quant``, ...: onnx2tf's file suffixes)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "model.onnx").write_bytes(onnx_bytes)
@@ -34,8 +42,8 @@ def onnx2tf_int8(onnx_bytes: bytes, calib_nhwc: np.ndarray, timeout: float = 600
         cmd = [sys.executable, "-m", "onnx2tf", "-i", "model.onnx", "-o", "out", "-oiqt", "-qt", "per-channel",
                "-cind", "input", "calib.npy", zeros, ones, "-iqd", "int8", "-oqd", "int8", "-n"]
         r = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=timeout)
-        out = d / "out" / f"model_{variant}.tflite"
-        if r.returncode != 0 or not out.exists():
+        outs = {v: d / "out" / f"model_{v}.tflite" for v in variants}
+        if r.returncode != 0 or not all(p.exists() for p in outs.values()):
             lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
             raise Onnx2tfError(f"onnx2tf failed: {lines[-1] if lines else 'no output'}")
-        return out.read_bytes()
+        return {v: p.read_bytes() for v, p in outs.items()}

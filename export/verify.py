@@ -34,6 +34,8 @@ class TFLiteModel:
         self.inp, self.out = self.it.get_input_details()[0], self.it.get_output_details()[0]
 
     def quantize_input(self, x: np.ndarray, shift: float = 0.0) -> np.ndarray:
+        if not np.issubdtype(self.inp["dtype"], np.integer):  # a float model takes x as it is
+            return np.ascontiguousarray(x, self.inp["dtype"])
         scale, zp = self.inp["quantization"]
         info = np.iinfo(self.inp["dtype"])
         v = np.floor((x + shift) / scale + 0.5) + zp
@@ -48,8 +50,10 @@ class TFLiteModel:
     def logits(self, x: np.ndarray, shift: float = 0.0) -> np.ndarray:
         """Dequantized outputs for a real-valued NHWC batch, one invoke per image."""
         scale, zp = self.out["quantization"]
-        outs = [self.invoke_q(self.quantize_input(x[i:i + 1], shift)) for i in range(len(x))]
-        return (np.concatenate(outs).astype(np.float64) - zp) * scale
+        outs = np.concatenate([self.invoke_q(self.quantize_input(x[i:i + 1], shift)) for i in range(len(x))])
+        if not np.issubdtype(self.out["dtype"], np.integer):
+            return outs.astype(np.float64)
+        return (outs.astype(np.float64) - zp) * scale
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Every tensor's current value by name (needs ``preserve=True``)."""

@@ -20,7 +20,7 @@ import numpy as np
 DELEGATES = ("xnnpack", "builtin")
 
 
-def _interpreter(path: str, threads: int, delegate: str = "xnnpack"):
+def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack"):
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # a Raspberry Pi with tflite-runtime only
@@ -29,12 +29,14 @@ def _interpreter(path: str, threads: int, delegate: str = "xnnpack"):
         raise ValueError(f"unknown delegate {delegate!r}; expected one of {DELEGATES}")
     kw = {} if delegate == "xnnpack" else {"experimental_op_resolver_type":
                                            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    it = Interpreter(model_path=path, num_threads=threads, **kw)
+    if threads is not None:  # None: the interpreter's own default
+        kw["num_threads"] = threads
+    it = Interpreter(model_path=path, **kw)
     it.allocate_tensors()
     return it
 
 
-def time_model(path: str, threads: int = 1, warmup: int = 30, runs: int = 200, repeats: int = 3,
+def time_model(path: str, threads: int | None = 1, warmup: int = 30, runs: int = 200, repeats: int = 3,
                max_cv: float = 0.1, delegate: str = "xnnpack") -> dict:
     """Median/p10/p90 of single invokes (us), over fresh interpreters until CV <= max_cv."""
     best = None

@@ -47,6 +47,26 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
+    # --verify K: the K best-predicted under the budget labelled on the held-out split, the best
+    # label answers; asked again, the labels come from the saved set
+    search = ("search", "--checkpoint", str(run), "--table", str(DEFAULT_TABLE), "--latency-ms", str(s["budget_ms"]),
+              "--bits", "8", "--verify", "3", "--calib-images", "64", "--json")
+    rv = _qfa(*search)
+    assert rv.returncode == 0, rv.stderr[-3000:]
+    v = json.loads(rv.stdout)
+    assert "search: generation" not in rv.stderr  # the main job's saved set
+    assert 1 <= len(v["verified"]) <= 3 and not any(x["cached"] for x in v["verified"])
+    assert v["holdout_top1"] == max(x["holdout_top1"] for x in v["verified"]) and v["verify_calib_images"] == 64
+    assert v["hash"] in {x["hash"] for x in v["verified"] if x["holdout_top1"] == v["holdout_top1"]}
+    rv2 = _qfa(*search)
+    v2 = json.loads(rv2.stdout)
+    assert all(x["cached"] for x in v2["verified"]) and v2["hash"] == v["hash"]
+    # qfa run --verify ships the best-labelled of its K (labelled as its export calibrates)
+    r_v = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget", "--verify", "2")
+    assert r_v.returncode == 0, r_v.stderr[-3000:]
+    sv = json.loads(r_v.stdout)
+    assert 1 <= len(sv["verified"]) <= 2 and sv["holdout_top1"] == max(x["holdout_top1"] for x in sv["verified"])
+    assert sv["hash"] in {x["hash"] for x in sv["verified"]}
     # an infeasible budget is bad input: one line naming the fastest latency on the table, exit 2
     r3 = _qfa("run", "--tiny", "--run", str(run), "--latency-ms", "0.0001")
     assert r3.returncode == 2

@@ -265,3 +265,33 @@ def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
     assert _json.loads(tight.out)["table"] == str(fast)
     alone = call(w.argv("--latency-ms", f"{slow_min:.6f}", *more))
     check(alone, {2})
+
+
+def test_verify_answers_with_the_best_label_and_keeps_labels_by_how_they_were_taken(predictor, tmp_path):
+    """``--verify K`` logic on a real front: of the K best-predicted under the budget, the one
+    with the best label wins (here labels rank them in reverse); labels persist in the saved
+    set and are reused only under the same key."""
+    from qfa.nas.verify import verify
+    table = LatencyTable.load(TABLE)
+    pset = ParetoSet.from_front(SPACE, search_front(SPACE, predictor, table, pop=60, gens=10, seed=0))
+    budget = float(np.median([r["latency_ms"] for r in pset.rows]))
+    base = tmp_path / "p"
+    pset.save(base, budget)
+    taken = []
+
+    def label(row):  # a stand-in for a held-out label: the predictor's order reversed
+        taken.append(row["hash"])
+        return {"top1": 100.0 - row["top1"]}
+    key = lambda row: {"calib_images": 64}  # noqa: E731
+    ranked = pset.ranked(budget)
+    assert len(ranked) >= 4
+    (best, _, _), report = verify([(pset, base, ranked)], 4, label, key)
+    assert [r["hash"] for r in report] == [r["hash"] for r in ranked[:4]] == taken
+    assert best["hash"] == ranked[3]["hash"] and not any(r["cached"] for r in report)
+    again = ParetoSet.load(base)  # the labels are in the file; the same key takes none again
+    (best2, _, _), report2 = verify([(again, base, again.ranked(budget))], 4, label, key)
+    assert best2["hash"] == best["hash"] and all(r["cached"] for r in report2) and len(taken) == 4
+    import pandas as pd
+    assert pd.read_csv(base.with_suffix(".csv"))["holdout_top1"].notna().sum() == 4
+    verify([(again, base, again.ranked(budget))], 4, label, lambda row: {"calib_images": 128})
+    assert len(taken) == 8  # another calibration: labelled again

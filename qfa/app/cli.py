@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         cfg = replace(cfg, **TINY)
     cfg.train_overrides = tuple(cfg.train_overrides) + tuple(args.set or ())
     cfg.allow_over_budget = args.allow_over_budget
-    for k in ("n_predictor", "pop", "gens", "test_images"):
+    for k in ("n_predictor", "pop", "gens", "test_images", "verify"):
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     if args.checkpoint and not Path(args.checkpoint).exists():
@@ -418,9 +418,14 @@ def cmd_search(args: argparse.Namespace) -> None:
             from hw.table import LatencyTable, TableError
             from qfa.nas.predictor import Predictor, PredictorError
             try:
-                return Predictor.load(pred_path), LatencyTable.load(table_csv)
+                pred, table = Predictor.load(pred_path), LatencyTable.load(table_csv)
             except (TableError, PredictorError) as e:
                 raise CLIError(str(e), 2) from None
+            scored = pred.meta.get("scored")
+            if scored not in (None, table.target_name):
+                print(f"qfa search: warning: the predictor's labels were scored as {scored}, {table_csv.name} deploys "
+                      f"{table.target_name}: its top-1 is not what those files compute", file=sys.stderr)
+            return pred, table
         _warn_other_machine(table_csv)
         try:
             pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
@@ -432,23 +437,43 @@ def cmd_search(args: argparse.Namespace) -> None:
                       f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
             pset.save(base, args.latency_ms)
         try:
-            answers.append((pset.answer(args.latency_ms, args.max_bytes, args.margin), base, front is None, table_csv))
+            ranked = pset.ranked(args.latency_ms, args.max_bytes, args.margin)
         except SearchError as e:
             misses.append(str(e) + (f" ({table_csv.name})" if len(tables) > 1 else ""))
+            continue
+        answers.append((ranked, pset, base, front is None, table_csv))
     if not answers:
         raise CLIError("; ".join(misses), 2)
-    best, base, cached, table_csv = max(answers, key=lambda a: (a[0]["top1"], -a[0]["latency_ms"]))
+    verified, verify_s = None, 0.0
+    if args.verify:
+        t_v = _time.perf_counter()
+        (best, _, base), verified = _verify(args, [(ps, b, rk) for rk, ps, b, _, _ in answers])
+        verify_s = _time.perf_counter() - t_v
+        _, _, _, cached, table_csv = next(a for a in answers if a[2] == base)
+    else:
+        ranked, _, base, cached, table_csv = max(answers, key=lambda a: (a[0][0]["top1"], -a[0][0]["latency_ms"]))
+        best = ranked[0]
     ms = (_time.perf_counter() - t0) * 1000
     runtime = best.get("runtime") or dict(DEFAULT_RUNTIME)
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
            "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
            "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1),
            "target": best.get("target", "tflite-int8"), "runtime": runtime, "table": str(table_csv),
-           "candidates": [{"table": str(t), "top1": a["top1"], "latency_ms": a["latency_ms"], "hash": a["hash"]}
-                          for a, _, _, t in answers]}
+           "candidates": [{"table": str(t), "top1": rk[0]["top1"], "latency_ms": rk[0]["latency_ms"], "hash": rk[0]["hash"]}
+                          for rk, _, _, _, t in answers]}
+    if verified is not None:
+        res.update(holdout_top1=best["holdout"]["top1"], verified=verified, verify_s=round(verify_s, 1),
+                   verify_calib_images=best["holdout"]["calib_images"])
     why = ("" if len(tables) == 1 else f"\n  chosen over {len(tables)} tables: " + "; ".join(
         f"{Path(c['table']).stem} {c['top1']:.2f}% at {c['latency_ms']:.3f} ms" for c in res["candidates"])
         + (f"; {len(misses)} with no subnet under the budget" if misses else ""))
+    if verified is not None:
+        new = sum(not v["cached"] for v in verified)
+        why += (f"\n  verified: the {len(verified)} best-predicted under the budget labelled on the held-out split "
+                f"({new} new, {verify_s:.0f} s): held-out top-1 {best['holdout']['top1']:.2f}% for this one, "
+                f"predicted rank {1 + next(i for i, v in enumerate(verified) if v['hash'] == best['hash'])}; range "
+                f"{min(v['holdout_top1'] for v in verified):.2f}-{max(v['holdout_top1'] for v in verified):.2f}%")
+    calib = f" --calib-images {args.calib_images}" if verified is not None and args.calib_images else ""
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
         f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
@@ -456,7 +481,27 @@ def cmd_search(args: argparse.Namespace) -> None:
         f"(as {table_csv.name} measured it){why}\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), "
         f"plot {base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
         + f"\n  export: qfa export --checkpoint {args.checkpoint} --pareto {base.with_suffix('.jsonl')} "
-          f"--index {best['index']} --out model.tflite --verify"))
+          f"--index {best['index']} --out model.tflite --verify{calib}"))
+
+
+def _verify(args: argparse.Namespace, sets: list) -> tuple:
+    """``qfa search --verify K``, calibrated as ``qfa export`` calibrates (``--calib-images``, one draw)."""
+    from qfa.nn.data import DataError
+    from qfa.nas.verify import verify_on_holdout
+    nets: list = []
+
+    def load_net():
+        nets.append(_load_net(args.checkpoint))
+        return nets[0]
+
+    def progress(i: int, n: int, rep: dict) -> None:
+        if not args.json:
+            print(f"\rverify: {i}/{n} labelled, last {rep['holdout_top1']:.2f}% (predicted {rep['predicted_top1']:.2f}%)",
+                  end="" if i < n else "\n", file=sys.stderr, flush=True)
+    try:
+        return verify_on_holdout(load_net, sets, args.verify, _calib_images(args), progress=progress)
+    except DataError as e:
+        raise CLIError(str(e), 2) from None
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -628,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp2.add_argument("--bits", type=bit_list,
                      help="search only these bitwidths, e.g. 8 or 4,8 (default: every trained one)")
     sp2.add_argument("--force", action="store_true", help="search again even if a saved set exists")
+    sp2.add_argument("--verify", type=integer(1), metavar="K", help="label the K best-predicted subnets under the "
+                     "budget on the held-out split (calibrated as qfa export calibrates, scored as deployed) and "
+                     "answer with the truly best; labels are kept in the Pareto set (~10 s each on 2 cores)")
+    _add_calib(sp2, draws=False)
 
     # listed for --help; main() hands `qfa profile ...` to hw/profile.py's own parser
     sub.add_parser("profile", help="measure a device into a latency table (same as python hw/profile.py)", add_help=False)
@@ -654,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--test-images", type=integer(1), help="verification images (default: all 10,000)")
     rp.add_argument("--allow-over-budget", action="store_true", help="keep the shipped model even when it measures "
                     "over the budget here (by default that is an error, exit status 1)")
+    rp.add_argument("--verify", type=integer(1), metavar="K", help="label the K best-predicted subnets under the "
+                    "budget on the held-out split, as the export calibrates them, and ship the truly best")
     rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")
     return p
 

@@ -55,6 +55,7 @@ class JobConfig:
     search_bits: tuple[int, ...] | None = None  # restrict the searched precisions, e.g. (8,)
     margin: float = 0.05                 # predicted latency <= budget / (1 + margin)
     allow_over_budget: bool = False      # ship even when the file measures over the budget here
+    verify: int = 0                      # label the K best-predicted under the budget, ship the truly best
 
 
 TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
@@ -179,9 +180,18 @@ def main_job(cfg: JobConfig) -> dict:
         float(np.ceil(max((lats.min() + lats.max()) / 2, lats.min() * (1 + cfg.margin)) * 1000) / 1000)
     pset.save(base, budget)
     try:
-        best = pset.answer(budget, margin=cfg.margin)
+        ranked = pset.ranked(budget, margin=cfg.margin)
     except SearchError as e:
         raise JobError(str(e), 2) from None
+    best, verified = ranked[0], None
+    if cfg.verify:  # labelled as the export below calibrates
+        from qfa.nas.verify import verify_on_holdout
+        _say(f"4/6 search: verifying the {min(cfg.verify, len(ranked))} best-predicted under {budget:g} ms on the "
+             "held-out split")
+        (best, _, _), verified = verify_on_holdout(
+            lambda: net, [(pset, base, ranked)], cfg.verify, cfg.export_calib_images, cfg.export_calib_draws, data_root,
+            lambda i, n, rep: print(f"\r  {i}/{n} labelled, last {rep['holdout_top1']:.2f}%", end="" if i < n else "\n",
+                                    file=sys.stderr, flush=True))
     spec = net.space.parse(json.dumps(best["spec"]))
     _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec}")
     timings["search_s"] = time.time() - t
@@ -216,6 +226,7 @@ def main_job(cfg: JobConfig) -> dict:
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
         "within_budget": not over, "table": str(table_csv),
+        **({"holdout_top1": best["holdout"]["top1"], "verified": verified} if verified is not None else {}),
         "runtime": {"interpreter": "ai-edge-litert", **runtime},
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -231,7 +242,9 @@ def main_job(cfg: JobConfig) -> dict:
 
 def print_summary(s: dict) -> None:
     rows = [("chosen subnet", s["spec"]), ("hash", s["hash"]),
-            ("top-1 TFLite (test)", f"{s['tflite_top1_test']:.2f}% (predicted {s['predicted_top1_holdout']:.2f}% held-out); "
+            ("top-1 TFLite (test)", f"{s['tflite_top1_test']:.2f}% (predicted {s['predicted_top1_holdout']:.2f}% held-out"
+                                    + (f", verified {s['holdout_top1']:.2f}% of the {len(s['verified'])} best-predicted"
+                                       if "verified" in s else "") + "); "
                                     f"as deployed in PyTorch {s['deployed_top1_test']:.2f}% (agreement {s['deployed_agreement']:.2f}%), "
                                     f"fake-quant {s['pytorch_top1_test']:.2f}% (agreement {s['agreement']:.2f}%)"),
             ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "

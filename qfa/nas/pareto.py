@@ -44,6 +44,11 @@ def _runtime_ok(rt) -> bool:
             and type(rt.get("threads")) is int and rt["threads"] >= 1)
 
 
+def _label_ok(label) -> bool:
+    return label is None or (isinstance(label, dict) and isinstance(label.get("top1"), (int, float))
+                             and 0 <= label["top1"] <= 100)
+
+
 class ParetoSet:
     """A saved front: ``NAME.jsonl`` (one spec + objectives a line) and ``NAME.csv``."""
 
@@ -64,16 +69,20 @@ class ParetoSet:
         return cls(rows)
 
     def save(self, base: Path, budget_ms: float | None = None) -> None:
+        self.save_rows(base)
+        self.plot(base.with_suffix(".png"), budget_ms)
+
+    def save_rows(self, base: Path) -> None:
+        """``NAME.jsonl`` and ``NAME.csv`` (with the held-out labels that ``--verify`` took)."""
         base.parent.mkdir(parents=True, exist_ok=True)
         import csv
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "spec"])
-        w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r["spec_str"]]
-                    for r in self.rows)
+        w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "holdout_top1", "spec"])
+        w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"],
+                     f"{r['holdout']['top1']:.4f}" if r.get("holdout") else "", r["spec_str"]] for r in self.rows)
         atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
         atomic_write(base.with_suffix(".csv"), buf.getvalue())
-        self.plot(base.with_suffix(".png"), budget_ms)
 
     @classmethod
     def load(cls, base: Path) -> "ParetoSet":
@@ -82,7 +91,7 @@ class ParetoSet:
             rows = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
             ok = rows and all(isinstance(r, dict) and isinstance(r.get("latency_ms"), (int, float))
                               and isinstance(r.get("top1"), (int, float)) and isinstance(r.get("bytes"), int)
-                              for r in rows)
+                              and _label_ok(r.get("holdout")) for r in rows)
         except (OSError, ValueError):
             ok = False
         if not ok:
@@ -109,8 +118,9 @@ class ParetoSet:
         except (ValueError, SpecError, AttributeError) as e:
             raise SearchError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})") from None
 
-    def answer(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> dict:
-        """Most accurate subnet with predicted latency <= budget / (1 + margin) (and bytes)."""
+    def ranked(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> list[dict]:
+        """Subnets with predicted latency <= budget / (1 + margin) (and bytes), the most accurate
+        (predicted) first, the faster first among equals; SearchError when there is none."""
         limit = latency_ms / (1.0 + margin)
         ok = [r for r in self.rows if r["latency_ms"] <= limit and (max_bytes is None or r["bytes"] <= max_bytes)]
         if not ok:
@@ -121,7 +131,11 @@ class ParetoSet:
                    f": the fastest achievable on this table is {fastest['latency_ms']:.3f} ms"
                    + (f", the smallest {smallest['bytes']:,} bytes" if max_bytes is not None else ""))
             raise SearchError(msg)
-        return max(ok, key=lambda r: (r["top1"], -r["latency_ms"]))
+        return sorted(ok, key=lambda r: (-r["top1"], r["latency_ms"]))
+
+    def answer(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> dict:
+        """Most accurate subnet with predicted latency <= budget / (1 + margin) (and bytes)."""
+        return self.ranked(latency_ms, max_bytes, margin)[0]
 
     def plot(self, path: Path, budget_ms: float | None = None, chosen: dict | None = None,
              measured_ms: float | None = None) -> None:

@@ -38,7 +38,7 @@ from qfa.core.space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
 from export.targets import FAKE_QUANT
 
 __all__ = ["ENCODING", "ENCODINGS", "RESPONSES", "features", "onehot", "split_onehot", "strata_specs", "collect", "distributed_env",
-           "load_rows", "scoring_of", "Predictor", "models", "default_encodings", "fit",
+           "load_rows", "scoring_of", "label", "Predictor", "models", "default_encodings", "fit",
            "searched_pairs", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum", "scored"]
@@ -198,6 +198,23 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def label(net, spec: SubnetSpec, data: dict, calib_images: int, scored: str = "tflite-int8",
+          delegate: str = "xnnpack", calib_draws: int = 1, range_images: int | None = None,
+          eval_images: int | None = None, device: str = "cpu") -> float:
+    """Held-out top-1 (%) of ``spec`` calibrated as an export calibrates it (``calib_images``
+    training images, the best of ``calib_draws`` draws; 8-bit ranges from ``range_images``,
+    default ``min(512, calib_images)``) and scored as ``scored`` says: as deployed for that
+    target under ``delegate`` (what its .tflite computes), or "fake-quant"."""
+    from qfa.nn.evaluate import calibrate_best, score
+    calibrate_best(net, spec, data, calib_images, calib_draws, device=device)
+    model_for = None
+    if scored != FAKE_QUANT:
+        from export.deploy import RANGE_IMAGES, deployed_model
+        n_range = range_images or min(RANGE_IMAGES, calib_images)
+        model_for = lambda net_, spec_: deployed_model(net_, spec_, data, scored, n_range, delegate)  # noqa: E731
+    return score(net, spec, data["holdout"], eval_images, device, model_for)
+
+
 def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
             eval_images: int | None = None, seed: int = 0, rank: int = 0, world: int = 1,
             progress: Callable[[int, int, dict], None] | None = None, device: str = "cpu",
@@ -209,14 +226,8 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
     ``scored``: a target (each subnet scored as deployed for it: what its .tflite computes
     under ``delegate``) or "fake-quant" (the PyTorch model). With the default calibration, the one an export uses, a
     label is the held-out top-1 of the subnet as it ships."""
-    from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES, calibrate
-    from qfa.nn.evaluate import calib_batches, score
+    from qfa.nn.calibrate import DEFAULT_CALIB_IMAGES
     calib_images = calib_images or DEFAULT_CALIB_IMAGES
-    model_for = None
-    if scored != FAKE_QUANT:  # lowered as `qfa run` exports: ranges from up to 512 training images
-        from export.deploy import RANGE_IMAGES, deployed_model
-        model_for = lambda net_, spec_: deployed_model(net_, spec_, data, scored,  # noqa: E731
-                                                       min(RANGE_IMAGES, calib_images), delegate)
     n_eval = min(eval_images or len(data["holdout"]), len(data["holdout"]))
     rows = load_rows(out)
     other = {int(r["calib_images"]) for r in rows if r.get("calib_images")} - {calib_images}
@@ -234,8 +245,7 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
     for i, (kind, spec) in enumerate(plan):
         if i % world != rank or spec.hash in done:
             continue
-        calibrate(net, spec, calib_batches(data["train"], calib_images), calib_images)
-        top1 = score(net, spec, data["holdout"], eval_images, device, model_for)
+        top1 = label(net, spec, data, calib_images, scored, delegate, eval_images=eval_images, device=device)
         row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}", "images": n_eval,
                "calib_images": calib_images, "stratum": kind, "scored": scored}
         append_csv_row(out, fields, row)
