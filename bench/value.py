@@ -58,6 +58,19 @@ def say(msg: str) -> None:
     print(f"[value] {msg}", file=sys.stderr, flush=True)
 
 
+def retime(state: "State", runs: int, shipped: dict | None) -> None:
+    """Measure every cached .tflite again; drop the scaling choices made on the old timings."""
+    for key in list(state.d):
+        v = state.d[key]
+        if key.startswith("model:"):
+            state.put(key, {**v, "ms": time_all(Path(v["path"]), runs, shipped)})
+        elif key.startswith("convert:"):
+            state.put(key, {**v, **{f: {**v[f], "ms": time_all(Path(v[f]["path"]), runs)} for f in ("float32", "int8")}})
+        elif key.startswith("scale:"):
+            del state.d[key]
+    say(f"re-timed {sum(k.startswith(('model:', 'convert:')) for k in state.d)} cached models")
+
+
 class State:
     """OUT/state.json: every finished step's result, written atomically after each."""
 
@@ -169,6 +182,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-baselines", action="store_true", help="leave out the hand-scaled networks (c)")
     ap.add_argument("--train-minutes", type=float, default=None, help="the supernet's training wall minutes on "
                     "this host's cores (default: from RUN/metrics.csv)")
+    ap.add_argument("--baselines-only", action="store_true", help="only the hand-scaled networks at --budgets "
+                    "(they need no supernet: run them while it trains, into the same --out)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for training the hand-scaled networks")
+    ap.add_argument("--retime", action="store_true", help="time every cached model again (after a run with "
+                    "other processes beside it) and scale the hand-scaled networks again on those timings")
     ap.add_argument("--tiny", action="store_true", help="a minutes-long configuration (tests)")
     args = ap.parse_args(argv)
     try:
@@ -189,6 +207,11 @@ def run(args) -> int:  # noqa: C901 - one benchmark, step by step
     from qfa.nn.supernet import Supernet
     t_start = time.perf_counter()
     tiny = args.tiny
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.baselines_only:
+        return baselines_only(args)
     run_dir, out = Path(args.run), Path(args.out)
     if not (run_dir / "last.pt").is_file():
         raise BenchError(f"{run_dir} holds no trained supernet (no {run_dir / 'last.pt'}): train one with "
@@ -206,6 +229,8 @@ def run(args) -> int:  # noqa: C901 - one benchmark, step by step
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     state = State(out / "state.json")
+    if args.retime:
+        retime(state, 50 if tiny else 200, table.runtime)
     facts = Local("local", RunConfig()).facts()
     host = f"{facts.get('cpu')} ({facts.get('cpu_id')}), {facts.get('cores')} cores, {facts.get('runtime')}"
     say(f"host: {host}; table {table_csv.name} ({table.runtime['delegate']}, {table.runtime['threads']} thread(s))")
@@ -254,7 +279,7 @@ def run(args) -> int:  # noqa: C901 - one benchmark, step by step
         budgets = [tight] if tiny else sorted({tight, round(math.sqrt(tight * hi), 3), round(hi, 3)})
     say(f"2/6 budgets (ms): {', '.join(f'{b:g}' for b in budgets)}; the front spans {lats.min():.3f}-{lats.max():.3f} ms "
         "predicted")
-    hand = None if args.skip_baselines else HandScaled(args, net, out, state, runs, test_n, tiny)
+    hand = None if args.skip_baselines else HandScaled(args, net.space, net.data, out, state, runs, test_n, tiny)
     smallest = None if hand is None else hand.fastest_f32(0)
     for b in budgets:
         if b < tight and (smallest is None or b < smallest):
@@ -346,19 +371,43 @@ def run(args) -> int:  # noqa: C901 - one benchmark, step by step
     return 0
 
 
+def baselines_only(args) -> int:
+    """The hand-scaled networks alone (the same cache as a full run with the same --budgets)."""
+    from hw.table import LatencyTable, TableError
+    from qfa.app.main_job import DEFAULT_TABLE
+    if not args.budgets:
+        raise BenchError("--baselines-only needs --budgets", 2)
+    try:
+        budgets = sorted({float(b) for b in args.budgets.split(",")})
+        space = LatencyTable.load(Path(args.table) if args.table else DEFAULT_TABLE).space
+    except ValueError as e:
+        raise BenchError(f"--budgets {args.budgets!r}: comma-separated milliseconds ({e})", 2) from None
+    except TableError as e:
+        raise BenchError(str(e), 2) from None
+    out = Path(args.out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    state = State(out / "state.json")
+    if args.retime:
+        retime(state, 50 if args.tiny else 200, None)
+    HandScaled(args, space, None, out, state, 50 if args.tiny else 200, args.test_images,
+               args.tiny).run(budgets, rows)
+    return 0
+
+
 class HandScaled:
     """Scale, train, convert and measure the hand-scaled network of each budget (bench/handscaled.py)."""
 
-    def __init__(self, args, net, out: Path, state: State, runs: int, test_n, tiny: bool) -> None:
+    def __init__(self, args, space, data_root, out: Path, state: State, runs: int, test_n, tiny: bool) -> None:
         import torch
         from bench import handscaled as hs
         from qfa.nn.data import make_datasets
         from qfa.nn.evaluate import calib_batches
         self.hs, self.args, self.out, self.state, self.runs, self.test_n, self.tiny = hs, args, out, state, runs, test_n, tiny
-        self.family = hs.uniform_family(net.space)
+        self.family = hs.uniform_family(space)
         if tiny:
             self.family = self.family[::40]  # the smallest, a middle one and the largest
-        self.data = make_datasets(net.data, net.space.resolutions[-1], space=net.space)
+        self.data = make_datasets(data_root, space.resolutions[-1], space=space)
         self.calib = torch.cat(list(calib_batches(self.data["train"], 256)))
 
     def converted(self, spec, trained_net=None) -> dict:
