@@ -240,7 +240,8 @@ def run(args) -> int:  # noqa: C901 - one benchmark, step by step
     shipped_cfg = f"{rt['delegate']}-{rt['threads']}t"
     ck = ["--checkpoint", str(run_dir)]
     test_n = 300 if tiny and args.test_images is None else args.test_images
-    calib = ["--calib-images", str(args.calib_images or (64 if tiny else 0))] if (args.calib_images or tiny) else []
+    n_calib = args.calib_images or (64 if tiny else None)  # None: qfa export's default
+    calib = ["--calib-images", str(n_calib)] if n_calib else []
     runs = 50 if tiny else 200
     search_more = ["--pop", "40", "--gens", "8"] if tiny else []
 
