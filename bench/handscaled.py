@@ -29,7 +29,8 @@ from qfa.core.cost import total_costs
 from qfa.core.fileio import atomic_write
 from qfa.core.space import FP, QBits, SearchSpace, SubnetSpec
 from qfa.nn.data import resize
-from qfa.nn.evaluate import accuracy
+from qfa.nn.calibrate import calibrate
+from qfa.nn.evaluate import accuracy, calib_batches
 from qfa.nn.supernet import Subnet
 from qfa.train.step import param_groups
 
@@ -38,6 +39,7 @@ __all__ = ["float_space", "uniform_family", "config_name", "train", "to_tflite",
 # the standard recipe (per 64 images; lr scales linearly with the batch)
 RECIPE = {"batch_size": 128, "lr_per_64": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5,
           "label_smoothing": 0.1, "warmup_epochs": 0.1, "max_epochs": 12, "patience": 2}
+BN_IMAGES = 2000
 
 
 def float_space(space: SearchSpace) -> SearchSpace:
@@ -129,6 +131,10 @@ def train(spec: SubnetSpec, data: dict, out: Path, recipe: dict | None = None, m
             opt.step()
             if progress and (i % 50 == 0 or i == steps - 1):
                 progress(epoch, i + 1, steps, loss.item())
+        # BN: the family's elastic BN trains on batch statistics and keeps no running ones (as
+        # in QFA), so they are computed on training images before every evaluation and export
+        # (what a standard BN's running averages would hold)
+        calibrate(net, spec, calib_batches(train_set, BN_IMAGES), BN_IMAGES)
         net.eval()
         top1 = accuracy(net, data["holdout"], spec.resolution)
         rec["holdout_top1"].append(top1)

@@ -536,8 +536,9 @@ def plot(df, front: list[dict], budgets, path: Path, host: str) -> None:
         if len(d):
             default = d["config"] == "default"
             if (~default).any():
-                ax.scatter(d.loc[~default, "measured_ms"], d.loc[~default, "top1_test"], marker=marker, color=color, s=60,
-                           label=name + ("" if name.startswith(("toolkit", "uniform")) else " (fastest config)"), zorder=3)
+                ax.scatter(d.loc[~default, "measured_ms"], d.loc[~default, "top1_test"], marker=marker, color=color,
+                           label=name + ("" if name.startswith(("toolkit", "uniform")) else " (fastest config)"),
+                           zorder=4 if name == "toolkit" else 3, s=90 if name == "toolkit" else 60)
             if default.any():
                 ax.scatter(d.loc[default, "measured_ms"], d.loc[default, "top1_test"], marker=marker, s=60, zorder=3,
                            facecolors="none", edgecolors=color, label=name + " (default config)")

@@ -191,4 +191,7 @@ def to_tflite(graph: Graph, target: Target | str = "tflite-int8", meta: dict[str
         fu = w.tensor("logits_uint8", (n, c), fb.TensorType.UINT8, tout.scale, tout.zero_point + 128)
         w.op(_B.QUANTIZE, [flat], [fu])
         outputs = [fu]
-    return w.finish(inputs, outputs, {**g.meta, **(meta or {}), "target": target.name})
+    # The file's metadata: what the spec and target fix, nothing that depends on the weights'
+    # values, so that a file's size is a function of (spec, target) (export.deploy.FileSize).
+    file_meta = {k: v for k, v in {**g.meta, **(meta or {})}.items() if k != "weights_clipped"}
+    return w.finish(inputs, outputs, {**file_meta, "target": target.name})

@@ -117,7 +117,7 @@ def test_a_table_cut_mid_row_loses_that_row_only(world, tmp_path):
     (["--max-bytes", "0"], "argument --max-bytes: must be > 0"),
     (["--bits", "8.0"], "argument --bits: expected an integer"),
     (["--latency-ms", "0.0001"], "no subnet meets 0.0001 ms"),  # infeasible: bad input, exit 2
-    (["--latency-ms", "0.0001", "--max-bytes", "10"], "and 10 bytes"),
+    (["--latency-ms", "0.0001", "--max-bytes", "10"], "and 10 file bytes"),
 ])
 def test_search_flags(world, flags, message):
     argv = world.argv("--latency-ms", "0.5") + flags

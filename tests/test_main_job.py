@@ -47,6 +47,24 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
+    # --max-bytes is the size of the file qfa export writes: the answer fits, its export is that
+    # size to the byte, and one byte less than the smallest file under the budget is refused
+    size = Path(s["model"]).stat().st_size
+    by_size = ("search", "--checkpoint", str(run), "--table", str(DEFAULT_TABLE), "--latency-ms", str(s["budget_ms"]),
+               "--json", "--max-bytes")
+    rb = _qfa(*by_size, str(size))
+    assert rb.returncode == 0, rb.stderr[-3000:]
+    b = json.loads(rb.stdout)
+    assert b["file_bytes"] <= size and b["file_bytes"] > b["bytes"]
+    xb = tmp_path / "sized.tflite"
+    re_ = _qfa("export", "--checkpoint", str(run), "--pareto", b["pareto"], "--index", str(b["index"]), "--out", str(xb),
+               "--calib-images", "64", "--json")
+    assert re_.returncode == 0, re_.stderr[-3000:]
+    assert xb.stat().st_size == b["file_bytes"] and 0 < json.loads(re_.stdout)["bytes_gzip"] < b["file_bytes"]
+    rows = [json.loads(ln) for ln in Path(b["pareto"]).read_text().splitlines()]
+    assert any(r.get("file_bytes") == b["file_bytes"] for r in rows)  # kept for later queries
+    r_small = _qfa(*by_size, "1000")
+    assert r_small.returncode == 2 and "1,000 file bytes" in r_small.stderr and "the smallest is" in r_small.stderr
     # --verify K: the K best-predicted under the budget labelled on the held-out split, the best
     # label answers; asked again, the labels come from the saved set
     search = ("search", "--checkpoint", str(run), "--table", str(DEFAULT_TABLE), "--latency-ms", str(s["budget_ms"]),

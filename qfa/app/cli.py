@@ -286,7 +286,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     except (Onnx2tfError, ExportError) as e:
         raise CLIError(str(e), 1) from None
     report = {"out": str(out), "sidecar": str(out.with_suffix(".json")), **{k: res["sidecar"][k] for k in
-              ("hash", "spec_str", "target", "bytes", "fold_s", "convert_s", "max_zero_point_fraction_lsb")}}
+              ("hash", "spec_str", "target", "bytes", "bytes_gzip", "fold_s", "convert_s", "max_zero_point_fraction_lsb")}}
     if args.verify:
         onnx_model = Path(args.onnx).read_bytes() if args.onnx else None
         report["verify"] = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"], args.test_images,
@@ -294,7 +294,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"wrote {out} ({report['bytes']:,} bytes, converted in {report['convert_s'] * 1000:.0f} ms) and "
+        print(f"wrote {out} ({report['bytes']:,} bytes, {report['bytes_gzip']:,} gzipped; converted in "
+              f"{report['convert_s'] * 1000:.0f} ms) and "
               f"{report['sidecar']}\n  spec {report['spec_str']}  [{report['hash']}]  target {report['target']}")
         if args.verify:
             v = report["verify"]
@@ -407,6 +408,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     def progress(g: int, n: int) -> None:
         if not args.json and (g % 10 == 0 or g == n):
             print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
+    sizer = _file_sizer(args.checkpoint) if args.max_bytes is not None else None
     answers, misses = [], []
     for table_csv in tables:
         try:
@@ -437,10 +439,14 @@ def cmd_search(args: argparse.Namespace) -> None:
                       f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
             pset.save(base, args.latency_ms)
         try:
-            ranked = pset.ranked(args.latency_ms, args.max_bytes, args.margin)
+            ranked = pset.ranked(args.latency_ms, args.max_bytes, args.margin, file_bytes=sizer,
+                                 need=args.verify or 1)
         except SearchError as e:
             misses.append(str(e) + (f" ({table_csv.name})" if len(tables) > 1 else ""))
             continue
+        finally:
+            if any(isinstance(r.get("file_bytes"), int) for r in pset.rows):
+                pset.save_rows(base)  # keeps the exact sizes computed, for every later query
         answers.append((ranked, pset, base, front is None, table_csv))
     if not answers:
         raise CLIError("; ".join(misses), 2)
@@ -457,6 +463,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     runtime = best.get("runtime") or dict(DEFAULT_RUNTIME)
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],
            "predicted_latency_ms": best["latency_ms"], "bytes": best["bytes"], "index": best["index"],
+           **({"file_bytes": best["file_bytes"]} if "file_bytes" in best else {}),
            "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1),
            "target": best.get("target", "tflite-int8"), "runtime": runtime, "table": str(table_csv),
            "candidates": [{"table": str(t), "top1": rk[0]["top1"], "latency_ms": rk[0]["latency_ms"], "hash": rk[0]["hash"]}
@@ -477,11 +484,29 @@ def cmd_search(args: argparse.Namespace) -> None:
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
         f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
-        f"{best['bytes']:,} bytes\n  deploy: {res['target']}, {runtime['delegate']}, {runtime['threads']} thread(s) "
+        f"{best['bytes']:,} bytes" + (f", file {best['file_bytes']:,} bytes" if "file_bytes" in best else "")
+        + f"\n  deploy: {res['target']}, {runtime['delegate']}, {runtime['threads']} thread(s) "
         f"(as {table_csv.name} measured it){why}\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), "
         f"plot {base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
         + f"\n  export: qfa export --checkpoint {args.checkpoint} --pareto {base.with_suffix('.jsonl')} "
           f"--index {best['index']} --out model.tflite --verify{calib}"))
+
+
+def _file_sizer(checkpoint: str):
+    """The exact .tflite size of a Pareto row (export.deploy.FileSize), built on first use."""
+    sizer = []
+
+    def size(row: dict) -> int:
+        if not sizer:
+            from export.deploy import FileSize
+            from qfa.nn.checkpoint import CheckpointError
+            try:
+                sizer.append(FileSize.of_checkpoint(checkpoint))
+            except (CheckpointError, KeyError) as e:
+                raise CLIError(f"{checkpoint}: {e}", 2) from None
+        fs = sizer[0]
+        return fs(fs.space.parse(json.dumps(row["spec"])), row.get("target", "tflite-int8"))
+    return size
 
 
 def _verify(args: argparse.Namespace, sets: list) -> tuple:
@@ -658,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "it); repeat it to search across deployments (e.g. an XNNPACK and a builtin-kernels table): "
                      "the most accurate subnet under the budget over all of them")
     sp2.add_argument("--latency-ms", type=number(positive=True), required=True, help="latency budget (ms, as the table measures)")
-    sp2.add_argument("--max-bytes", type=number(positive=True), help="size budget: int8 weight bytes")
+    sp2.add_argument("--max-bytes", type=number(positive=True), help="size budget: the exact bytes of the .tflite that "
+                     "qfa export writes (computed per candidate, ~0.2 s each the first time, then kept in the Pareto set)")
     sp2.add_argument("--margin", type=number(0.0), default=0.05, help="keep predicted latency under budget/(1+margin) "
                      "(default 0.05: the shipped table predicts trained subnets within ~5%%)")
     sp2.add_argument("--predictor", help="predictor file (default RUN/predictor.safetensors)")

@@ -222,7 +222,7 @@ def main_job(cfg: JobConfig) -> dict:
         "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
         "agreement": v["agreement"], "deployed_top1_test": v["deployed_top1"], "deployed_agreement": v["deployed_agreement"],
         "predicted_latency_ms": best["latency_ms"], "measured_latency_ms": measured_ms,
-        "bytes": v["bytes"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
+        "bytes": v["bytes"], "bytes_gzip": res["sidecar"]["bytes_gzip"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
         "within_budget": not over, "table": str(table_csv),
@@ -252,7 +252,7 @@ def print_summary(s: dict) -> None:
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
                                              f"{s['runtime']['interpreter']}, {s['runtime']['delegate']}, "
                                              f"{s['runtime']['threads']} thread(s))"),
-            ("file", f"{s['model']}  ({s['bytes']:,} bytes; app facts in {s['sidecar']})"),
+            ("file", f"{s['model']}  ({s['bytes']:,} bytes, {s['bytes_gzip']:,} gzipped; app facts in {s['sidecar']})"),
             ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),
             ("time", f"{s['total_s'] / 60:.1f} min (" + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in s["timings"].items()) + ")")]
     w = max(len(k) for k, _ in rows)

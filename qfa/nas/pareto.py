@@ -73,13 +73,14 @@ class ParetoSet:
         self.plot(base.with_suffix(".png"), budget_ms)
 
     def save_rows(self, base: Path) -> None:
-        """``NAME.jsonl`` and ``NAME.csv`` (with the held-out labels that ``--verify`` took)."""
+        """``NAME.jsonl`` and ``NAME.csv`` (with the held-out labels that ``--verify`` took and the
+        exact file sizes that ``--max-bytes`` computed)."""
         base.parent.mkdir(parents=True, exist_ok=True)
         import csv
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "holdout_top1", "spec"])
-        w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"],
+        w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "file_bytes", "holdout_top1", "spec"])
+        w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r.get("file_bytes", ""),
                      f"{r['holdout']['top1']:.4f}" if r.get("holdout") else "", r["spec_str"]] for r in self.rows)
         atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
         atomic_write(base.with_suffix(".csv"), buf.getvalue())
@@ -91,6 +92,7 @@ class ParetoSet:
             rows = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
             ok = rows and all(isinstance(r, dict) and isinstance(r.get("latency_ms"), (int, float))
                               and isinstance(r.get("top1"), (int, float)) and isinstance(r.get("bytes"), int)
+                              and (r.get("file_bytes") is None or type(r["file_bytes"]) is int and r["file_bytes"] > 0)
                               and _label_ok(r.get("holdout")) for r in rows)
         except (OSError, ValueError):
             ok = False
@@ -118,20 +120,42 @@ class ParetoSet:
         except (ValueError, SpecError, AttributeError) as e:
             raise SearchError(f"{path} line {index + 1}: not a spec of this checkpoint's space ({e})") from None
 
-    def ranked(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> list[dict]:
+    def ranked(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0,
+               file_bytes=None, need: int | None = None) -> list[dict]:
         """Subnets with predicted latency <= budget / (1 + margin) (and bytes), the most accurate
-        (predicted) first, the faster first among equals; SearchError when there is none."""
+        (predicted) first, the faster first among equals; SearchError when there is none.
+
+        ``file_bytes(row)``: the exact size of the row's exported file (``export.deploy.FileSize``);
+        with ``max_bytes`` it decides, row by row in that order, until ``need`` rows fit (each
+        size is kept in the row as ``file_bytes``: save the set to keep them). Without it,
+        ``max_bytes`` applies to the search's size objective (``bytes``: int8 weights and biases)."""
         limit = latency_ms / (1.0 + margin)
-        ok = [r for r in self.rows if r["latency_ms"] <= limit and (max_bytes is None or r["bytes"] <= max_bytes)]
+        ok = sorted((r for r in self.rows if r["latency_ms"] <= limit), key=lambda r: (-r["top1"], r["latency_ms"]))
+        checked: list[int] = []
+        if max_bytes is not None:
+            def size(r: dict) -> int:
+                if file_bytes is None:
+                    return r["bytes"]
+                if not isinstance(r.get("file_bytes"), int):
+                    r["file_bytes"] = int(file_bytes(r))
+                return r["file_bytes"]
+            fit = []
+            for r in ok:
+                if need is not None and len(fit) >= need:
+                    break
+                checked.append(size(r))
+                if checked[-1] <= max_bytes:
+                    fit.append(r)
+            ok = fit
         if not ok:
             fastest = min(self.rows, key=lambda r: r["latency_ms"])
-            smallest = min(self.rows, key=lambda r: r["bytes"])
+            what = "file" if file_bytes is not None else "weight"
             msg = (f"no subnet meets {latency_ms:g} ms" + (f" with a {margin:.0%} margin" if margin else "")
-                   + (f" and {max_bytes:,.0f} bytes" if max_bytes is not None else "") +
+                   + (f" and {max_bytes:,.0f} {what} bytes" if max_bytes is not None else "") +
                    f": the fastest achievable on this table is {fastest['latency_ms']:.3f} ms"
-                   + (f", the smallest {smallest['bytes']:,} bytes" if max_bytes is not None else ""))
+                   + (f"; under the latency budget the smallest is {min(checked):,} {what} bytes" if checked else ""))
             raise SearchError(msg)
-        return sorted(ok, key=lambda r: (-r["top1"], r["latency_ms"]))
+        return ok
 
     def answer(self, latency_ms: float, max_bytes: float | None = None, margin: float = 0.0) -> dict:
         """Most accurate subnet with predicted latency <= budget / (1 + margin) (and bytes)."""

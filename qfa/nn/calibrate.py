@@ -7,6 +7,7 @@ buffers. Only buffers change; no parameter (shared weight) is touched.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
@@ -15,7 +16,7 @@ import torch.nn as nn
 from qfa.nn.data import resize
 from qfa.nn.quant import Calibrated
 from qfa.core.space import SubnetSpec
-from qfa.nn.supernet import Supernet
+from qfa.nn.supernet import Subnet, Supernet
 
 __all__ = ["calibrate", "DEFAULT_CALIB_IMAGES"]
 
@@ -26,7 +27,7 @@ DEFAULT_CALIB_IMAGES = 8000
 
 
 @torch.no_grad()
-def calibrate(net: Supernet, spec: SubnetSpec, batches: Iterable[torch.Tensor],
+def calibrate(net: Supernet | Subnet, spec: SubnetSpec, batches: Iterable[torch.Tensor],
               n_images: int = DEFAULT_CALIB_IMAGES) -> int:
     """Calibrate ``spec`` in ``net`` on up to ``n_images`` images drawn from ``batches``.
 
@@ -46,7 +47,7 @@ def calibrate(net: Supernet, spec: SubnetSpec, batches: Iterable[torch.Tensor],
             m.eval()  # ... but no dropout
         for m in mods:
             m.begin_calibration()
-        with net.active(spec):
+        with net.active(spec) if isinstance(net, Supernet) else contextlib.nullcontext():  # a Subnet is its spec
             for batch in batches:
                 if isinstance(batch, (tuple, list)):
                     batch = batch[0]
