@@ -190,43 +190,47 @@ def gzip_bytes(blob: bytes) -> int:
 
 class FileSize:
     """``FileSize(space)(spec, target)``: exact bytes of the ``.tflite`` that :func:`export_subnet`
-    writes (cached per spec), without the trained supernet and without writing a file.
+    writes (cached per spec), without writing a file and without data.
 
-    A file's bytes depend on its structure alone: which ops and tensors the lowering makes, their
-    names, shapes and per-channel quantization vectors, the weight storage (int8, or INT4 packed two
-    to a byte) and the metadata, never on the values. So the spec is folded, lowered and written
-    from an untrained supernet of the same space (its quantizer parameters moved off their
-    initial values, as training moves them, so that every learned zero point is fractional as a
-    trained one is and the same shift corrections appear), and the length of those bytes is the
-    length of the trained subnet's file; ``tests/test_size.py`` checks the equality for every
-    target on random specs. About 0.1-0.2 s a spec on one core: ``qfa search --max-bytes`` prices
-    the saved front's rows as it needs them, while NSGA-II's size objective stays the vectorised
-    int8 weight + bias bytes (``qfa.nas.search.deployed_bytes``; the file is ~25-35% more on the
+    A file's bytes depend on its structure: which ops and tensors the lowering makes, their names,
+    shapes and per-channel quantization vectors, the weight storage (int8, or INT4 packed two to a
+    byte) and the metadata. One of these depends on trained values: a learned activation grid
+    whose zero point has a fractional part (a trained BatchQuant offset, LSQ+ beta) needs a shift
+    (:func:`export.lower.apply_shifts`: an ADD where no conv bias can take it), one whose offset was
+    never trained (exactly 0: a bitwidth a short run never sampled at that layer) needs none. So
+    :meth:`of_checkpoint` folds the checkpoint's own supernet, calibrated on random images (ranges
+    move values, never structure); without a checkpoint, an untrained supernet with every
+    quantizer parameter moved off its initial value stands for a fully trained one.
+    ``tests/test_size.py`` checks the equality for every target on random specs, trained and
+    partly untrained. About 0.1-0.2 s a spec on one core: ``qfa search --max-bytes`` prices the
+    saved front's rows as it needs them, while NSGA-II's size objective stays the vectorised int8
+    weight + bias bytes (``qfa.nas.search.deployed_bytes``; the file is ~25-35% more on the
     fmnist space: quantization parameters, activation tensors, ops and metadata).
     """
 
-    def __init__(self, space: SearchSpace, act_quant: str = "bq", seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, act_quant: str = "bq", seed: int = 0, net: Supernet | None = None) -> None:
         self.space = space
         gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.net = Supernet(space, act_quant).eval()
-        with torch.no_grad():  # learned ranges and zero points (BatchQuant; LSQ+ as if trained past its init)
-            for name, p in self.net.named_parameters():
-                if name.rsplit(".", 1)[-1] in ("theta", "offset", "beta"):
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-            for name, b in self.net.named_buffers():
-                if name.endswith(".initialized"):
-                    b.fill_(True)
+        if net is None:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                net = Supernet(space, act_quant)
+            with torch.no_grad():  # learned ranges and zero points (BatchQuant; LSQ+ as if trained past its init)
+                for name, p in net.named_parameters():
+                    if name.rsplit(".", 1)[-1] in ("theta", "offset", "beta"):
+                        p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+                for name, b in net.named_buffers():
+                    if name.endswith(".initialized"):
+                        b.fill_(True)
+        self.net = net.eval()
         self.images = {r: torch.randn(2, space.in_channels, r, r, generator=gen) for r in space.resolutions}
         self.cache: dict[tuple, int] = {}
 
     @classmethod
     def of_checkpoint(cls, path) -> "FileSize":
-        """For the space and activation quantizer of a training checkpoint (they fix the structure)."""
-        from qfa.nn.checkpoint import checkpoint_space, load_checkpoint
-        state = load_checkpoint(path)
-        return cls(checkpoint_space(state, path), state["act_quant"])
+        """For a training checkpoint: its own supernet (a private copy, recalibrated per spec)."""
+        net = Supernet.from_checkpoint(path)
+        return cls(net.space, net=net)
 
     def __call__(self, spec: SubnetSpec, target: Target | str = "tflite-int8", uint8_io: bool = False) -> int:
         target = TARGETS[target] if isinstance(target, str) else target

@@ -47,10 +47,11 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
-    # --max-bytes is the size of the file qfa export writes: the answer fits, its export is that
-    # size to the byte, and one byte less than the smallest file under the budget is refused
+    # --max-bytes is the size of the file qfa export writes (on the table the job used): the answer
+    # fits, its export is that size to the byte, and one byte less than the smallest file under the
+    # budget is refused. A tiny run leaves offsets untrained: the sizer reads them from the checkpoint
     size = Path(s["model"]).stat().st_size
-    by_size = ("search", "--checkpoint", str(run), "--table", str(DEFAULT_TABLE), "--latency-ms", str(s["budget_ms"]),
+    by_size = ("search", "--checkpoint", str(run), "--table", s["table"], "--latency-ms", str(s["budget_ms"]),
                "--json", "--max-bytes")
     rb = _qfa(*by_size, str(size))
     assert rb.returncode == 0, rb.stderr[-3000:]
@@ -67,7 +68,7 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r_small.returncode == 2 and "1,000 file bytes" in r_small.stderr and "the smallest is" in r_small.stderr
     # --verify K: the K best-predicted under the budget labelled on the held-out split, the best
     # label answers; asked again, the labels come from the saved set
-    search = ("search", "--checkpoint", str(run), "--table", str(DEFAULT_TABLE), "--latency-ms", str(s["budget_ms"]),
+    search = ("search", "--checkpoint", str(run), "--table", s["table"], "--latency-ms", str(s["budget_ms"]),
               "--bits", "8", "--verify", "3", "--calib-images", "64", "--json")
     rv = _qfa(*search)
     assert rv.returncode == 0, rv.stderr[-3000:]

@@ -502,8 +502,8 @@ def _file_sizer(checkpoint: str):
             from qfa.nn.checkpoint import CheckpointError
             try:
                 sizer.append(FileSize.of_checkpoint(checkpoint))
-            except (CheckpointError, KeyError) as e:
-                raise CLIError(f"{checkpoint}: {e}", 2) from None
+            except CheckpointError as e:  # names the file
+                raise CLIError(str(e), 2) from None
         fs = sizer[0]
         return fs(fs.space.parse(json.dumps(row["spec"])), row.get("target", "tflite-int8"))
     return size
