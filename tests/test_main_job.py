@@ -47,12 +47,13 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answering from the saved Pareto set" in r2.stderr and "labelling" not in r2.stderr
     assert json.loads(r2.stdout)["hash"] == s["hash"]
-    # --max-bytes is the size of the file qfa export writes (on the table the job used): the answer
-    # fits, its export is that size to the byte, and one byte less than the smallest file under the
-    # budget is refused. A tiny run leaves offsets untrained: the sizer reads them from the checkpoint
+    # --max-bytes is the size of the file qfa export writes: asked of the job's own Pareto set (its
+    # table and bits), the answer fits, its export is that size to the byte, and one byte less than
+    # the smallest file under the budget is refused. A tiny run leaves offsets untrained: the sizer
+    # reads them from the checkpoint
     size = Path(s["model"]).stat().st_size
     by_size = ("search", "--checkpoint", str(run), "--table", s["table"], "--latency-ms", str(s["budget_ms"]),
-               "--json", "--max-bytes")
+               "--bits", "8", "--json", "--max-bytes")  # the job's own Pareto set (--tiny searches W8A8)
     rb = _qfa(*by_size, str(size))
     assert rb.returncode == 0, rb.stderr[-3000:]
     b = json.loads(rb.stdout)
