@@ -85,7 +85,7 @@ def main() -> None:
             row["ops_off"] = op_mismatch(res, data["test"], args.op_images, args.delegate)
             rows.append(row)
             print(f"{v['tflite_top1']:7.2f} | {v['deployed_top1']:8.2f} {v['tflite_top1'] - v['deployed_top1']:+6.2f} "
-                  f"{v['deployed_agreement']:7.2f} {v['deployed_max_logit_error_lsb']:4.0f} | {v['pytorch_top1']:7.2f} "
+                  f"{v['deployed_agreement']:7.2f} {v.get('deployed_max_logit_error_lsb', float('nan')):4.0f} | {v['pytorch_top1']:7.2f} "
                   f"{v['tflite_top1'] - v['pytorch_top1']:+6.2f} {v['agreement']:7.2f} | {v['onnx_top1']:6.2f} "
                   f"{v.get('onnx2tf_top1', float('nan')):6.2f} {v.get('onnx2tf_agreement', float('nan')):7.2f} | "
                   f"{row['calib_cost_x']:7.2f} {row['convert_ms']:8.1f} {v['bytes']:9,d}  {str(spec)[:90]}\n"

@@ -91,7 +91,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     t0 = time.perf_counter()
     folded, sub, cal, images = fold_subnet(net, spec, data, calib_images, range_images, calib_draws)
     tgt = TARGETS[target]
-    if uint8_io:
+    if uint8_io and not tgt.float_io:
         tgt = replace(tgt, io_dtype="uint8")
     graph = tgt.lower(folded)
     t1 = time.perf_counter()
@@ -113,16 +113,19 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
         atomic_write(Path(onnx_out), to_onnx(graph))
     tin = graph.tensors[graph.input]
     base = data["train"]
+    quantize = ({"quantize": "none: the input is float32"} if tin.is_float else
+                {"quantize": "q = round((x + shift) / scale) + zero_point" if via == "direct" else
+                 "see the .tflite input tensor's quantization (onnx2tf calibrated it)",
+                 "scale": tin.scale, "zero_point": tin.zero_point + (128 if uint8_io else 0), "shift": tin.shift})
     sidecar = {
-        "format": "qfa-tflite/1", "model": out.name, "target": target, "io_dtype": tgt.io_dtype, "via": via,
+        "format": "qfa-tflite/1", "model": out.name, "target": target,
+        "io_dtype": "float32" if tin.is_float else tgt.io_dtype, "via": via,
         "spec": json.loads(spec.dumps()), "spec_str": str(spec), "hash": spec.hash,
         "labels": list(getattr(base, "labels", [])),
         "input": {"shape_nhwc": list(tin.shape), "normalize": {"mean": list(getattr(base, "mean", ())),
                                                                 "std": list(getattr(base, "std", ()))},
-                  "resize": "bilinear to the input size, then x = (pixel/255 - mean) / std",
-                  "quantize": "q = round((x + shift) / scale) + zero_point" if via == "direct" else
-                  "see the .tflite input tensor's quantization (onnx2tf calibrated it)",
-                  "scale": tin.scale, "zero_point": tin.zero_point + (128 if uint8_io else 0), "shift": tin.shift},
+                  "resize": "bilinear to the input size, then x = (pixel/255 - mean) / std", **quantize},
+        "float_layers": [op.layer for op in graph.ops if op.kind == "conv" and op.is_float],
         "layers": graph.summary()["layers"],
         "max_zero_point_fraction_lsb": graph.summary()["max_zero_point_rounding_lsb"],
         "calibration": {k: v for k, v in cal.items() if k != "holdout_top1_draws"},
@@ -151,10 +154,11 @@ def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_im
     if onnx_model is not None:
         import onnxruntime
         ort = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
-    out_scale = model.out["quantization"][0]
+    out_scale = model.out["quantization"][0]  # 0 for float32 logits: errors relative to the largest logit only
     n_ok = {"pytorch": 0, "tflite": 0, "deployed": 0, "onnx": 0}
     n_agree = {"pytorch": 0, "deployed": 0, "onnx": 0}
-    max_lsb = {"pytorch": 0.0, "deployed": 0.0}
+    max_err = {"pytorch": 0.0, "deployed": 0.0}
+    peak = {"pytorch": 0.0, "deployed": 0.0}
     r = graph.meta["resolution"]
     for start in range(0, n, 256):
         batch = [test[i] for i in range(start, min(n, start + 256))]
@@ -170,14 +174,17 @@ def verify_tflite(blob: bytes, graph: Graph, subnet: torch.nn.Module, test, n_im
         for k, o in outs.items():
             n_ok[k] += int((o.argmax(1) == y).sum())
             n_agree[k] += int((o.argmax(1) == tf.argmax(1)).sum())
-            if k in max_lsb:
-                max_lsb[k] = max(max_lsb[k], float(np.abs(o - tf).max() / out_scale))
+            if k in max_err:
+                max_err[k], peak[k] = max(max_err[k], float(np.abs(o - tf).max())), max(peak[k], float(np.abs(o).max()))
     res = {"images": n, "delegate": delegate, "pytorch_top1": 100.0 * n_ok["pytorch"] / n,
            "tflite_top1": 100.0 * n_ok["tflite"] / n, "agreement": 100.0 * n_agree["pytorch"] / n,
-           "max_logit_error_lsb": round(max_lsb["pytorch"], 2), "bytes": len(blob), "ops": op_summary(blob)}
+           "bytes": len(blob), "ops": op_summary(blob)}
+    for k, pre in (("pytorch", ""), *((("deployed", "deployed_"),) if deployed is not None else ())):
+        res[f"{pre}max_logit_error_rel"] = max_err[k] / max(peak[k], 1e-30)  # of the largest |logit|
+        if out_scale:
+            res[f"{pre}max_logit_error_lsb"] = round(max_err[k] / out_scale, 2)
     if deployed is not None:
-        res.update({"deployed_top1": 100.0 * n_ok["deployed"] / n, "deployed_agreement": 100.0 * n_agree["deployed"] / n,
-                    "deployed_max_logit_error_lsb": round(max_lsb["deployed"], 2)})
+        res.update({"deployed_top1": 100.0 * n_ok["deployed"] / n, "deployed_agreement": 100.0 * n_agree["deployed"] / n})
     if ort is not None:
         res.update({"onnx_top1": 100.0 * n_ok["onnx"] / n, "onnx_agreement": 100.0 * n_agree["onnx"] / n})
     return res

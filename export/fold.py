@@ -41,11 +41,14 @@ def act_grid(q: torch.nn.Module) -> tuple[float, float, int, int]:
 
 
 @torch.no_grad()
-def fold_weight(conv: ElasticConv2d, w_bits: int, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Integer weight in TFLite layout, positive per-channel scales, real bias, clipped count.
+def fold_weight(conv: ElasticConv2d, w_bits: int, kernel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int,
+                                                                       np.ndarray | None]:
+    """Integer weight in TFLite layout, positive per-channel scales, real bias, clipped count,
+    and for an FP conv its real folded weights (TFLite layout), else None.
 
     LSQ weights keep their integers (the trained grid); FP weights are put on a per-channel
-    symmetric 8-bit grid (the one place the export approximates the trained model).
+    symmetric 8-bit grid for int8 targets (the one place the export approximates the trained
+    model) and kept real for float targets.
     """
     w = conv.weight.double()
     out_ch = w.shape[0]
@@ -71,9 +74,10 @@ def fold_weight(conv: ElasticConv2d, w_bits: int, kernel: int) -> tuple[np.ndarr
     clipped = int((qint > 127).sum())
     qint = qint.clamp(-128, 127)
     scale = scale.abs().clamp(min=1e-12)
-    q = qint.numpy().astype(np.int8)
-    q = q.transpose(1, 2, 3, 0) if conv.depthwise else q.transpose(0, 2, 3, 1)  # (1,k,k,C) / (O,k,k,I)
-    return np.ascontiguousarray(q), scale.numpy(), bias.numpy(), clipped
+    layout = (1, 2, 3, 0) if conv.depthwise else (0, 2, 3, 1)  # (1,k,k,C) / (O,k,k,I)
+    q = qint.numpy().astype(np.int8).transpose(layout)
+    real = None if wq is not None else np.ascontiguousarray((w * g[:, None, None, None]).numpy().transpose(layout))
+    return np.ascontiguousarray(q), scale.numpy(), bias.numpy(), clipped, real
 
 
 class _Builder:
@@ -105,7 +109,7 @@ class _Builder:
              act: str | None = None) -> str:
         kernel = kernel or conv.kernels[-1]
         xin = self.on_grid(x, conv, bits.a, kernel, name)
-        w, scale, bias, clipped = fold_weight(conv, bits.w, kernel)
+        w, scale, bias, clipped, real = fold_weight(conv, bits.w, kernel)
         self.clipped += clipped
         act = conv.act if act is None else act
         n, h, wd, _ = self.tensors[xin].shape
@@ -113,10 +117,11 @@ class _Builder:
         p, st = kernel // 2, conv.stride
         shape = (n, (h + 2 * p - kernel) // st + 1, (wd + 2 * p - kernel) // st + 1, out_ch)
         kw = dict(weight=w, w_scale=scale, bias=bias, w_bits=min(bits.w, 8), stride=st, pad=p,
-                  depthwise=conv.depthwise, layer=name)
+                  depthwise=conv.depthwise, layer=name, fweight=real)
         if act == "hsigmoid":  # clip(x/6 + 1/2, 0, 1): relu_n1_to_1 on a [0, 1] output grid
             return self.op("conv", [xin], name, shape, qp=dict(scale=1 / 255, zero_point=-128),
-                           **{**kw, "w_scale": scale / 6, "bias": bias / 6 + 0.5}, act="relu_n1_to_1")
+                           **{**kw, "w_scale": scale / 6, "bias": bias / 6 + 0.5,
+                              "fweight": None if real is None else real / 6}, act="relu_n1_to_1")
         if act == "relu":
             return self.op("conv", [xin], name, shape, act="relu", **kw)
         y = self.op("conv", [xin], name + (".pre" if act else ""), shape, **kw)

@@ -2,7 +2,9 @@
 
 Every tensor is int8 with a scale and zero point, plus the integer clamp range ``[qmin, qmax]``
 that a sub-8-bit grid imposes (a b-bit grid sits at the bottom of int8: ``qmin = -128``,
-``qmax = -128 + 2^b - 1``). Ops carry integer weights with per-channel scales and real biases.
+``qmax = -128 + 2^b - 1``). Ops carry integer weights with per-channel scales and real biases;
+a full-precision conv also carries its real weights (``fweight``), which a float target
+deploys (:func:`export.lower.to_float` turns such ops and the tensors between them float32).
 numpy only: no torch, no TensorFlow, so devices and the table builder can use it.
 """
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 
 __all__ = ["QTensor", "Op", "Graph", "grid_qparams", "range_qparams", "OP_KINDS", "IRError"]
 
-OP_KINDS = ("conv", "hswish", "add", "addc", "mean", "mul", "requant")
-FUSED_ACTS = ("none", "relu", "relu_n1_to_1")
+OP_KINDS = ("conv", "hswish", "add", "addc", "mean", "mul", "requant", "dequant")
+# relu_0_to_1: a float hard-sigmoid (an int8 one is relu_n1_to_1 onto a [0, 1] grid)
+FUSED_ACTS = ("none", "relu", "relu_n1_to_1", "relu_0_to_1")
 
 
 class IRError(ValueError):
@@ -26,7 +29,8 @@ class IRError(ValueError):
 
 @dataclass
 class QTensor:
-    """An int8 activation tensor (NHWC). ``scale is None`` until calibration fixes its range."""
+    """An int8 activation tensor (NHWC). ``scale is None`` until calibration fixes its range.
+    ``dtype`` "float32": a float tensor of a float target (no grid, no scale)."""
 
     name: str
     shape: tuple[int, ...]
@@ -38,18 +42,28 @@ class QTensor:
     learned: bool = False    # scale/zero point come from a trained quantizer (not calibration)
     zp_error: float = 0.0    # |learned zero point - rounded one| in LSB (BatchQuant's offset)
     shift: float = 0.0       # the int8 values represent (true value + shift): see grid_qparams
+    dtype: str = "int8"      # int8 | float32
 
     @property
     def fixed(self) -> bool:
-        return self.scale is not None
+        return self.scale is not None or self.is_float
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype == "float32"
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Real values -> int8 (round half away from zero, as TFLite's requantization does)."""
+        """Real values -> int8 (round half away from zero, as TFLite's requantization does);
+        a float32 tensor keeps them."""
+        if self.is_float:
+            return np.asarray(x, np.float32)
         v = x / self.scale
         v = np.sign(v) * np.floor(np.abs(v) + 0.5) + self.zero_point
         return np.clip(v, self.qmin, self.qmax).astype(np.int8)
 
     def dequantize(self, v: np.ndarray) -> np.ndarray:
+        if self.is_float:
+            return v.astype(np.float64)
         return (v.astype(np.float64) - self.zero_point) * self.scale
 
 
@@ -70,6 +84,8 @@ class Op:
     act: str = "none"                     # fused: none | relu | relu_n1_to_1
     layer: str = ""                       # the PyTorch layer it comes from (for reports)
     const: np.ndarray | None = None       # addc: real constant, (1,1,1,1) or (1,H,W,C)
+    fweight: np.ndarray | None = None     # a full-precision conv's real weights (layout of ``weight``)
+    is_float: bool = False                # computed in float32 (export.lower.to_float)
 
     @property
     def kernel(self) -> int:
@@ -80,6 +96,15 @@ class Op:
         and that grid. The one place the bias rounding is defined (file, reference, ONNX)."""
         grid = in_scale * self.w_scale
         return np.round(self.bias / grid).clip(-2**31, 2**31 - 1).astype(np.int32), grid
+
+    def grid_weight(self) -> np.ndarray:
+        """The real values of the integer weights (what an int8 op computes with)."""
+        w = self.weight.astype(np.float64)
+        return w * self.w_scale if self.depthwise else w * self.w_scale[:, None, None, None]
+
+    def real_weight(self) -> np.ndarray:
+        """The weights the op computes with: a float FP conv's ``fweight``, else the grid's."""
+        return self.fweight if self.is_float and self.fweight is not None else self.grid_weight()
 
 
 @dataclass
@@ -100,6 +125,14 @@ class Graph:
             missing = [t for t in op.inputs if t not in known]
             if missing:
                 raise IRError(f"op {op.kind} -> {op.output} reads {missing} before they are produced")
+            if op.output not in self.tensors:
+                raise IRError(f"op {op.kind} writes {op.output}, which the graph does not declare")
+            dtypes = [self.tensors[t].is_float for t in (*op.inputs, op.output)]
+            fits = {"requant": not dtypes[-1], "dequant": dtypes == [False, True]}.get(
+                op.kind, all(d == op.is_float for d in dtypes))
+            if not fits:
+                raise IRError(f"op {op.kind} -> {op.output}: its tensors' types do not fit it (float32 op: all "
+                              "float32; int8 op: all int8; requant: -> int8; dequant: int8 -> float32)")
             if op.kind == "conv":
                 if op.weight is None or op.w_scale is None or op.bias is None:
                     raise IRError(f"conv {op.output} lacks weight, scale or bias")
@@ -120,7 +153,8 @@ class Graph:
         for op in self.ops:
             kinds[op.kind] = kinds.get(op.kind, 0) + 1
         layers = [{"layer": op.layer, "w_bits": op.w_bits, "a_bits": self.tensors[op.inputs[0]].bits,
-                   "kernel": op.kernel, "depthwise": op.depthwise, "out_channels": int(op.weight.shape[0 if not op.depthwise else 3])}
+                   "kernel": op.kernel, "depthwise": op.depthwise, "out_channels": int(op.weight.shape[0 if not op.depthwise else 3]),
+                   "format": "float" if op.is_float else "int8"}
                   for op in self.ops if op.kind == "conv"]
         zp = [t.zp_error for t in self.tensors.values() if t.learned]
         return {"ops": kinds, "layers": layers, "max_zero_point_rounding_lsb": max(zp, default=0.0)}

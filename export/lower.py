@@ -13,12 +13,16 @@ a 2-bit layer's folded bias by up to half an accumulator step (measured: up to 0
 :func:`decompose_hswish` replaces HARD_SWISH by an ADD and a MUL, for runtimes whose int8
 HARD_SWISH is slow (docs/results.md, "Which precisions buy speed").
 
+:func:`to_float` deploys full-precision convs as float32 ops, with QUANTIZE / DEQUANTIZE where
+the graph crosses between int8 and float (float targets).
+
 :func:`fit_xnnpack` keeps the file inside the scale limits XNNPACK checks when it builds its
 runtime (a model that breaks one does not load at all under the default interpreter), and
 :func:`xnnpack_limit_errors` names any that remain.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -26,12 +30,8 @@ import numpy as np
 from export.ir import Graph, Op, QTensor
 from export.reference import conv_nhwc
 
-__all__ = ["apply_shifts", "refine_weights", "decompose_hswish", "fit_xnnpack", "xnnpack_limit_errors", "requant_scale"]
-
-
-def _real_weight(op: Op) -> np.ndarray:
-    w = op.weight.astype(np.float64)
-    return w * op.w_scale if op.depthwise else w * op.w_scale[:, None, None, None]
+__all__ = ["apply_shifts", "refine_weights", "decompose_hswish", "fit_xnnpack", "xnnpack_limit_errors", "requant_scale",
+           "to_float"]
 
 
 def _new_tensor(graph: Graph, base: str, shape: tuple[int, ...]) -> str:
@@ -51,7 +51,7 @@ def apply_shifts(graph: Graph) -> Graph:
         if op.kind == "conv":
             c = graph.tensors[op.inputs[0]].shift
             if c:
-                w = _real_weight(op)
+                w = op.grid_weight()
                 taps = w.sum(axis=(0, 1, 2)) if op.depthwise else w.sum(axis=(1, 2, 3))
                 op.bias = op.bias - c * taps
                 if op.pad:  # padded taps read 0 (= true -c); add back c * (their weights)
@@ -79,6 +79,87 @@ def apply_shifts(graph: Graph) -> Graph:
     return graph
 
 
+def to_float(graph: Graph) -> Graph:
+    """Compute the full-precision convs (those with ``fweight``) and what follows them in float32,
+    as a float target deploys them (rewrites ``graph`` in place).
+
+    Which ops are float: an FP conv; hswish, addc and mean as their input; a residual ADD as its
+    block's branch (the second input), a MUL as the tensor it gates (the first); an 8-bit conv
+    whose output the trained model keeps real and a float op reads (the classifier, an SE gate)
+    is computed in float on its trained input grid (QUANTIZE + DEQUANTIZE) with its grid weights,
+    so that its output is not rounded onto an int8 grid; the model's input is float32. An int8
+    tensor read by a float op is DEQUANTIZEd, a float one read by an int8 op QUANTIZEd onto the
+    tensor's own int8 parameters (a conv's learned grid, the hard-sigmoid's [0, 1] grid, or the
+    calibrated range), once per tensor. A float value written onto a learned grid includes the
+    grid's shift (it is in the producing conv's bias), so the QUANTIZE that makes the grid is exact.
+    An all-FP subnet is then a float32 model but for the space's fixed 8-bit convs.
+    """
+    ops: list[Op] = []
+    tensors = graph.tensors
+    twins: dict[str, str] = {}  # a tensor's name -> the name of its other representation
+    made: set[str] = set()      # tensors produced so far
+    tin = tensors[graph.input]
+    if tin.shift:
+        raise ValueError(f"{graph.input}: a float model input cannot feed a shifted (learned) grid")
+
+    def floated(name: str) -> None:
+        """Turn ``name`` float32, keeping its int8 parameters in a twin tensor."""
+        t = tensors[name]
+        twin = dataclasses.replace(t, name=f"{name}.q")
+        tensors[twin.name] = twin
+        twins[name], twins[twin.name] = twin.name, name
+        tensors[name] = QTensor(name, t.shape, dtype="float32")
+
+    def read(name: str, as_float: bool, layer: str) -> str:
+        if tensors[name].is_float == as_float:
+            return name
+        if name in twins and twins[name] in made:
+            return twins[name]
+        if as_float:  # int8 -> float32
+            out = f"{name}.f"
+            tensors[out] = QTensor(out, tensors[name].shape, dtype="float32")
+            ops.append(Op("dequant", [name], out, layer=layer, is_float=True))
+        else:  # float32 -> int8, onto the tensor's int8 parameters
+            out = twins[name]
+            ops.append(Op("requant", [name], out, layer=layer))
+        twins[name], twins[out] = out, name
+        made.add(out)
+        return out
+
+    def on_grid_in_float(op: Op) -> bool:
+        """An 8-bit conv whose output the trained model keeps real: the logits, or an SE gate
+        whose MUL is float; the file rounds nothing the trained model does not."""
+        readers = [c for c in graph.ops if op.output in c.inputs]
+        return op.output == graph.output or bool(readers) and all(
+            c.kind == "mul" and c.inputs[1] == op.output and tensors[c.inputs[0]].is_float for c in readers)
+
+    floated(graph.input)
+    made.add(graph.input)
+    for op in graph.ops:
+        if op.kind == "conv":
+            op.is_float = op.fweight is not None or on_grid_in_float(op)
+        elif op.kind != "requant":  # QUANTIZE takes either (from float: the trained model's rounding)
+            op.is_float = tensors[op.inputs[1 if op.kind == "add" else 0]].is_float
+        if op.kind == "conv" and op.is_float and op.fweight is None:  # an 8-bit conv on its input grid
+            grid = read(op.inputs[0], False, op.layer)
+            out = f"{grid}.dq"
+            tensors[out] = QTensor(out, tensors[grid].shape, dtype="float32")
+            ops.append(Op("dequant", [grid], out, layer=op.layer, is_float=True))
+            op.inputs = [out]
+        elif op.kind != "requant":
+            op.inputs = [read(i, op.is_float, op.layer) for i in op.inputs]
+        ops.append(op)
+        made.add(op.output)
+        if op.is_float:
+            floated(op.output)
+            if op.act == "relu_n1_to_1":  # the hard-sigmoid: its int8 [0, 1] grid clamped at 0
+                op.act = "relu_0_to_1"
+    used = {graph.input, *(i for op in ops for i in op.inputs), *(op.output for op in ops)}
+    graph.ops = ops
+    graph.tensors = {k: t for k, t in tensors.items() if k in used}
+    return graph
+
+
 def refine_weights(graph: Graph, packs_int4: Callable[[Op], bool] = lambda op: False) -> Graph:
     """Multiply each conv's integer weights per output channel by the largest m that keeps them
     in their storage (int8, or int4 where ``packs_int4(op)``) and divide its scale by m.
@@ -87,7 +168,7 @@ def refine_weights(graph: Graph, packs_int4: Callable[[Op], bool] = lambda op: F
     one storage choice; refine an unrefined graph per target (int4 needs the small integers).
     """
     for op in graph.ops:
-        if op.kind != "conv":
+        if op.kind != "conv" or op.is_float:
             continue
         limit = 7 if packs_int4(op) else 127
         axis = (0, 1, 2) if op.depthwise else (1, 2, 3)
@@ -119,7 +200,7 @@ def decompose_hswish(graph: Graph) -> Graph:
     producer = {op.output: op for op in graph.ops}
     ops: list[Op] = []
     for op in graph.ops:
-        if op.kind != "hswish":
+        if op.kind != "hswish" or op.is_float:  # float HARD_SWISH is fast everywhere
             ops.append(op)
             continue
         p = op.inputs[0]
@@ -170,7 +251,7 @@ def fit_xnnpack(graph: Graph) -> Graph:
     the trained model rounds it: exact.
     """
     for op in graph.ops:
-        if op.kind != "conv":
+        if op.kind != "conv" or op.is_float:
             continue
         axis = (0, 1, 2) if op.depthwise else (1, 2, 3)
         dead = ~np.any(op.weight != 0, axis=axis)
@@ -184,7 +265,7 @@ def fit_xnnpack(graph: Graph) -> Graph:
 def xnnpack_limit_errors(graph: Graph) -> list[str]:
     """Each op of ``graph`` outside XNNPACK's int8 limits, in words (empty: the file loads)."""
     f = np.float32
-    sc = {k: f(t.scale) for k, t in graph.tensors.items()}
+    sc = {k: f(t.scale) for k, t in graph.tensors.items() if not t.is_float}
     errors = []
 
     def ratio(what: str, op: Op, r: float, lo: float, hi: float, hi_open: bool = True) -> None:
@@ -193,6 +274,8 @@ def xnnpack_limit_errors(graph: Graph) -> list[str]:
                           f"{')' if hi_open else ']'}")
 
     for op in graph.ops:
+        if op.is_float or op.kind == "dequant" or graph.tensors[op.inputs[0]].is_float:
+            continue  # XNNPACK's float ops and QUANTIZE from float have no scale limits
         out = sc[op.output]
         if op.kind == "conv":
             m = requant_scale(graph, op)

@@ -1,6 +1,7 @@
 """A lowered integer graph run in PyTorch: the subnet as its .tflite computes it ("as deployed").
 
-Every tensor the file quantizes is rounded (half away from zero) onto its int8 grid, convs
+Float ops (float targets) compute in float32 with the file's weights (fp16-rounded for fp16
+targets). Every tensor the file quantizes is rounded (half away from zero) onto its int8 grid, convs
 accumulate integers with their int32 bias and requantize with the float32 scale, ADD constants
 are the file's int8 constants, the input is quantized as the sidecar says: measured op by op
 against ai-edge-litert, the same integers but for rare 1-LSB differences (docs/results.md,
@@ -32,6 +33,11 @@ def _round(v: torch.Tensor) -> torch.Tensor:
 def _quantize(y: torch.Tensor, t: QTensor) -> torch.Tensor:
     q = (_round(y / t.scale) + t.zero_point).clamp(t.qmin, t.qmax)
     return (q - t.zero_point) * t.scale
+
+
+def _oihw(op, w: np.ndarray) -> np.ndarray:
+    """TFLite's weight layout (O, kh, kw, I), depthwise (1, kh, kw, C), as PyTorch's (O, I|1, kh, kw)."""
+    return w.transpose(3, 0, 1, 2) if op.depthwise else w.transpose(0, 3, 1, 2)
 
 
 def runtime_table(t_in: QTensor, t_out: QTensor, kind: str, delegate: str) -> torch.Tensor:
@@ -66,9 +72,11 @@ class DeployedModel(torch.nn.Module):
         self._tables: dict[str, torch.Tensor] = {}
         g = graph
         for op in g.ops:
-            if op.kind == "conv":
-                w = op.weight.astype(np.float32)
-                w = w.transpose(3, 0, 1, 2) if op.depthwise else w.transpose(0, 3, 1, 2)  # (O, I|1, k, k)
+            if op.kind == "conv" and op.is_float:
+                real_w = np.ascontiguousarray(_oihw(op, op.real_weight()), np.float32)
+                self._convs[op.output] = ("real", torch.from_numpy(real_w), torch.from_numpy(np.asarray(op.bias, np.float32)))
+            elif op.kind == "conv":
+                w = _oihw(op, op.weight.astype(np.float32))
                 tin, tout = g.tensors[op.inputs[0]], g.tensors[op.output]
                 if tin.fixed and tout.fixed:
                     bq, _ = op.int32_bias(tin.scale)
@@ -82,10 +90,10 @@ class DeployedModel(torch.nn.Module):
                     real_w = np.ascontiguousarray(w * op.w_scale[:, None, None, None], np.float32)
                     self._convs[op.output] = ("real", torch.from_numpy(real_w), torch.from_numpy(np.asarray(bias, np.float32)))
             elif op.kind == "addc":
-                c = quantized_const(op.const, g.tensors[op.output].scale).astype(np.float32)
+                c = np.asarray(op.const if op.is_float else quantized_const(op.const, g.tensors[op.output].scale), np.float32)
                 self._consts[op.output] = torch.from_numpy(np.ascontiguousarray(np.transpose(
                     c.reshape((1,) * (4 - c.ndim) + c.shape), (0, 3, 1, 2))))
-            elif op.kind == "hswish" and g.tensors[op.inputs[0]].fixed and g.tensors[op.output].fixed:
+            elif op.kind == "hswish" and not op.is_float and g.tensors[op.inputs[0]].fixed and g.tensors[op.output].fixed:
                 self._tables[op.output] = runtime_table(g.tensors[op.inputs[0]], g.tensors[op.output], "hswish", delegate)
 
     @staticmethod
@@ -104,7 +112,8 @@ class DeployedModel(torch.nn.Module):
         groups = w.shape[0] if op.depthwise else 1
         if kind == "real":
             y = F.conv2d(x, w, b, op.stride, op.pad, 1, groups)
-            return y.clamp(min=0) if op.act == "relu" else y.clamp(-1, 1) if op.act == "relu_n1_to_1" else y
+            lo, hi = {"relu": (0, None), "relu_n1_to_1": (-1, 1), "relu_0_to_1": (0, 1)}.get(op.act, (None, None))
+            return y if lo is None else y.clamp(lo, hi)
         mult, lo, hi = rest
         tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
         q = torch.round(x / tin.scale)  # the input's integers minus its zero point
@@ -131,7 +140,7 @@ class DeployedModel(torch.nn.Module):
             return args[0] * args[1]
         if op.kind == "mean":
             return args[0].mean((2, 3), keepdim=True)
-        if op.kind == "requant":
+        if op.kind in ("requant", "dequant"):  # the rounding is the output tensor's (none for float32)
             return args[0]
         raise ValueError(f"unknown op {op.kind}")
 
@@ -145,7 +154,9 @@ class DeployedModel(torch.nn.Module):
 
         def store(name: str, y: torch.Tensor) -> None:
             t = g.tensors[name]
-            if t.fixed:
+            if t.is_float:
+                y = y.float()
+            elif t.fixed:
                 y = _quantize(y, t)
             elif stats is not None:
                 lo, hi = stats.get(name, (np.inf, -np.inf))
@@ -153,7 +164,9 @@ class DeployedModel(torch.nn.Module):
             env[name] = y
 
         tin = g.tensors[g.input]  # quantized as the sidecar says: q = floor((x + shift) / scale + 0.5) + zp
-        if tin.fixed:
+        if tin.is_float:
+            env[g.input] = x.float()
+        elif tin.fixed:
             q = (torch.floor((x.double() + tin.shift) / tin.scale + 0.5) + tin.zero_point).clamp(tin.qmin, tin.qmax)
             env[g.input] = ((q - tin.zero_point) * tin.scale).float()
         else:

@@ -75,7 +75,8 @@ def load_failures(model: bytes) -> dict[str, str]:
 
 def op_diffs(graph: Graph, model: TFLiteModel, x: np.ndarray):
     """Per op, in order: (op, TFLite's output - the simulated op (:mod:`export.simulate`) on
-    TFLite's own inputs, in LSB), for one image (``model`` built with ``preserve=True``).
+    TFLite's own inputs, in LSB; for a float32 output, relative to the output's largest
+    magnitude), for one image (``model`` built with ``preserve=True``).
 
     This isolates each op from the propagation of earlier rounding differences (which
     sub-8-bit grids amplify): what is left is the runtime's kernels against the simulation."""
@@ -88,13 +89,18 @@ def op_diffs(graph: Graph, model: TFLiteModel, x: np.ndarray):
     for op in graph.ops:
         args = [nchw(graph.tensors[i].dequantize(vals[i]).astype(np.float32)) for i in op.inputs]
         out = graph.tensors[op.output]
-        ref = out.quantize(sim.op_output(op, args).numpy().transpose(0, 2, 3, 1)).astype(np.int32)
-        yield op, vals[op.output].astype(np.int32) - ref
+        ref = out.quantize(sim.op_output(op, args).numpy().transpose(0, 2, 3, 1))
+        if out.is_float:
+            yield op, (vals[op.output] - ref) / max(float(np.abs(ref).max()), 1e-30)
+        else:
+            yield op, vals[op.output].astype(np.int32) - ref.astype(np.int32)
 
 
-def op_errors(graph: Graph, model: TFLiteModel, x: np.ndarray) -> dict[str, int]:
-    """Per op: max |:func:`op_diffs`| in LSB, for one image: the exactness check of the export."""
-    return {op.output: int(np.abs(d).max()) for op, d in op_diffs(graph, model, x)}
+def op_errors(graph: Graph, model: TFLiteModel, x: np.ndarray) -> dict[str, float]:
+    """Per op: max |:func:`op_diffs`| (int8: LSB; float32: relative), for one image: the
+    exactness check of the export."""
+    return {op.output: (float if graph.tensors[op.output].is_float else int)(np.abs(d).max())
+            for op, d in op_diffs(graph, model, x)}
 
 
 def op_summary(model_bytes: bytes) -> dict[str, int]:

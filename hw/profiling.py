@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from export.targets import DEFAULT_RUNTIME, TARGETS, runtime_of
+from qfa.core.space import FP
 from hw.build import build, write_model
 from hw.table import LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
 from hw.transport import Transport
 from qfa.core.fileio import atomic_write, drop_partial_tail
 
-__all__ = ["ProfileJob", "profile", "estimate", "validate", "probe_specs", "end_progress"]
+__all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,6 @@ def _resolutions(job: ProfileJob, space) -> list[int]:
     return resolutions
 
 
-def probe_specs(table: LatencyTable, resolutions: list[int]) -> list:
-    """Max-depth specs that together touch every table key at ``resolutions``."""
-    from hw.entries import TOKENS
-    sp = table.space
-    probes = (table.probe(r, k, e, t) for r in resolutions for k in sp.kernels for e in sp.expands
-              for t in np.ndindex(*(len(TOKENS),) * 3))
-    return [s for s in probes if s is not None]
-
-
 def profile(job: ProfileJob, transport: Transport) -> dict:
     from qfa.core.space import resolve_space
     from hw.blocks import BlockFactory, overhead_model
@@ -112,7 +104,7 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
 
     factory = BlockFactory(space)
     table = LatencyTable({}, meta, space)
-    specs = probe_specs(table, resolutions)
+    specs = table.probes(resolutions)
     todo = [s for s in specs if any(en.key not in done for en in entries(s, target))]
     t0 = time.time()
 
@@ -149,7 +141,7 @@ def estimate(job: ProfileJob, transport: Transport) -> dict:
     space, target = resolve_space(job.space), TARGETS[job.deploy]
     resolutions = _resolutions(job, space)
     table = LatencyTable({}, {"target": target.name, "overhead_us": 0.0}, space)
-    specs = probe_specs(table, resolutions)
+    specs = table.probes(resolutions)
     keys = {en.key for s in specs for en in entries(s, target)}
     rng = np.random.default_rng(0)
     sample = [specs[i] for i in sorted(rng.choice(len(specs), min(len(specs), job.estimate), replace=False))]
@@ -183,8 +175,9 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
     sp = table.space
+    bits = (2, 8, FP) if target.float_io else (2, 8)
     specs = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
-        f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in (2, 8)][:n // 2]
+        f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in bits][:n // 2]
     while len(specs) < n:
         s = table.space.sample(rng)
         if s.resolution in res_ok:

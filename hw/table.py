@@ -25,7 +25,7 @@ from qfa.core.conventions import one_line
 from qfa.core.fileio import append_csv_row, strict_json
 from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_from_json
 
-from hw.entries import TOKENS, Entry, entries, token
+from hw.entries import FLOAT_TOKENS, TOKENS, Entry, entries, token
 
 __all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "append_row", "clamped",
            "read_meta", "read_rows"]
@@ -43,9 +43,10 @@ class TableError(ValueError):
     """A latency table that cannot be used (missing, malformed, other space, missing entry)."""
 
 
-_TOK = "(?:i8c?|i4c?)"
+_TOK = "(?:i8c?|i4c?|f32|f16)"
 KEY = re.compile(rf"(stem|first|mb|head)\|s[0-9]{{1,2}}p[01]\|r[0-9]{{1,4}}\|[0-9]{{1,4}}x[0-9]{{1,4}}x[0-9]{{1,5}}>[0-9]{{1,5}}"
-                 rf"\|k[0-9]{{1,2}}\|m[0-9]{{1,5}}\|st[12]\|[a-z]{{1,12}}\|se[01]\|sk[01]\|{_TOK}(?:/{_TOK}){{0,2}}", re.ASCII)
+                 rf"\|k[0-9]{{1,2}}\|m[0-9]{{1,5}}\|st[12]\|[a-z]{{1,12}}\|se[01]\|sk[01]\|(?:[fi]:)?{_TOK}(?:/{_TOK}){{0,2}}",
+                 re.ASCII)
 _META_TYPES = {"space": str, "space_hash": str, "target": str, "delegate": str, "device": str, "overhead_us": (int, float),
                "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list,
                "space_json": dict}
@@ -228,52 +229,79 @@ class LatencyTable:
         return float(self.features(spec) @ self.coef) / 1000.0
 
     # ---- vectorised prediction over genomes -------------------------------------------------
+    def _slots(self, spec: SubnetSpec) -> list[tuple[Entry, str, tuple[int, ...]]]:
+        """(entry, lookup table, index) of each piece of ``spec``: token indices, and for mb and
+        head pieces the format of their input (1: float)."""
+        s, ents = self.space, entries(spec, self.target)
+        ri = s.resolutions.index(spec.resolution)
+
+        def toks(e: Entry) -> tuple[int, ...]:
+            return tuple(TOKENS.index(t) for t in e.prec.split(":")[-1].split("/"))
+        fin = [int(e.prec.startswith("f:")) for e in ents]
+        out = [(ents[0], "stem", (ri,)), (ents[1], "first", (ri, *toks(ents[1])))]
+        for i, b in enumerate((b for st in spec.stages for b in st), start=2):
+            e = ents[i]
+            out.append((e, "mb", (e.stage - 1, e.pos, fin[i], ri, s.kernels.index(b.kernel), s.expands.index(b.expand),
+                                  *toks(e))))
+        return out + [(ents[-1], "head", (fin[-1], ri, *toks(ents[-1])))]
+
     def _build_luts(self) -> dict:
         s, tgt = self.space, self.target
         pairs = s.bit_pairs
         tok = {False: np.array([TOKENS.index(token(q, tgt)) for q in pairs]),
                True: np.array([TOKENS.index(token(q, tgt, True)) for q in pairs])}
         nr, nk, ne, nt = len(s.resolutions), len(s.kernels), len(s.expands), len(TOKENS)
-        mb = np.full((len(s.stages), 2, nr, nk, ne, nt, nt, nt), np.nan)
-        first = np.full((nr, nt, nt), np.nan)
-        head = np.full((nr, nt, nt), np.nan)
-        stem = np.full(nr, np.nan)
-        for ri, r in enumerate(s.resolutions):
-            for t0, t1, t2 in product(range(nt), repeat=3):
-                for ki, ei in product(range(nk), range(ne)):
-                    spec = self.probe(r, s.kernels[ki], s.expands[ei], (t0, t1, t2))
-                    for e in entries(spec, tgt) if spec is not None else ():
-                        v = self.rows.get(e.key, np.nan) - self.overhead
-                        if e.kind == "mb":
-                            mb[e.stage - 1, e.pos, ri, ki, ei, t0, t1, t2] = v
-                        elif ki == ei == 0 and t2 == 0:
-                            if e.kind == "first":
-                                first[ri, t0, t1] = v
-                            elif e.kind == "head":
-                                head[ri, t0, t1] = v
-                            else:
-                                stem[ri] = v
+        luts = {"mb": np.full((len(s.stages), 2, 2, nr, nk, ne, nt, nt, nt), np.nan),
+                "first": np.full((nr, nt, nt), np.nan), "head": np.full((2, nr, nt, nt), np.nan), "stem": np.full(nr, np.nan)}
+        for spec in self.probes(s.resolutions):
+            for e, name, idx in self._slots(spec):
+                luts[name][idx] = self.rows.get(e.key, np.nan) - self.overhead
         # from token tables to pair-index tables
-        mb = mb[..., tok[False][:, None, None], tok[True][None, :, None], tok[False][None, None, :]]
-        first = first[:, tok[True][:, None], tok[False][None, :]]
-        head = head[:, tok[False][:, None], tok[False][None, :]]
-        return {"mb": mb, "first": first, "head": head, "stem": stem}
+        mb = luts["mb"][..., tok[False][:, None, None], tok[True][None, :, None], tok[False][None, None, :]]
+        first = luts["first"][:, tok[True][:, None], tok[False][None, :]]
+        head = luts["head"][:, :, tok[False][:, None], tok[False][None, :]]
+        floats = np.array([token(q, tgt) in FLOAT_TOKENS for q in pairs])
+        return {"mb": mb, "first": first, "head": head, "stem": luts["stem"], "float": floats}
 
     def _pair(self, t: int, dw: bool = False):
         match = [p for p in self.space.bit_pairs if token(p, self.target, dw) == TOKENS[t]]
         return match[0] if match else None
 
-    def probe(self, r: int, k: int, e: int, toks: tuple[int, int, int]) -> SubnetSpec | None:
+    def probe(self, r: int, k: int, e: int, toks: tuple[int, int, int], flip: str | None = None) -> SubnetSpec | None:
         """A spec at max depth whose every block has (k, e) and deployed precision ``toks``
-        (expand, depthwise, project; first block and head take the first two): it touches one
-        table key of each block shape. None when the target has no such precision."""
+        (expand, depthwise, project; the first block and the head take the first and the last):
+        it touches one table key of each block shape. None when the target has no such
+        precision.
+
+        Under a float target a block's key also names its input's format, the format of the
+        piece before it; ``flip`` gives those blocks the other input format, by putting blocks
+        whose project conv is of the other format before them: "pos1" (stages B A B ..., the
+        later blocks of each stage) or "pos0" (stages A B B ..., the first block of each stage and
+        the head). None where the target has one format only."""
         from qfa.core.space import BlockSpec
         s = self.space
-        qe, qd, qp, qd0 = self._pair(toks[0]), self._pair(toks[1], True), self._pair(toks[2]), self._pair(toks[0], True)
-        if None in (qe, qd, qp, qd0):
+        qe, qd, qp = self._pair(toks[0]), self._pair(toks[1], True), self._pair(toks[2])
+        if None in (qe, qd, qp):
             return None
-        stages = tuple(tuple(BlockSpec(k, e, (qe, qd, qp)) for _ in range(max(s.depths))) for _ in s.stages)
-        return SubnetSpec(s, r, (qd0, self._pair(toks[1])), stages, (qe, self._pair(toks[1])))
+        qd0 = self._pair(toks[0], True) or qd  # a depthwise conv has no int4 token
+        qx, depth = qp, max(s.depths)
+        if flip is not None:
+            other = [t for t in TOKENS if (t in FLOAT_TOKENS) != (TOKENS[toks[2]] in FLOAT_TOKENS)]
+            qx = next((q for q in s.bit_pairs if token(q, self.target) in other), None)
+            if qx is None or depth < 2:
+                return None
+        a, b = BlockSpec(k, e, (qe, qd, qp)), BlockSpec(k, e, (qe, qd, qx))
+        stage = {None: [a] * depth, "pos1": [b if i % 2 == 0 else a for i in range(depth)],
+                 "pos0": [a] + [b] * (depth - 1)}[flip]
+        return SubnetSpec(s, r, (qd0, qx), tuple(tuple(stage) for _ in s.stages), (qe, qp))
+
+    def probes(self, resolutions: Sequence[int]) -> list[SubnetSpec]:
+        """Specs that together touch every table key at ``resolutions`` (what profiling measures)."""
+        s, n = self.space, len(TOKENS)
+        flips = (None, "pos1", "pos0") if self.target.float_io else (None,)
+        out = (self.probe(r, k, e, t, f) for r in resolutions for k in s.kernels for e in s.expands
+               for t in np.ndindex(n, n, n) for f in flips)
+        return [p for p in out if p is not None]
 
     def predict_many(self, genomes: np.ndarray) -> np.ndarray:
         """Predicted latency (ms) of each genome row (``SearchSpace.encode``); NaN where an
@@ -285,15 +313,18 @@ class LatencyTable:
         g = lay.rows(genomes)
         r, t = g[:, 0], g[:, lay.tail]
         active, slots = s.active_slots(g), lay.slots(g)
-        us = self.overhead + L["stem"][r] + L["first"][r, t[:, 0], t[:, 1]] + L["head"][r, t[:, 2], t[:, 3]]
+        us = self.overhead + L["stem"][r] + L["first"][r, t[:, 0], t[:, 1]]
         sub8 = np.array([q.a < 8 for q in s.bit_pairs])
         n_clamped = sub8[t].sum(1)
+        fin = L["float"][t[:, 1]].astype(np.intp)  # each piece's input: the last piece's output format
         for si in range(lay.n_stages):
             for d in range(lay.max_depth):
                 sl, on = slots[:, si, d], active[:, si, d]
-                v = L["mb"][si, min(d, 1), r, sl[:, 0], sl[:, 1], sl[:, 2], sl[:, 3], sl[:, 4]]
+                v = L["mb"][si, min(d, 1), fin, r, sl[:, 0], sl[:, 1], sl[:, 2], sl[:, 3], sl[:, 4]]
                 us = us + np.where(on, v, 0.0)
                 n_clamped = n_clamped + on * sub8[sl[:, 2:]].sum(1)
+                fin = np.where(on, L["float"][sl[:, 4]], fin).astype(np.intp)
+        us = us + L["head"][fin, r, t[:, 2], t[:, 3]]
         pieces = 3 + active.sum((1, 2))
         return np.column_stack([us, np.ones_like(us), pieces, n_clamped]) @ self.coef / 1000.0
 

@@ -13,7 +13,7 @@ from export.simulate import DeployedModel
 from export.lower import refine_weights
 from export.targets import TARGETS
 from export.tflite import to_tflite
-from export.verify import TFLiteModel, op_errors
+from export.verify import TFLiteModel, load_failures, op_errors
 from qfa.nn.calibrate import calibrate
 from qfa.nn.data import resize
 from export.fold import fold
@@ -53,19 +53,29 @@ INT4_TARGETS = sorted(n for n, t in TARGETS.items() if t.int4_weights)
 def test_tflite_holds_the_exported_numbers_and_each_op_is_within_1_lsb(supernet, fmnist_train, name, target):
     g, x = _graph(supernet, SPECS[name], fmnist_train[:512], target)
     blob = to_tflite(g, target)
-    kinds = {op.kind for op in g.ops}
+    kinds = {op.kind for op in g.ops if not op.is_float}  # float HARD_SWISH is never decomposed
     assert ("hswish" in kinds) == (TARGETS[target].hswish == "op")
     model = fb.ModelT.InitFromPackedBuf(blob, 0)
     sg = model.subgraphs[0]
     by_name = {t.name.decode(): t for t in sg.tensors}
-    # activation scales and zero points: exactly the graph's
+    # activation scales and zero points: exactly the graph's (float tensors: float32, no grid)
     for t in g.tensors.values():
+        if t.is_float:
+            assert by_name[t.name].type == fb.TensorType.FLOAT32 and by_name[t.name].quantization is None, t.name
+            continue
         q = by_name[t.name].quantization
         assert q.scale[0] == pytest.approx(t.scale, rel=1e-7) and q.zeroPoint[0] == t.zero_point, t.name
-    # integer weights and per-channel scales: exactly the graph's
+    # integer weights and per-channel scales, or a float conv's real weights: exactly the graph's
     for op in (o for o in g.ops if o.kind == "conv"):
         wt = by_name[f"{op.output}.weight"] if f"{op.output}.weight" in by_name else None
         assert wt is not None, op.output
+        if op.is_float:
+            fp16 = TARGETS[target].fp == "float16" and op.fweight is not None
+            if fp16:
+                wt = by_name[f"{op.output}.weight.fp16"]
+            data = np.frombuffer(bytes(model.buffers[wt.buffer].data), np.float16 if fp16 else np.float32)
+            np.testing.assert_array_equal(data.reshape(op.weight.shape), op.real_weight().astype(data.dtype))
+            continue
         data = np.frombuffer(bytes(model.buffers[wt.buffer].data), np.int8).reshape(op.weight.shape)
         np.testing.assert_array_equal(data, op.weight)
         np.testing.assert_allclose(wt.quantization.scale, op.w_scale, rtol=1e-7)
@@ -74,13 +84,77 @@ def test_tflite_holds_the_exported_numbers_and_each_op_is_within_1_lsb(supernet,
     xs = np.ascontiguousarray(x[:4].permute(0, 2, 3, 1).numpy())
     for i in range(4):
         errs = op_errors(g, m, xs[i:i + 1])
-        assert max(errs.values()) <= 1, {k: v for k, v in errs.items() if v > 1}
+        bad = {k: v for k, v in errs.items() if v > (1e-5 if g.tensors[k].is_float else 1)}
+        assert not bad, bad  # int8: <= 1 LSB; float32: <= 1e-5 of the op's largest output
 
 
 def _gname(path: str) -> str:
     """The folded graph's layer name of a subnet module path (stages.1.0.dw -> s2.b0.dw)."""
     parts = path.split(".")
     return f"s{int(parts[1]) + 1}.b{parts[2]}." + ".".join(parts[3:]) if parts[0] == "stages" else path
+
+
+FLOAT_TARGETS = sorted(n for n, t in TARGETS.items() if t.float_io)
+
+
+@pytest.mark.parametrize("target", FLOAT_TARGETS)
+def test_float_targets_deploy_full_precision_convs_as_float_ops(supernet, fmnist_train, target):
+    """Under a float target an FP conv is a float CONV_2D (float32 or fp16 weights), the model's
+    input and logits are float32, and the graph crosses between int8 and float by QUANTIZE /
+    DEQUANTIZE only where it must; an all-FP subnet is a float model but for the space's fixed
+    8-bit convs (fmnist: SE, classifier), which read their trained input grids and, where the
+    trained model keeps their output real, write float; so it computes what PyTorch computes:
+    the features before the classifier to float32 rounding (fp16 weights: to theirs), the logits
+    but where a value rounds onto a grid at a tie."""
+    weight_type = fb.TensorType.FLOAT16 if TARGETS[target].fp == "float16" else fb.TensorType.FLOAT32
+    for name, spec in {"all-fp": SPACE.max_spec(bits=32).replace(resolution=24), "w8a8": SPACE.min_spec(bits=8)}.items():
+        g, x = _graph(supernet, spec, fmnist_train[:512], target)
+        blob = to_tflite(g, target)
+        model = fb.ModelT.InitFromPackedBuf(blob, 0)
+        sg = model.subgraphs[0]
+        types = {t.name.decode(): t.type for t in sg.tensors}
+        assert types[g.input] == types["logits"] == fb.TensorType.FLOAT32
+        convs = [op for op in g.ops if op.kind == "conv"]
+        fp = {op.layer for op in convs if op.fweight is not None}
+        grid = {op.layer for op in convs if op.is_float and op.fweight is None}  # 8-bit convs computed in float
+        assert "classifier" in grid and all(layer.endswith((".se.expand", "classifier")) for layer in grid)
+        for op in convs:  # the classifier's grid weights stay float32 (exact)
+            is_fp = op.fweight is not None
+            w = f"{op.output}.weight" + (".fp16" if is_fp and weight_type == fb.TensorType.FLOAT16 else "")
+            assert types[w] == (weight_type if is_fp else fb.TensorType.FLOAT32 if op.is_float else fb.TensorType.INT8), w
+        kinds = [op.kind for op in g.ops]
+        if name == "all-fp":  # float but for the space's fixed 8-bit parts (fmnist: SE, classifier),
+            se = {op.layer for op in convs if ".se." in op.layer}  # each crossed into and out of once
+            assert fp == {op.layer for op in convs} - {"classifier"} - se and len(se) >= 2
+            assert grid == {"classifier"} | {layer for layer in se if layer.endswith("expand")}
+            assert kinds.count("requant") == kinds.count("dequant") == 1 + len(se) // 2
+            m, n = TFLiteModel(blob, preserve=True), 24
+            xs = np.ascontiguousarray(x[:n].permute(0, 2, 3, 1).numpy())
+            sub = extract(supernet, spec)
+            feats = []
+            h = sub.classifier.register_forward_pre_hook(lambda mod, a: feats.append(a[0].permute(0, 2, 3, 1).numpy()))
+            with torch.no_grad():
+                want = sub(x[:n]).numpy()
+            h.remove()
+            got = m.logits(xs)
+            q = [op for op in g.ops if op.kind == "requant"][-1]  # onto the classifier's input grid
+            shift = g.tensors[q.output].shift  # in the float features too (the producer's bias)
+            err = []
+            for i in range(n):
+                m.logits(xs[i:i + 1])
+                f = m.tensors()[q.inputs[0]] - shift
+                err.append(np.abs(f - feats[0][i:i + 1]).max() / np.abs(feats[0][i]).max())
+            # float32 rounding (fp16 weights: theirs, 2^-11 each) but where an SE grid rounds a
+            # value at a tie (measured: 6 of 32 images of this random net, 1e-4 to 1e-3)
+            tol = 1e-5 if weight_type == fb.TensorType.FLOAT32 else 1e-2
+            assert np.mean(np.array(err) <= tol) >= 0.6 and max(err) <= 5e-3, np.round(err, 7)
+            if weight_type == fb.TensorType.FLOAT32:  # the logits likewise
+                close = np.abs(got - want).max(1) <= 1e-4 * np.abs(want).max(1)
+                assert close.mean() >= 0.6 and (got.argmax(1) == want.argmax(1)).mean() >= 0.75
+        else:  # only the FP stem and SE convs are float: boundaries around them
+            assert {op.layer.rsplit(".", 1)[0] for op in convs if op.fweight is not None} >= {"stem"}
+            assert "dequant" in kinds and "requant" in kinds
+        assert not load_failures(blob)
 
 
 @pytest.mark.parametrize("refine", [True, False])

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export.targets import DELEGATES
+from export.targets import DELEGATES, TARGETS
 from hw.entries import entries
-from hw.table import LatencyTable, TableError
+from hw.table import KEY, LatencyTable, TableError
 from hw.transport import parse_benchmark_model
 from qfa.core.space import get_space
 
@@ -59,6 +59,28 @@ def test_predict_many_matches_predict_and_missing_keys_fail(table_dir):
     with pytest.raises(TableError, match="no measurement"):
         t.predict(SPACE.max_spec(bits=8))  # r32: not measured
     assert np.isnan(t.predict_specs([SPACE.max_spec(bits=8)])).all()
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_the_probes_touch_every_key_and_the_lookup_tables_add_them_up(target):
+    """For every target, without measuring: the specs profiling measures (LatencyTable.probes)
+    touch every key of random specs, and the vectorised prediction sums the same entries as
+    the per-spec one. Under a float target a key names its input's format, the last piece's."""
+    rng = np.random.default_rng(0)
+    probe_table = LatencyTable({}, {"target": target, "resolutions": [24]}, SPACE)
+    keys = {e.key for p in probe_table.probes([24]) for e in entries(p, probe_table.target)}
+    assert all(KEY.fullmatch(k) for k in keys)
+    t = LatencyTable({k: float(v) for k, v in zip(sorted(keys), rng.uniform(5, 50, len(keys)))},
+                     {"target": target, "resolutions": [24], "overhead_us": 1.0}, SPACE)
+    specs = [s for s in (SPACE.sample(rng) for _ in range(600)) if s.resolution == 24][:120]
+    for s in specs:
+        ents = entries(s, t.target)
+        assert all(e.key in keys for e in ents), [e.key for e in ents if e.key not in keys][:3]
+        if t.target.float_io:  # each piece's input is the previous piece's last conv's format
+            fins = [e.prec[0] for e in ents]
+            lasts = ["f" if e.prec.split("/")[-1].startswith("f") else "i" for e in ents]
+            assert fins == ["f"] + lasts[:-1]
+    np.testing.assert_allclose(t.predict_specs(specs), [t.predict(s) for s in specs], rtol=1e-12)
 
 
 def test_table_errors_are_clear(table_dir, tmp_path):

@@ -212,6 +212,12 @@ def test_deployed_bytes_ignore_nominal_bits():
     g = np.stack([SPACE.encode(a), SPACE.encode(b)])
     d = deployed_bytes(c, g)
     assert d[0] == d[1] and c(g)["bytes"][0] < c(g)["bytes"][1]
+    # an FP conv stores 4 (float32) or 2 (fp16) bytes a weight on a float target, an int8 one 1
+    f = np.stack([SPACE.encode(SPACE.max_spec(bits=32)), SPACE.encode(b)])
+    d1, d2, d4 = (deployed_bytes(c, f, n) for n in (1, 2, 4))
+    assert d1[0] == d[1] and d4[1] == d2[1] == d1[1]
+    fp_weights = d2[0] - d1[0]  # the searchable convs' weights: most of the file
+    assert fp_weights > 0.5 * d1[0] and d4[0] == pytest.approx(d1[0] + 3 * fp_weights)
 
 
 @pytest.mark.parametrize("encoding", sorted(ENCODINGS))

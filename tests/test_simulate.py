@@ -60,14 +60,19 @@ def test_the_simulation_gives_the_files_integers(supernet, fmnist_train, target,
         # op by op on the file's own inputs: at most 1 LSB, on a rare value (measured: <= 0.13%)
         for i in range(2):
             for op, d in op_diffs(g, m, np.ascontiguousarray(xt[i:i + 1].permute(0, 2, 3, 1).numpy())):
+                if g.tensors[op.output].is_float:  # float32 ops: to float32 rounding
+                    assert np.abs(d).max() <= 1e-5, (name, op.output, float(np.abs(d).max()))
+                    continue
                 assert np.abs(d).max() <= 1, (name, op.output)
                 assert (d != 0).mean() <= _share_limit(target, delegate, op), (name, op.output, float((d != 0).mean()))
         if delegate != "xnnpack" or TARGETS[target].int4_weights:
             continue
-        lsb = np.abs(sim - tfl) / g.tensors[g.output].scale
         # whole subnets: a random supernet is chaotic, rare 1-LSB differences grow; measured
-        # >= 94% of logits identical
-        assert (lsb < 0.5).mean() >= 0.9, (name, float((lsb < 0.5).mean()), float(lsb.max()))
+        # >= 94% of int8 logits identical (float32 logits: within 1e-4 of the largest)
+        out = g.tensors[g.output]
+        same = (np.abs(sim - tfl) <= 1e-4 * np.abs(sim).max(1, keepdims=True) if out.is_float
+                else np.abs(sim - tfl) / out.scale < 0.5)
+        assert same.mean() >= 0.9, (name, float(same.mean()))
         assert (sim.argmax(1) == tfl.argmax(1)).mean() >= 0.95, name
 
 

@@ -48,9 +48,11 @@ def test_file_size_is_the_exported_files_to_the_byte(trained, sizer, fmnist_trai
         calibrate(trained, spec, x.split(256), 512)
         blob = to_tflite(TARGETS[target].lower(fold(extract(trained, spec), x[:256])), target)
         assert sizer(spec, target) == len(blob), (target, str(spec))
-        # the search's objective (int8 weights + int32 biases) is well below the file (int8 targets)
+        # the search's objective (weights as stored + int32 biases) is well below the file, and a
+        # float target's FP weights count 2 or 4 bytes: the file is within 30% of the objective
         if not TARGETS[target].int4_weights:
-            assert deployed_bytes(cost, SPACE.encode(spec)[None])[0] < len(blob)
+            objective = deployed_bytes(cost, SPACE.encode(spec)[None], TARGETS[target].fp_weight_bytes)[0]
+            assert objective < len(blob) < 1.3 * objective + 100_000, (target, str(spec), objective, len(blob))
     assert 0 < gzip_bytes(blob) < len(blob)
 
 

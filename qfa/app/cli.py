@@ -274,6 +274,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     args.target = args.target or target or "tflite-int8"  # a Pareto row says how its latency was measured
     if spec.space.hash != net.space.hash:
         raise CLIError(f"spec belongs to space {spec.space.name!r}, the checkpoint to {net.space.name!r}", 2)
+    from export.targets import TARGETS
+    if TARGETS[args.target].float_io and (args.uint8 or args.onnx or args.via != "direct"):
+        raise CLIError(f"{args.target} deploys float32 ops with float32 input and logits: --uint8, --onnx and --via "
+                       "onnx2tf are for the integer targets", 2)
     try:
         data = make_datasets(args.data or net.data, spec.resolution, space=net.space)
     except DataError as e:
@@ -299,11 +303,15 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"{report['sidecar']}\n  spec {report['spec_str']}  [{report['hash']}]  target {report['target']}")
         if args.verify:
             v = report["verify"]
+
+            def err(pre: str) -> str:  # int8 logits: in output LSB; float32 logits: relative to the largest
+                lsb = v.get(f"{pre}max_logit_error_lsb")
+                return f"{lsb:.1f} LSB" if lsb is not None else f"{v[f'{pre}max_logit_error_rel']:.1e} (relative)"
             print(f"  verify on {v['images']} test images: TFLite top-1 {v['tflite_top1']:.2f}%" +
                   (f"; as deployed (simulated) {v['deployed_top1']:.2f}%, agreement {v['deployed_agreement']:.2f}%, "
-                   f"max logit difference {v['deployed_max_logit_error_lsb']:.1f} LSB" if "deployed_top1" in v else "") +
+                   f"max logit difference {err('deployed_')}" if "deployed_top1" in v else "") +
                   f"; PyTorch fake-quant {v['pytorch_top1']:.2f}%, agreement {v['agreement']:.2f}%, "
-                  f"max logit error {v['max_logit_error_lsb']:.1f} LSB" +
+                  f"max logit error {err('')}" +
                   (f"\n  ONNX (Q/DQ, onnxruntime) top-1 {v['onnx_top1']:.2f}%  agreement {v['onnx_agreement']:.2f}%"
                    if "onnx_top1" in v else "") + "\n  ops: " +
                   ", ".join(f"{k} x{n}" for k, n in sorted(v["ops"].items())))
@@ -391,7 +399,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     configuration), so several tables search across configurations."""
     import time as _time
     t0 = _time.perf_counter()
-    from qfa.nas.search import SearchError, pareto_base, saved_or_search  # the saved-set path imports nothing heavy
+    # the saved-set path imports nothing heavy
+    from qfa.nas.search import SearchError, describe_formats, formats_report, pareto_base, saved_or_search
     from export.targets import DEFAULT_RUNTIME
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
@@ -468,6 +477,12 @@ def cmd_search(args: argparse.Namespace) -> None:
            "target": best.get("target", "tflite-int8"), "runtime": runtime, "table": str(table_csv),
            "candidates": [{"table": str(t), "top1": rk[0]["top1"], "latency_ms": rk[0]["latency_ms"], "hash": rk[0]["hash"]}
                           for rk, _, _, _, t in answers]}
+    from export.targets import TARGETS
+    if TARGETS[res["target"]].float_io:  # which parts deploy in float, and the all-int8 / all-float twins
+        from hw.table import LatencyTable
+        from qfa.nas.predictor import Predictor
+        table = LatencyTable.load(table_csv)
+        res["formats"] = formats_report(table.space.parse(json.dumps(best["spec"])), table, Predictor.load(pred_path))
     if verified is not None:
         res.update(holdout_top1=best["holdout"]["top1"], verified=verified, verify_s=round(verify_s, 1),
                    verify_calib_images=best["holdout"]["calib_images"])
@@ -483,10 +498,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     calib = f" --calib-images {args.calib_images}" if verified is not None and args.calib_images else ""
     _emit(args, res, lambda: print(
         f"{best['spec_str']}  [{best['hash']}]\n  predicted top-1 {best['top1']:.2f}%  predicted latency "
-        f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  int8 weights "
+        f"{best['latency_ms']:.3f} ms (budget {args.latency_ms:g}, margin {args.margin:.0%})  weights "
         f"{best['bytes']:,} bytes" + (f", file {best['file_bytes']:,} bytes" if "file_bytes" in best else "")
         + f"\n  deploy: {res['target']}, {runtime['delegate']}, {runtime['threads']} thread(s) "
-        f"(as {table_csv.name} measured it){why}\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), "
+        f"(as {table_csv.name} measured it)"
+        + (f"\n  formats: {describe_formats(res['formats'])}" if "formats" in res else "")
+        + f"{why}\n  Pareto set: {base.with_suffix('.jsonl')} (row {best['index']}), "
         f"plot {base.with_suffix('.png')}" + ("  [answered from the saved set]" if cached else "")
         + f"\n  export: qfa export --checkpoint {args.checkpoint} --pareto {base.with_suffix('.jsonl')} "
           f"--index {best['index']} --out model.tflite --verify{calib}"))
@@ -645,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deployment target (default: the --pareto row's, else tflite-int8): int8 everywhere, "
                          "or <=4-bit CONV_2D weights stored as INT4 (size "
                          "only); -hswish-decomposed: hardswish as ADD + MUL instead of HARD_SWISH (faster where "
-                         "the runtime's int8 HARD_SWISH is slow; profile both)")
+                         "the runtime's int8 HARD_SWISH is slow; profile both); tflite-f32/f16-*: full-precision "
+                         "convs as float32 ops (fp16 weights), float32 input and logits (docs/formats.md)")
     xp.add_argument("--via", choices=["direct", "onnx2tf"], default="direct",
                     help="direct: write the folded graph with its exact scales (default); onnx2tf: float ONNX -> "
                          "onnx2tf -> int8 calibrated by the converter (for comparison)")

@@ -75,7 +75,7 @@ def main_job(cfg: JobConfig) -> dict:
     from qfa.nn.data import make_datasets
     from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
     from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_of
-    from qfa.nas.search import SearchError, pareto_base, saved_or_search
+    from qfa.nas.search import SearchError, formats_report, pareto_base, saved_or_search
     from qfa.nn.supernet import Supernet
     t_start = time.time()
     run = Path(cfg.run)
@@ -228,6 +228,7 @@ def main_job(cfg: JobConfig) -> dict:
         "within_budget": not over, "table": str(table_csv),
         **({"holdout_top1": best["holdout"]["top1"], "verified": verified} if verified is not None else {}),
         "runtime": {"interpreter": "ai-edge-litert", **runtime},
+        **({"formats": formats_report(spec, table, pred)} if table.target.float_io else {}),
     }
     (run / "summary.json").write_text(json.dumps(summary, indent=1))
     if over and not cfg.allow_over_budget:
@@ -241,6 +242,7 @@ def main_job(cfg: JobConfig) -> dict:
 
 
 def print_summary(s: dict) -> None:
+    from qfa.nas.search import describe_formats
     rows = [("chosen subnet", s["spec"]), ("hash", s["hash"]),
             ("top-1 TFLite (test)", f"{s['tflite_top1_test']:.2f}% (predicted {s['predicted_top1_holdout']:.2f}% held-out"
                                     + (f", verified {s['holdout_top1']:.2f}% of the {len(s['verified'])} best-predicted"
@@ -252,6 +254,7 @@ def print_summary(s: dict) -> None:
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
                                              f"{s['runtime']['interpreter']}, {s['runtime']['delegate']}, "
                                              f"{s['runtime']['threads']} thread(s))"),
+            *([("formats", describe_formats(s["formats"]))] if "formats" in s else []),
             ("file", f"{s['model']}  ({s['bytes']:,} bytes, {s['bytes_gzip']:,} gzipped; app facts in {s['sidecar']})"),
             ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),
             ("time", f"{s['total_s'] / 60:.1f} min (" + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in s["timings"].items()) + ")")]

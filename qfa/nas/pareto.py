@@ -128,7 +128,7 @@ class ParetoSet:
         ``file_bytes(row)``: the exact size of the row's exported file (``export.deploy.FileSize``);
         with ``max_bytes`` it decides, row by row in that order, until ``need`` rows fit (each
         size is kept in the row as ``file_bytes``: save the set to keep them). Without it,
-        ``max_bytes`` applies to the search's size objective (``bytes``: int8 weights and biases)."""
+        ``max_bytes`` applies to the search's size objective (``bytes``: weights as stored, and biases)."""
         limit = latency_ms / (1.0 + margin)
         ok = sorted((r for r in self.rows if r["latency_ms"] <= limit), key=lambda r: (-r["top1"], r["latency_ms"]))
         checked: list[int] = []
@@ -173,7 +173,7 @@ class ParetoSet:
         size = np.array([r["bytes"] for r in self.rows]) / 1e3
         fig, ax = plt.subplots(figsize=(6, 4))
         sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis")
-        fig.colorbar(sc, label="int8 weight bytes (kB)")
+        fig.colorbar(sc, label="weight bytes as stored (kB)")
         if budget_ms is not None:
             ax.axvline(budget_ms, color="r", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
         if chosen is not None:

@@ -39,7 +39,7 @@ from export.targets import FAKE_QUANT
 
 __all__ = ["ENCODING", "ENCODINGS", "RESPONSES", "features", "onehot", "split_onehot", "strata_specs", "collect", "distributed_env",
            "load_rows", "scoring_of", "label", "Predictor", "models", "default_encodings", "fit",
-           "searched_pairs", "PredictorError"]
+           "searched_pairs", "searches_fp", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum", "scored"]
 
@@ -57,10 +57,18 @@ class PredictorError(ValueError):
     """Unusable predictor data or file."""
 
 
-def searched_pairs(space: SearchSpace) -> tuple[QBits, ...]:
-    """The bit pairs search and predictor data use: those the final training stage trained
-    (full precision is excluded: after stage 1 it is no longer trained, and deploys as int8)."""
-    return tuple(q for q in space.bit_pairs if q.w != FP and q.a != FP)
+def searched_pairs(space: SearchSpace, fp: bool = False) -> tuple[QBits, ...]:
+    """The bit pairs search and predictor data use. Full precision only with ``fp``: where the
+    final training stage trained it and the target deploys it in float (an int8 target
+    approximates FP convs on an 8-bit grid, which no training saw)."""
+    return tuple(q for q in space.bit_pairs if fp or (q.w != FP and q.a != FP))
+
+
+def searches_fp(net, scored: str) -> bool:
+    """Whether labels scored for ``scored`` include full precision: the target deploys FP convs
+    in float and the supernet's final training stage trained FP (``Supernet.final_bits``)."""
+    from export.targets import TARGETS
+    return scored in TARGETS and TARGETS[scored].float_io and FP in getattr(net, "final_bits", ())
 
 
 _COST_MODELS: dict[str, object] = {}
@@ -143,11 +151,11 @@ RESPONSES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndar
 }
 
 
-def strata_specs(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[str, SubnetSpec]]:
+def strata_specs(space: SearchSpace, n: int, seed: int = 0, fp: bool = False) -> list[tuple[str, SubnetSpec]]:
     """QFA's predictor sampling: a quarter each of uniform-precision, max-depth and
     max-resolution subnets, the rest fully random (all over the searched bit pairs)."""
     rng = np.random.default_rng(seed)
-    pairs = searched_pairs(space)
+    pairs = searched_pairs(space, fp)
     bits = sorted({q.w for q in pairs})
     out = []
     for i in range(n):
@@ -241,7 +249,7 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
     fields = FIELDS if not rows or "scored" in rows[0] else FIELDS[:-1]  # extend a file in its own columns
     done = {r["hash"] for r in rows}
     added = 0
-    plan = strata_specs(net.space, n, seed)
+    plan = strata_specs(net.space, n, seed, searches_fp(net, scored))
     for i, (kind, spec) in enumerate(plan):
         if i % world != rank or spec.hash in done:
             continue
@@ -421,7 +429,8 @@ def fit(space: SearchSpace, rows: Sequence[dict], hidden: int = 256, layers: int
             cv[key] = float(np.nanmean(taus))
     enc, best = max(cv, key=cv.get)
     weights = candidates[best](xs[enc][tr], t[tr])
-    meta = {"space_hash": space.hash, "scored": scoring_of(rows), "encoding": enc, "target": target, "cost_mu": mu.tolist(),
+    meta = {"space_hash": space.hash, "scored": scoring_of(rows), "encoding": enc, "target": target,
+            "fp": any(q.w == FP for s in specs for q in s.all_bits()), "cost_mu": mu.tolist(),
             "cost_sd": sd.tolist(), "model": best, "cv_kendall_tau": {f"{m} on {e}": v for (e, m), v in cv.items()}}
     seen = ~np.isnan(oof[enc, best])
     pred = Predictor(weights, mean, std, meta, _isotonic(oof[enc, best][seen], y[seen]))

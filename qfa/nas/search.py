@@ -17,28 +17,58 @@ from qfa.nas.pareto import ParetoSet, SearchError, pareto_base, pareto_key
 from qfa.core.space import FP, SearchSpace
 
 __all__ = ["make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
-           "pareto_key",
-           "deployed_bytes"]
+           "pareto_key", "deployed_bytes", "formats_report", "describe_formats"]
 
 OBJECTIVES = ("top1", "latency_ms", "bytes")
 
 
-def deployed_bytes(cost: CostModel, genomes: np.ndarray) -> np.ndarray:
-    """Weight + bias bytes as TFLite int8 stores them: every weight one byte whatever its
-    nominal bitwidth, biases int32 (the nominal-bit size is ``CostModel(...)["bytes"]``)."""
+def deployed_bytes(cost: CostModel, genomes: np.ndarray, fp_bytes: int = 1) -> np.ndarray:
+    """Weight + bias bytes as TFLite stores them: every quantized weight one byte whatever its
+    nominal bitwidth, an FP conv's ``fp_bytes`` (1: an int8 target's 8-bit grid; 4: float32;
+    2: fp16), biases int32 (the nominal-bit size is ``CostModel(...)["bytes"]``)."""
     s = cost.space
 
-    def bytes_at(qi: int) -> np.ndarray:  # every searchable conv at pair qi
+    def bytes_at(qi: int, keep_fp: bool = False) -> np.ndarray:  # every searchable conv at pair qi
         g = np.array(s.layout.rows(genomes), copy=True)
-        g[:, s.layout.pair_genes] = qi
+        genes = g[:, s.layout.pair_genes]
+        fp = np.isin(genes, [i for i, q in enumerate(s.bit_pairs) if q.w == FP]) if keep_fp else False
+        g[:, s.layout.pair_genes] = np.where(fp, genes, qi)
         return cost(g)["bytes"]
 
     by_w = {q.w: i for i, q in enumerate(s.bit_pairs) if q.w != FP}
     if 8 in by_w:
-        return bytes_at(by_w[8])
+        int8 = bytes_at(by_w[8])
+        if fp_bytes == 1:
+            return int8
+        fp_weights = (bytes_at(by_w[8], keep_fp=True) - int8) / 3  # an FP weight counts 4 bytes, an int8 one 1
+        return int8 + (fp_bytes - 1) * fp_weights
     (w1, i1), (w2, i2) = sorted(by_w.items())[:2]  # bytes are linear in the weight width: extrapolate to 8
     b1, b2 = bytes_at(i1), bytes_at(i2)
     return b1 + (b1 - b2) / (w1 - w2) * (8 - w1)
+
+
+def formats_report(spec, table: LatencyModel, predictor: Predictor) -> dict[str, Any]:
+    """How ``spec`` deploys on ``table``'s target (how many searchable convs run in float32 or
+    fp16, the rest int8), and why that mix: the same architecture all W8A8 and all FP, as the
+    table and the predictor see them (predicted ms and top-1)."""
+    from export.targets import TARGETS
+    target = TARGETS[table.target_name]
+    bits = spec.all_bits()
+    rep: dict[str, Any] = {"float_convs": sum(q.w == FP for q in bits) if target.float_io else 0, "convs": len(bits),
+                           "float_format": target.fp if target.float_io else None}
+    if target.float_io:
+        for name, twin in (("w8a8", spec.with_bits(8)), ("fp", spec.with_bits(FP))):
+            rep[name] = {"latency_ms": float(table.predict_many(spec.space.encode(twin)[None])[0]),
+                         "top1": float(predictor.predict(twin))}
+    return rep
+
+
+def describe_formats(rep: dict[str, Any]) -> str:
+    """:func:`formats_report` in one line."""
+    twins = "; ".join(f"all {'W8A8' if k == 'w8a8' else rep['float_format']}: {rep[k]['latency_ms']:.3f} ms, "
+                      f"{rep[k]['top1']:.2f}%" for k in ("w8a8", "fp"))
+    return (f"{rep['float_convs']} of {rep['convs']} searchable convs {rep['float_format']}, the rest int8 (the same "
+            f"architecture, predicted: {twins})")
 
 
 def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyModel, bits: Sequence[int] | None = None):
@@ -46,7 +76,10 @@ def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
     latency, bytes). Pair genes index the allowed bit pairs (``bits`` restricts them, e.g.
     (8,) for W8A8-only deployments); ``problem.to_genome`` maps a solution to a space genome."""
     from pymoo.core.problem import Problem
-    pairs = [q for q in searched_pairs(space) if bits is None or (q.w in bits and q.a in bits)]
+    from export.targets import TARGETS
+    target = TARGETS[table.target_name]  # FP where the target deploys it in float and the labels have it
+    fp = target.float_io and bool(predictor.meta.get("fp"))
+    pairs = [q for q in searched_pairs(space, fp) if bits is None or (q.w in bits and q.a in bits)]
     if not pairs:
         raise SearchError(f"no trained bit pair uses only bits {list(bits)}")
     allowed = np.array([space.bit_pairs.index(q) for q in pairs])
@@ -68,7 +101,7 @@ def make_problem(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
             g = to_genome(x)
             acc = predictor.predict_many(space, g)
             lat = table.predict_many(g)
-            size = deployed_bytes(cost, g)
+            size = deployed_bytes(cost, g, target.fp_weight_bytes)
             out["F"] = np.column_stack([-acc, np.nan_to_num(lat, nan=1e9), size])
 
     problem = _P(n_var=space.genome_len, n_obj=3, xl=lo, xu=upper - 1, vtype=int)

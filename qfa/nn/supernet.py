@@ -177,6 +177,9 @@ class Supernet(QFANet):
         net.trained_step = int(state.get("step", 0))
         config = state.get("config") if isinstance(state.get("config"), dict) else {}
         net.data = config.get("data") if isinstance(config.get("data"), str) else None  # None: Fashion-MNIST
+        stages = config.get("stages") if isinstance(config.get("stages"), list) else []
+        last = stages[-1] if stages and isinstance(stages[-1], dict) else {}
+        net.final_bits = tuple(b for b in last.get("bits", ()) if isinstance(b, int))  # what the last stage trained
         return net.to(device)
 
     @torch.no_grad()
