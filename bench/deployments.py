@@ -5,8 +5,12 @@ end to end here under the runtime configuration of the table it came from.
     python bench/deployments.py --checkpoint RUN \\
         --table latency_tables/host-x86_64-1t-hswish-decomposed.csv \\
         --table latency_tables/host-x86_64-1t-builtin-hswish-decomposed.csv [--budgets 0.15,0.3,0.6]
+        [--predictor P1 --predictor P2]
 
-Each table is one deployment (lowering + delegate + threads). Prints one row per (budget,
+Each table is one deployment (lowering + delegate + threads). ``--predictor``, once per table,
+gives each table the predictor whose labels were scored for its target (e.g. an int8 table and a
+float target's table, whose labels include FP subnets); all tables together are then searched
+only if they share one. Prints one row per (budget,
 tables): the chosen deployment, predicted and measured latency, predicted held-out top-1 and
 the .tflite's test top-1 (all 10,000 images), and writes deployments.csv.
 """
@@ -35,20 +39,26 @@ def main() -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--table", action="append", required=True)
     ap.add_argument("--budgets", default="0.15,0.3,0.6")
+    ap.add_argument("--predictor", action="append", help="the predictor of each --table, in order (default: RUN's)")
     ap.add_argument("--csv", default="deployments.csv")
     args = ap.parse_args()
+    preds = args.predictor or [None] * len(args.table)
+    if len(preds) != len(args.table):
+        ap.error("give --predictor once per --table, or not at all")
     from hw.runner import time_model
     from hw.transport import Local, RunConfig
     f = Local("local", RunConfig()).facts()
     print(f"{f.get('cpu')} ({f.get('cpu_id')}, {f.get('cores')} cores), {f.get('runtime')}")
-    choices = [[t] for t in args.table] + ([args.table] if len(args.table) > 1 else [])
+    choices = [([t], p) for t, p in zip(args.table, preds)]
+    if len(args.table) > 1 and len(set(preds)) == 1:
+        choices.append((args.table, preds[0]))
     rows, shipped = [], {}
     print(f"{'budget':>7s} {'searched tables':40s} {'chosen deployment':34s} {'pred ms':>8s} {'meas ms':>8s} "
           f"{'pred top1':>9s} {'test top1':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
         for budget in (float(b) for b in args.budgets.split(",")):
-            for tables in choices:
-                flags = [a for t in tables for a in ("--table", t)]
+            for tables, pred in choices:
+                flags = [a for t in tables for a in ("--table", t)] + (["--predictor", pred] if pred else [])
                 s = _qfa("search", "--checkpoint", args.checkpoint, *flags, "--latency-ms", str(budget))
                 name = " + ".join(Path(t).stem for t in tables)
                 if "error" in s:
@@ -72,7 +82,7 @@ def main() -> int:
                              "target": s["target"], "spec": s["spec_str"], "predicted_ms": s["predicted_latency_ms"],
                              "measured_ms": x["measured_ms"], "within_budget": x["measured_ms"] <= budget,
                              "predicted_top1_holdout": s["predicted_top1"], "tflite_top1_test": x["verify"]["tflite_top1"],
-                             "bytes": x["bytes"]})
+                             "bytes": x["bytes"], "float_convs": s.get("formats", {}).get("float_convs", 0)})
     import pandas as pd
     pd.DataFrame(rows).to_csv(args.csv, index=False)
     print(f"wrote {args.csv}")

@@ -1,11 +1,13 @@
 """Which precisions buy speed on this device, and which only buy size: per block type.
 
-    python bench/precision_speed.py [--space fmnist] [--resolution 32] [--threads 1] [--checkpoint RUN]
+    python bench/precision_speed.py [--space fmnist] [--resolution 32] [--threads 1] [--delegate xnnpack]
+                                    [--checkpoint RUN]
 
 For the pieces a latency table measures (stem, first block, the first and a later block of each
 stage, head), times the same piece as float32 (onnx2tf's float model of the folded graph),
 int8 (W8A8), int8 with a sub-8-bit activation clamp (W4A4), INT4 CONV_2D weights (W4A4 under
-tflite-int4w) and int8 with hardswish decomposed, in this process's interpreter. Prints one row
+tflite-int4w), int8 with hardswish decomposed, and FP under the float targets (float32, fp16
+weights; the export's own writer), in this process's interpreter (``--delegate``). Prints one row
 per piece and the ratios to int8, int8 HARD_SWISH vs ADD+MUL as single ops, and with
 ``--checkpoint`` whole trained subnets exported under both hardswish lowerings.
 """
@@ -23,22 +25,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.ir import Graph, Op, QTensor  # noqa: E402
 from export.onnx import to_onnx  # noqa: E402
 from export.onnx2tf_path import onnx2tf_int8  # noqa: E402
-from export.targets import TARGETS
+from export.targets import DELEGATES, TARGETS  # noqa: E402
 from export.tflite import to_tflite  # noqa: E402
 from hw.blocks import BlockFactory, split  # noqa: E402
 from hw.entries import entries  # noqa: E402
 from hw.runner import time_model  # noqa: E402
 from qfa.core.space import get_space  # noqa: E402
 
-COLUMNS = (("float32", None, 8), ("int8 W8A8", "tflite-int8", 8), ("int8 W4A4 (clamp)", "tflite-int8", 4),
-           ("int4w W4A4", "tflite-int4w", 4), ("int8 W8A8 hswish ADD+MUL", "tflite-int8-hswish-decomposed", 8))
+COLUMNS = (("float32 (onnx2tf)", None, 8), ("int8 W8A8", "tflite-int8", 8), ("int8 W4A4 (clamp)", "tflite-int8", 4),
+           ("int4w W4A4", "tflite-int4w", 4), ("int8 W8A8 hswish ADD+MUL", "tflite-int8-hswish-decomposed", 8),
+           ("FP float32 (tflite-f32)", "tflite-f32-hswish-decomposed", 32),
+           ("FP fp16 weights (tflite-f16)", "tflite-f16-hswish-decomposed", 32))
+
+
+DELEGATE = "xnnpack"
 
 
 def _time(blob: bytes, threads: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(blob)
         f.flush()
-        return time_model(f.name, threads=threads, runs=200)["median_us"]
+        return time_model(f.name, threads=threads, runs=200, delegate=DELEGATE)["median_us"]
 
 
 def _hswish_ops(threads: int) -> list[tuple[str, float, float]]:
@@ -80,9 +87,12 @@ def main() -> None:
     ap.add_argument("--space", default="fmnist")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--delegate", choices=DELEGATES, default=DELEGATE, help="runtime configuration (default xnnpack)")
     ap.add_argument("--checkpoint", help="also time whole subnets of this trained run under both hardswish lowerings")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    global DELEGATE
+    DELEGATE = args.delegate
     space = get_space(args.space)
     factory = BlockFactory(space)
     ents = entries(space.max_spec(bits=8).replace(resolution=args.resolution), TARGETS["tflite-int8"])

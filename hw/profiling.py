@@ -23,6 +23,11 @@ from qfa.core.fileio import atomic_write, drop_partial_tail
 __all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
 
 
+SHARED_ENTRIES = ("nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM clamp ('i8c') and "
+                  "share one entry; W8A8 is 'i8'; int4 weights ('i4') only under tflite-int4w for CONV_2D; FP convs "
+                  "'f32'/'f16' under a float target, whose keys also name the piece's input format ('f:'/'i:')")
+
+
 @dataclass(frozen=True)
 class ProfileJob:
     """What to measure and where the table goes (``out_dir/device.csv`` + ``.json``)."""
@@ -95,9 +100,7 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "space_json": space.to_json(), "target": target.name,
                  "threads": job.threads, "delegate": job.delegate, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
                  "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
-                 "shared_entries": "nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM "
-                                   "clamp ('i8c') and share one entry; W8A8 is 'i8'; int4 weights ('i4') only "
-                                   "under tflite-int4w for CONV_2D", **({"device_facts": facts} if facts else {})})
+                 "shared_entries": SHARED_ENTRIES, **({"device_facts": facts} if facts else {})})
     if "overhead_us" not in meta:
         meta["overhead_us"] = transport.measure([write_model(overhead_model(target))])[0]["median_us"]
     _save_meta(meta_path, meta)

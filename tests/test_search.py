@@ -301,3 +301,46 @@ def test_verify_answers_with_the_best_label_and_keeps_labels_by_how_they_were_ta
     assert pd.read_csv(base.with_suffix(".csv"))["holdout_top1"].notna().sum() == 4
     verify([(again, base, again.ranked(budget))], 4, label, lambda row: {"calib_images": 128})
     assert len(taken) == 8  # another calibration: labelled again
+
+
+def test_float_targets_search_full_precision_where_it_was_trained_and_labelled():
+    """FP convs enter the search only on a float target's table and with a predictor whose labels
+    have them (a supernet whose last stage trained FP, scored for that target); the answer's
+    report counts its float convs and prices its all-int8 and all-float twins on the table."""
+    from qfa.core.space import FP
+    from qfa.nas.search import formats_report
+    rng = np.random.default_rng(0)
+    specs = [s for _, s in strata_specs(SPACE, 120, seed=1, fp=True)]
+    assert any(q.w == FP for s in specs for q in s.all_bits())
+    c = CostModel(SPACE).of_specs(specs)
+    share = np.array([np.mean([q.w == FP for q in s.all_bits()]) for s in specs])  # FP scores better here
+    y = 70 + 5 * np.log(c["macs"] / 1e6) + 4 * share + rng.normal(0, 0.1, len(specs))
+    pred, _ = fit(SPACE, [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)], hidden=32, layers=1,
+                  epochs=40, encodings=[ENCODING])
+    assert pred.meta["fp"]
+    f32 = LatencyTable.load(ROOT / "latency_tables" / "host-x86_64-1t-f32-hswish-decomposed.csv")
+    n_fp = {}
+    for name, table in (("f32", f32), ("int8", LatencyTable.load(TABLE))):
+        front = search_front(SPACE, pred, table, pop=40, gens=8, seed=0)
+        rows = ParetoSet.from_front(SPACE, front).rows
+        n_fp[name] = sum(q.w == FP for r in rows for q in SPACE.parse(json.dumps(r["spec"])).all_bits())
+    assert n_fp["f32"] > 0 and n_fp["int8"] == 0, n_fp
+    spec = SPACE.max_spec(bits=8).replace(resolution=24)
+    rep = formats_report(spec, f32, pred)
+    assert rep["float_convs"] == 0 and rep["float_format"] == "float32" and rep["convs"] == len(spec.all_bits())
+    assert rep["w8a8"]["latency_ms"] == pytest.approx(f32.predict(spec)) and rep["fp"]["latency_ms"] > 0
+    assert formats_report(spec, LatencyTable.load(TABLE), pred)["float_convs"] == 0
+
+
+def test_labels_have_fp_only_for_float_targets_of_supernets_whose_last_stage_trained_it(tmp_path):
+    from qfa.nn.checkpoint import save_checkpoint
+    from qfa.nas.predictor import searches_fp
+    for bits, want in (([2, 3, 4, 8, 32], True), ([2, 3, 4, 8], False)):
+        save_checkpoint(tmp_path / "last.pt", {"space_json": json.dumps(SPACE.to_json()), "act_quant": "bq",
+                                               "model": Supernet(SPACE).state_dict(), "step": 0,
+                                               "config": {"stages": [{"name": "float", "bits": [32]},
+                                                                     {"name": "stage1", "bits": bits}]}})
+        net = Supernet.from_checkpoint(tmp_path / "last.pt")
+        assert net.final_bits == tuple(bits)
+        assert searches_fp(net, "tflite-f32-hswish-decomposed") == want
+        assert not searches_fp(net, "tflite-int8-hswish-decomposed") and not searches_fp(net, "fake-quant")

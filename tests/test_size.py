@@ -48,11 +48,12 @@ def test_file_size_is_the_exported_files_to_the_byte(trained, sizer, fmnist_trai
         calibrate(trained, spec, x.split(256), 512)
         blob = to_tflite(TARGETS[target].lower(fold(extract(trained, spec), x[:256])), target)
         assert sizer(spec, target) == len(blob), (target, str(spec))
-        # the search's objective (weights as stored + int32 biases) is well below the file, and a
-        # float target's FP weights count 2 or 4 bytes: the file is within 30% of the objective
+        # the search's objective (weights as stored + int32 biases) is below the file (activation
+        # grids, per-channel scales and the flatbuffer add up to ~50% on the largest subnets), and a
+        # float target's FP weights count 2 or 4 bytes (counted as 1, an all-FP file is ~4x)
         if not TARGETS[target].int4_weights:
             objective = deployed_bytes(cost, SPACE.encode(spec)[None], TARGETS[target].fp_weight_bytes)[0]
-            assert objective < len(blob) < 1.3 * objective + 100_000, (target, str(spec), objective, len(blob))
+            assert objective < len(blob) < 1.6 * objective + 100_000, (target, str(spec), objective, len(blob))
     assert 0 < gzip_bytes(blob) < len(blob)
 
 
