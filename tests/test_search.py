@@ -87,6 +87,27 @@ def test_calibrate_best_keeps_the_draw_best_on_the_held_out_split():
     assert all(not torch.equal(kept, buffers(s)) for s in others)
 
 
+def test_calibrate_best_chooses_the_draw_as_the_subnet_is_scored():
+    """Scored as deployed, a subnet's calibration draw is chosen as deployed: the fake-quant
+    model's held-out top-1 differs and may prefer another draw."""
+    from export.deploy import deployed_model
+    from qfa.nn.calibrate import calibrate
+    from qfa.nn.evaluate import calib_batches, calib_seeds, calibrate_best, score
+    from tests.conftest import perturb
+    torch.manual_seed(0)
+    net = Supernet(SPACE)
+    perturb(net, seed=3)
+    data = make_datasets(None, 24)
+    spec = SPACE.min_spec(bits=2)
+    model_for = lambda n, s: deployed_model(n, s, data, "tflite-int8", 64)  # noqa: E731
+    held = calibrate_best(net, spec, data, 64, draws=2, select_images=300, model_for=model_for)["holdout_top1_draws"]
+    fake = calibrate_best(net, spec, data, 64, draws=2, select_images=300)["holdout_top1_draws"]
+    for seed, h in zip(calib_seeds(2), held):
+        calibrate(net, spec, calib_batches(data["train"], 64, seed=seed), 64)
+        assert h == score(net, spec, data["holdout"], 300, model_for=model_for)
+    assert held != fake
+
+
 def test_onehot_is_invariant_to_inactive_genes():
     rng = np.random.default_rng(0)
     spec = next(s for s in (SPACE.sample(rng) for _ in range(100)) if s.depths[0] < max(SPACE.depths))

@@ -214,12 +214,12 @@ def label(net, spec: SubnetSpec, data: dict, calib_images: int, scored: str = "t
     default ``min(512, calib_images)``) and scored as ``scored`` says: as deployed for that
     target under ``delegate`` (what its .tflite computes), or "fake-quant"."""
     from qfa.nn.evaluate import calibrate_best, score
-    calibrate_best(net, spec, data, calib_images, calib_draws, device=device)
     model_for = None
     if scored != FAKE_QUANT:
         from export.deploy import RANGE_IMAGES, deployed_model
         n_range = range_images or min(RANGE_IMAGES, calib_images)
         model_for = lambda net_, spec_: deployed_model(net_, spec_, data, scored, n_range, delegate)  # noqa: E731
+    calibrate_best(net, spec, data, calib_images, calib_draws, device=device, model_for=model_for)
     return score(net, spec, data["holdout"], eval_images, device, model_for)
 
 

@@ -56,9 +56,12 @@ def accuracy(model: torch.nn.Module, data: ImageSet, resolution: int, n_images: 
 def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet],
                    calib_images: int = DEFAULT_CALIB_IMAGES,
                    draws: int = 1, select_images: int | None = None, device: str | torch.device = "cpu",
-                   on_draw: Callable[[int, float], None] | None = None) -> dict:
+                   on_draw: Callable[[int, float], None] | None = None,
+                   model_for: ModelFor | None = None) -> dict:
     """Calibrate ``spec`` on ``calib_images`` training images; with ``draws`` > 1, on each of
-    that many random draws, keeping the one with the best top-1 on the held-out split.
+    that many random draws, keeping the one with the best top-1 on the held-out split, scored
+    as the subnet will be scored (``model_for``: as deployed; the fake-quant model may prefer
+    another draw).
 
     At 2 bits, which images calibrate a subnet moves its top-1, and a draw that is good on the
     held-out split tends to be good on the test set; only training data is used to choose. ``on_draw(seed,
@@ -68,9 +71,7 @@ def calibrate_best(net: Supernet, spec: SubnetSpec, data: dict[str, ImageSet],
     for seed in seeds:
         calibrate(net, spec, calib_batches(data["train"], calib_images, seed=seed), calib_images)
         if len(seeds) > 1:
-            net.eval()
-            with net.active(spec):
-                holdout.append(accuracy(net, data["holdout"], spec.resolution, select_images, device))
+            holdout.append(score(net, spec, data["holdout"], select_images, device, model_for))
             if on_draw:
                 on_draw(seed, holdout[-1])
     info = {"images": calib_images, "seed": seeds[0], "draws": len(seeds)}
@@ -100,7 +101,7 @@ def evaluate_specs(net: Supernet, specs: Sequence[SubnetSpec], data: dict[str, I
     held-out split), then top-1 on the test set (as ``model_for`` scores it)."""
     rows = []
     for spec in specs:
-        cal = calibrate_best(net, spec, data, calib_images, calib_draws, device=device)
+        cal = calibrate_best(net, spec, data, calib_images, calib_draws, device=device, model_for=model_for)
         top1 = score(net, spec, data["test"], test_images, device, model_for)
         rows.append({"hash": spec.hash, "spec": str(spec), "top1": top1, "calibration": cal})
         if progress:
