@@ -25,6 +25,7 @@ from export.deploy import deployed_model, export_subnet, verify_tflite  # noqa: 
 from qfa.nn.evaluate import calibrate_best  # noqa: E402
 from export.verify import TFLiteModel, op_diffs  # noqa: E402
 from qfa.nn.data import resize  # noqa: E402
+from qfa.nn.supernet import Supernet  # noqa: E402
 
 
 def op_mismatch(res: dict, test, n: int, delegate: str) -> dict[str, dict]:
@@ -41,7 +42,6 @@ def op_mismatch(res: dict, test, n: int, delegate: str) -> dict[str, dict]:
             acc[1] += d.size
             acc[2] = max(acc[2], int(np.abs(d).max()))
     return {k: {"off_pct": 100.0 * a / b, "max_lsb": mx} for k, (a, b, mx) in sorted(out.items())}
-from qfa.nn.supernet import Supernet  # noqa: E402
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from export.reference import fix_ranges, quantized_const
 
 __all__ = ["DeployedModel", "calibrate_ranges"]
 
+SAMPLE_VALUES = 1 << 14  # values per tensor and batch kept to choose its 8-bit range
+
 
 def _round(v: torch.Tensor) -> torch.Tensor:
     """Round half away from zero, as TFLite's requantization does."""
@@ -43,7 +45,8 @@ def _oihw(op, w: np.ndarray) -> np.ndarray:
 def runtime_table(t_in: QTensor, t_out: QTensor, kind: str, delegate: str) -> torch.Tensor:
     """The runtime's own int8 -> int8 function of a one-input op between two grids, over the
     256 input codes (a one-op .tflite run under ``delegate``): exact where its fixed-point
-    arithmetic is not worth re-deriving (HARD_SWISH: 1 LSB off the formula on 0.13% of values)."""
+    arithmetic is not worth re-deriving (HARD_SWISH: 1 LSB off the formula on 0.13% of values;
+    QUANTIZE between two grids: on up to 51 of the 256 codes, the builtin kernels otherwise than XNNPACK)."""
     from export.ir import Op
     from export.tflite import to_tflite
     from export.verify import TFLiteModel
@@ -61,7 +64,7 @@ class DeployedModel(torch.nn.Module):
     Convolutions between fixed tensors are computed as the runtime computes them: the int32
     accumulator of integer inputs (minus their zero point) and integer weights, exact in
     float32 (below 2^24), plus the int32 bias, times the float32 requantization scale, rounded
-    onto the output grid. HARD_SWISH is the runtime's own table (:func:`runtime_table`). The
+    onto the output grid. HARD_SWISH and int8 QUANTIZE are the runtime's own tables (:func:`runtime_table`). The
     other ops work on dequantized values, each rounded onto its output grid."""
 
     def __init__(self, graph: Graph, delegate: str = "xnnpack") -> None:
@@ -93,8 +96,9 @@ class DeployedModel(torch.nn.Module):
                 c = np.asarray(op.const if op.is_float else quantized_const(op.const, g.tensors[op.output].scale), np.float32)
                 self._consts[op.output] = torch.from_numpy(np.ascontiguousarray(np.transpose(
                     c.reshape((1,) * (4 - c.ndim) + c.shape), (0, 3, 1, 2))))
-            elif op.kind == "hswish" and not op.is_float and g.tensors[op.inputs[0]].fixed and g.tensors[op.output].fixed:
-                self._tables[op.output] = runtime_table(g.tensors[op.inputs[0]], g.tensors[op.output], "hswish", delegate)
+            elif (op.kind in ("hswish", "requant") and not op.is_float and not g.tensors[op.inputs[0]].is_float
+                  and g.tensors[op.inputs[0]].fixed and g.tensors[op.output].fixed):
+                self._tables[op.output] = runtime_table(g.tensors[op.inputs[0]], g.tensors[op.output], op.kind, delegate)
 
     @staticmethod
     def _act_range(act: str, t: QTensor) -> tuple[int, int]:
@@ -128,27 +132,36 @@ class DeployedModel(torch.nn.Module):
         if op.kind == "addc":
             y = args[0] + self._consts[op.output].to(args[0].device)
             return y.clamp(min=0) if op.act == "relu" else y
+        if op.output in self._tables:  # int8 -> int8 HARD_SWISH / QUANTIZE: the runtime's own function
+            tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
+            idx = (torch.round(args[0] / tin.scale) + tin.zero_point + 128).clamp(0, 255).long()
+            return (self._tables[op.output].to(idx.device)[idx] - tout.zero_point) * tout.scale
         if op.kind == "hswish":
-            if op.output in self._tables:
-                tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
-                idx = (torch.round(args[0] / tin.scale) + tin.zero_point + 128).clamp(0, 255).long()
-                return (self._tables[op.output].to(idx.device)[idx] - tout.zero_point) * tout.scale
             return args[0] * (args[0] + 3).clamp(0, 6) / 6
         if op.kind == "add":
             return args[0] + args[1]
         if op.kind == "mul":
             return args[0] * args[1]
         if op.kind == "mean":
-            return args[0].mean((2, 3), keepdim=True)
+            tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
+            if tin.is_float or not (tin.fixed and tout.fixed):
+                return args[0].mean((2, 3), keepdim=True)
+            # as XNNPACK: the sum of the codes times a float32 multiplier plus a float32 offset,
+            # rounded (a float mean of real values lands on the other side of near-ties)
+            n = args[0].shape[2] * args[0].shape[3]
+            codes = torch.round(args[0] / tin.scale).sum((2, 3), keepdim=True) + n * tin.zero_point
+            f = np.float32
+            v = codes * float(f(tin.scale / (tout.scale * n))) + float(f(tout.zero_point - tin.zero_point * tin.scale / tout.scale))
+            return (_round(v) - tout.zero_point) * tout.scale
         if op.kind in ("requant", "dequant"):  # the rounding is the output tensor's (none for float32)
             return args[0]
         raise ValueError(f"unknown op {op.kind}")
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, stats: dict[str, list[float]] | None = None,
+    def forward(self, x: torch.Tensor, stats: dict[str, list[np.ndarray]] | None = None,
                 trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of NCHW ``x``. Tensors whose range is not fixed yet stay real; their min/max
-        go into ``stats`` (the calibration pass). ``trace`` receives every tensor's value."""
+        are sampled into ``stats`` (the calibration pass). ``trace`` receives every tensor's value."""
         g = self.graph
         env: dict[str, torch.Tensor] = {} if trace is None else trace
 
@@ -159,8 +172,7 @@ class DeployedModel(torch.nn.Module):
             elif t.fixed:
                 y = _quantize(y, t)
             elif stats is not None:
-                lo, hi = stats.get(name, (np.inf, -np.inf))
-                stats[name] = [min(lo, float(y.min())), max(hi, float(y.max()))]
+                stats.setdefault(name, []).append(_sample(y))
             env[name] = y
 
         tin = g.tensors[g.input]  # quantized as the sidecar says: q = floor((x + shift) / scale + 0.5) + zp
@@ -176,13 +188,22 @@ class DeployedModel(torch.nn.Module):
         return env[g.output].flatten(1)
 
 
+def _sample(y: torch.Tensor, n: int = SAMPLE_VALUES) -> np.ndarray:
+    """Up to ``n`` of ``y``'s values (a fixed-seed draw), always with its min and max."""
+    v = y.detach().flatten()
+    if v.numel() > n:
+        g = torch.Generator().manual_seed(v.numel())
+        v = torch.cat([v[torch.randint(v.numel(), (n,), generator=g)], v.min()[None], v.max()[None]])
+    return v.float().cpu().numpy()
+
+
 def calibrate_ranges(graph: Graph, batches: Iterable[torch.Tensor]) -> Graph:
     """Fix the 8-bit range of every unfixed tensor of ``graph`` from NCHW batches of real images.
 
     All unfixed tensors are measured in one pass, with their upstream unfixed tensors kept real,
     then fixed (fixing them one topological level at a time would be exact but slower): what is
     left is 8-bit rounding of upstream intermediates."""
-    stats: dict[str, list[float]] = {}
+    stats: dict[str, list[np.ndarray]] = {}
     model = DeployedModel(graph)
     for xb in batches:
         model(xb, stats)

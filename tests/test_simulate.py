@@ -8,6 +8,8 @@ import torch
 from .conftest import perturb
 from export.deploy import deployed_model, export_subnet
 from export.fold import fold
+from export.ir import Graph, Op, QTensor, grid_qparams, range_qparams
+from export.reference import fix_ranges
 from export.simulate import DeployedModel
 from export.targets import DELEGATES, FAKE_QUANT, TARGETS
 from export.tflite import to_tflite
@@ -104,3 +106,48 @@ def test_labels_record_their_scoring_and_a_mix_is_refused(supernet, tmp_path):
     assert scoring_of([{"top1": "50"}]) == FAKE_QUANT
     with pytest.raises(PredictorError, match="several ways"):
         scoring_of([{"scored": "tflite-int8"}, {"scored": ""}])
+
+
+def _ranges_graph(out_grid: QTensor) -> Graph:
+    """x -> HARD_SWISH -> h -> requantized onto ``out_grid`` (a trained low-bit grid)."""
+    t = {"x": QTensor("x", (1, 8, 8, 1)), "h": QTensor("h", (1, 8, 8, 1)), "o": out_grid}
+    return Graph(t, [Op("hswish", ["x"], "h"), Op("requant", ["h"], "o")], "x", "o")
+
+
+def test_calibrated_ranges_cover_what_the_trained_grid_reads():
+    """A heavy-tailed tensor on its way onto a 2-bit grid: its 8-bit range covers the grid's
+    codes, not the outliers, so the file's extra rounding changes the 2-bit codes of far fewer
+    values than a min/max range (the rounding the trained model does not do)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.laplace(0.0, 1.0, 20000), rng.uniform(-40, 40, 20)]).astype(np.float32)
+    h = x * np.clip(x + 3, 0, 6) / 6
+    grid = QTensor("o", (1, 8, 8, 1), **grid_qparams(0.5, 0.3, 0, 3))
+    g = fix_ranges(_ranges_graph(grid), {"x": [x], "h": [h]})
+    olo, ohi = (grid.qmin - grid.zero_point) * grid.scale, (grid.qmax - grid.zero_point) * grid.scale
+    th = g.tensors["h"]
+    assert 255 * th.scale <= 1.05 * (ohi - olo - min(olo, 0)), th.scale  # the grid's span, and 0
+    assert (th.qmax - th.zero_point) * th.scale < 40 and (th.qmin - th.zero_point) * th.scale >= -0.376
+
+    def codes_off(tx: QTensor, th: QTensor) -> float:
+        hq = th.dequantize(th.quantize(_hswish_np(tx.dequantize(tx.quantize(x)))))
+        return float((grid.quantize(hq) != grid.quantize(h)).mean())
+
+    minmax = _ranges_graph(QTensor("o", (1, 8, 8, 1), **grid_qparams(0.5, 0.3, 0, 3)))
+    for name, v in (("x", x), ("h", h)):
+        minmax.tensors[name].scale, minmax.tensors[name].zero_point = range_qparams(v.min(), v.max()).values()
+    ours, theirs = codes_off(g.tensors["x"], th), codes_off(minmax.tensors["x"], minmax.tensors["h"])
+    assert ours <= 0.01 and ours < theirs / 3, (ours, theirs)
+
+
+def test_the_logits_keep_their_whole_range():
+    """The graph's output is never clipped: its largest values are the answer."""
+    rng = np.random.default_rng(1)
+    y = np.concatenate([rng.normal(0, 1, 5000), [25.0]]).astype(np.float32)
+    t = {"x": QTensor("x", (1, 1, 1, 8), scale=0.1), "y": QTensor("y", (1, 1, 1, 8))}
+    g = fix_ranges(Graph(t, [Op("addc", ["x"], "y", const=np.zeros((1, 1, 1, 1)))], "x", "y"), {"y": [y]})
+    ty = g.tensors["y"]
+    assert (127 - ty.zero_point) * ty.scale >= 25.0 - ty.scale  # to the zero point's rounding
+
+
+def _hswish_np(v: np.ndarray) -> np.ndarray:
+    return v * np.clip(v + 3, 0, 6) / 6
