@@ -61,13 +61,13 @@ def fix_ranges(graph: Graph, stats: dict[str, list[np.ndarray]]) -> Graph:
     - values no reader can tell apart are not covered: one read only on its way onto a trained
       low-bit grid (an ADD of the shift constant, a requantization, a hardswish before them)
       needs nothing beyond that grid's end codes (its 8-bit step then up to ~60x finer);
-    - of the fractions :data:`CLIP_FACTORS` of the measured range left, the one whose rounding
-      and clipping error, as its readers see it (after their own clamping; a residual ADD
-      with its other input), is least (the graph's output: the whole range).
+    - it is then clipped at the bound on |value| (:data:`CLIP_FACTORS` of the largest left) whose
+      rounding and clipping error, as its readers see it (after their own clamping; a residual
+      ADD with its other input), is least; the graph's output keeps its whole range.
 
     Min/max ranges let a few outliers set the step: measured, the stem of a W2A2 subnet (values
     up to 21, 99% below 11.5) was rounded so coarsely that its .tflite lost 5 points of top-1
-    to its fake-quant model (docs/results.md, "Where the deployed W2A2 subnet loses accuracy")."""
+    to its fake-quant model (docs/results.md, "Where the deployed W2A2 subnet lost accuracy")."""
     readers: dict[str, list] = {}
     for op in graph.ops:
         for i in op.inputs:

@@ -160,7 +160,7 @@ class DeployedModel(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, stats: dict[str, list[np.ndarray]] | None = None,
                 trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits of NCHW ``x``. Tensors whose range is not fixed yet stay real; their min/max
+        """Logits of NCHW ``x``. Tensors whose range is not fixed yet stay real; their values
         are sampled into ``stats`` (the calibration pass). ``trace`` receives every tensor's value."""
         g = self.graph
         env: dict[str, torch.Tensor] = {} if trace is None else trace
