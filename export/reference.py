@@ -92,31 +92,33 @@ def fix_ranges(graph: Graph, stats: dict[str, list[np.ndarray]]) -> Graph:
             return (-3.0 if olo < 0 else 0.0), _hswish_inverse(ohi)
         return -np.inf, np.inf
 
-    def seen_error(r, name: str, v: np.ndarray, q: np.ndarray) -> float:
-        """Mean squared error that rounding ``v`` to ``q`` leaves in reader ``r``'s output."""
+    def seen_error(r, name: str, v: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Mean squared error that rounding ``v`` to each row of ``q`` leaves in reader ``r``'s output."""
         olo, ohi = interval(r.output)
         if r.kind in ("requant", "addc"):
             lo, hi = need(r, name)
-            return float(np.mean((np.clip(q, lo, hi) - np.clip(v, lo, hi)) ** 2))
+            return np.mean((np.clip(q, lo, hi) - np.clip(v, lo, hi)) ** 2, axis=1)
         if r.kind == "hswish":
-            return float(np.mean((np.clip(_hswish(q), olo, ohi) - np.clip(_hswish(v), olo, ohi)) ** 2))
+            return np.mean((np.clip(_hswish(q), olo, ohi) - np.clip(_hswish(v), olo, ohi)) ** 2, axis=1)
         other = [i for i in r.inputs if i != name]
-        if r.kind == "add" and other and other[0] in stats:
-            b = np.concatenate(stats[other[0]]).astype(np.float64)
-            if len(b) == len(v):
-                return float(np.mean((np.clip(q + b, olo, ohi) - np.clip(v + b, olo, ohi)) ** 2))
-        return float(np.mean((q - v) ** 2))
+        if r.kind == "add" and other and other[0] in samples and len(samples[other[0]]) == len(v):
+            b = samples[other[0]]
+            return np.mean((np.clip(q + b, olo, ohi) - np.clip(v + b, olo, ohi)) ** 2, axis=1)
+        return np.mean((q - v) ** 2, axis=1)
 
-    def rounded(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
-        qp = range_qparams(lo, hi)
-        q = np.clip(np.round(v / qp["scale"]) + qp["zero_point"], -128, 127)
-        return (q - qp["zero_point"]) * qp["scale"]
+    def rounded(v: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
+        """``v`` rounded onto the 8-bit grid of each range: one row per range."""
+        qp = [range_qparams(lo, hi) for lo, hi in ranges]
+        scale = np.array([p["scale"] for p in qp])[:, None]
+        zp = np.array([p["zero_point"] for p in qp], np.float64)[:, None]
+        return (np.clip(np.round(v / scale) + zp, -128, 127) - zp) * scale
 
+    samples = {n: np.concatenate(v).astype(np.float64) for n, v in stats.items()}
     for name in sorted(stats, key=lambda n: made_at.get(n, -1), reverse=True):
         t = graph.tensors[name]
         if t.fixed:
             continue
-        v = np.concatenate(stats[name]).astype(np.float64)
+        v = samples[name]
         rs = readers.get(name, [])
         if rs:
             needs = [need(r, name) for r in rs]
@@ -124,9 +126,9 @@ def fix_ranges(graph: Graph, stats: dict[str, list[np.ndarray]]) -> Graph:
         lo, hi = float(v.min()), float(v.max())
         if rs and name != graph.output:
             m = max(-lo, hi)
-            f = min(CLIP_FACTORS, key=lambda f: sum(seen_error(r, name, v, rounded(v, max(lo, -f * m), min(hi, f * m)))
-                                                    for r in rs))
-            lo, hi = max(lo, -f * m), min(hi, f * m)
+            ranges = [(max(lo, -f * m), min(hi, f * m)) for f in CLIP_FACTORS]
+            q = rounded(v, ranges)
+            lo, hi = ranges[int(np.argmin(sum(seen_error(r, name, v, q) for r in rs)))]
         qp = range_qparams(lo, hi)
         t.scale, t.zero_point = qp["scale"], qp["zero_point"]
     return graph
