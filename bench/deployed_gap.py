@@ -19,19 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.deploy import deployed_model  # noqa: E402
 from export.simulate import DeployedModel  # noqa: E402
-from qfa.nn.data import make_datasets, resize  # noqa: E402
-from qfa.nn.evaluate import calibrate_best  # noqa: E402
+from qfa.nn.data import make_datasets  # noqa: E402
+from qfa.nn.evaluate import accuracy, calibrate_best  # noqa: E402
 from qfa.nn.supernet import Supernet, extract  # noqa: E402
-
-
-@torch.no_grad()
-def predictions(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
 
 
 def with_real(graph, names: set[str]):
@@ -58,12 +52,10 @@ def main() -> None:
                    model_for=lambda n, s: deployed_model(n, s, data, args.target))
     sub = extract(net, spec).eval()
     dm = deployed_model(net, spec, data, args.target)
-    test = data["test"].subset(range(args.test_images))
-    images = torch.cat([resize(test[i][0][None], spec.resolution) for i in range(len(test))])
-    labels = torch.tensor([test[i][1] for i in range(len(test))])
+    n_test = min(args.test_images, len(data["test"]))
 
     def top1(model) -> float:
-        return 100.0 * float((predictions(model, images) == labels).float().mean())
+        return accuracy(model, data["test"], spec.resolution, n_test)
 
     g = dm.graph
     calibrated = [n for n, t in g.tensors.items() if t.fixed and not t.is_float and not t.learned]
@@ -80,12 +72,12 @@ def main() -> None:
         print(f"  {n:40s} {rows[-1]['op']:22s} real alone {rows[-1]['only_real']:6.2f}  "
               f"quantized alone {rows[-1]['only_quantized']:6.2f}", file=sys.stderr, flush=True)
     rows.sort(key=lambda r: r["only_quantized"])
-    out = {"spec": str(spec), "test_images": len(test), "fake_quant": fq, "deployed": dep,
+    out = {"spec": str(spec), "test_images": n_test, "fake_quant": fq, "deployed": dep,
            "deployed_calibrated_real": none_q, "tensors": rows}
     if args.json:
         print(json.dumps(out))
         return
-    print(f"{spec}\non {len(test)} test images: fake-quant {fq:.2f}%, as deployed {dep:.2f}%, as deployed with the "
+    print(f"{spec}\non {n_test} test images: fake-quant {fq:.2f}%, as deployed {dep:.2f}%, as deployed with the "
           f"{len(calibrated)} calibrated 8-bit tensors real {none_q:.2f}%")
     print(f"{'tensor':40s} {'op':22s} {'quantized alone':>15s} {'real alone':>10s}")
     for r in rows:

@@ -63,7 +63,7 @@ def fix_ranges(graph: Graph, stats: dict[str, list[np.ndarray]]) -> Graph:
       needs nothing beyond that grid's end codes (its 8-bit step then up to ~60x finer);
     - it is then clipped at the bound on |value| (:data:`CLIP_FACTORS` of the largest left) whose
       rounding and clipping error, as its readers see it (after their own clamping; a residual
-      ADD with its other input), is least; the graph's output keeps its whole range.
+      ADD with its other input), is least. A tensor no op reads (the logits) keeps its range.
 
     Min/max ranges let a few outliers set the step: measured, the stem of a W2A2 subnet (values
     up to 21, 99% below 11.5) was rounded so coarsely that its .tflite lost 5 points of top-1
@@ -124,7 +124,7 @@ def fix_ranges(graph: Graph, stats: dict[str, list[np.ndarray]]) -> Graph:
             needs = [need(r, name) for r in rs]
             v = np.clip(v, min(n[0] for n in needs), max(n[1] for n in needs))
         lo, hi = float(v.min()), float(v.max())
-        if rs and name != graph.output:
+        if rs:
             m = max(-lo, hi)
             ranges = [(max(lo, -f * m), min(hi, f * m)) for f in CLIP_FACTORS]
             q = rounded(v, ranges)

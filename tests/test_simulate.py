@@ -120,7 +120,7 @@ def test_calibrated_ranges_cover_what_the_trained_grid_reads():
     values than a min/max range (the rounding the trained model does not do)."""
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.laplace(0.0, 1.0, 20000), rng.uniform(-40, 40, 20)]).astype(np.float32)
-    h = x * np.clip(x + 3, 0, 6) / 6
+    h = _hswish_np(x)
     grid = QTensor("o", (1, 8, 8, 1), **grid_qparams(0.5, 0.3, 0, 3))
     g = fix_ranges(_ranges_graph(grid), {"x": [x], "h": [h]})
     olo, ohi = (grid.qmin - grid.zero_point) * grid.scale, (grid.qmax - grid.zero_point) * grid.scale
@@ -137,16 +137,6 @@ def test_calibrated_ranges_cover_what_the_trained_grid_reads():
         minmax.tensors[name].scale, minmax.tensors[name].zero_point = range_qparams(v.min(), v.max()).values()
     ours, theirs = codes_off(g.tensors["x"], th), codes_off(minmax.tensors["x"], minmax.tensors["h"])
     assert ours <= 0.01 and ours < theirs / 3, (ours, theirs)
-
-
-def test_the_logits_keep_their_whole_range():
-    """The graph's output is never clipped: its largest values are the answer."""
-    rng = np.random.default_rng(1)
-    y = np.concatenate([rng.normal(0, 1, 5000), [25.0]]).astype(np.float32)
-    t = {"x": QTensor("x", (1, 1, 1, 8), scale=0.1), "y": QTensor("y", (1, 1, 1, 8))}
-    g = fix_ranges(Graph(t, [Op("addc", ["x"], "y", const=np.zeros((1, 1, 1, 1)))], "x", "y"), {"y": [y]})
-    ty = g.tensors["y"]
-    assert (127 - ty.zero_point) * ty.scale >= 25.0 - ty.scale  # to the zero point's rounding
 
 
 def _hswish_np(v: np.ndarray) -> np.ndarray:
