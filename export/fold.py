@@ -16,7 +16,7 @@ import torch
 
 from export.ir import Graph, Op, QTensor, grid_qparams
 from export.lower import apply_shifts
-from export.simulate import calibrate_ranges
+from export.simulate import RANGE_BATCH, calibrate_ranges
 
 from qfa.nn.elastic.blocks import ElasticMBConv, ElasticSE
 from qfa.nn.elastic.ops import ElasticConv2d
@@ -200,6 +200,6 @@ def fold(subnet: Subnet, calib_images: Iterable[torch.Tensor] | torch.Tensor, me
         for t in g.tensors.values():
             t.shift = 0.0
     if isinstance(calib_images, torch.Tensor):
-        calib_images = calib_images.split(256)
+        calib_images = calib_images.split(RANGE_BATCH)
     calibrate_ranges(g, calib_images)
     return g.validate()

@@ -17,8 +17,9 @@ OPSET = 17
 
 
 def to_onnx(graph: Graph, qdq: bool = True) -> bytes:
-    """ONNX bytes of ``graph``: with ``qdq`` the integer model in Q/DQ form, else the float
-    model (dequantized weights, no activation quantization) for converters that calibrate."""
+    """ONNX bytes of ``graph``: with ``qdq`` the integer model in Q/DQ form (each tensor's value
+    named ``<tensor>.dq``), else the float model (dequantized weights, no activation
+    quantization) for converters that calibrate."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     g = graph.validate()
@@ -40,15 +41,14 @@ def to_onnx(graph: Graph, qdq: bool = True) -> bytes:
             return x
         s = const(t.name + ".scale", np.array(t.scale, np.float32))
         z = const(t.name + ".zp", np.array(t.zero_point, np.int8))
-        q, dq = name(t.name + ".q"), name(t.name + ".dq")
+        q, out = name(t.name + ".q"), t.name + ".dq"  # the tensor's value is named "<tensor>.dq"
+        dq = name(t.name + ".deq") if t.qmax < 127 else out
         nodes.append(helper.make_node("QuantizeLinear", [x, s, z], [q]))
         nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [dq]))
         if t.qmax < 127:
             hi = const(t.name + ".hi", np.array((t.qmax - t.zero_point) * t.scale, np.float32))
-            out = name(t.name + ".clamp")
             nodes.append(helper.make_node("Min", [dq, hi], [out]))
-            return out
-        return dq
+        return out
 
     tin = g.tensors[g.input]
     n, h, w, c = tin.shape

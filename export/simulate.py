@@ -24,17 +24,17 @@ from export.reference import fix_ranges, quantized_const
 
 __all__ = ["DeployedModel", "calibrate_ranges"]
 
-SAMPLE_VALUES = 1 << 14  # values per tensor and batch kept to choose its 8-bit range
+SAMPLE_VALUES = 64  # values per tensor and image kept to choose its 8-bit range
+RANGE_BATCH = 64  # images per batch of the range pass (256 was 3x slower: memory traffic)
 
 
 def _round(v: torch.Tensor) -> torch.Tensor:
     """Round half away from zero, as TFLite's requantization does."""
-    return torch.sign(v) * torch.floor(v.abs() + 0.5)
+    return v.abs().add_(0.5).floor_().copysign_(v)  # in place on a fresh tensor: 3x faster
 
 
 def _quantize(y: torch.Tensor, t: QTensor) -> torch.Tensor:
-    q = (_round(y / t.scale) + t.zero_point).clamp(t.qmin, t.qmax)
-    return (q - t.zero_point) * t.scale
+    return _round(y / t.scale).add_(t.zero_point).clamp_(t.qmin, t.qmax).sub_(t.zero_point).mul_(t.scale)
 
 
 def _oihw(op, w: np.ndarray) -> np.ndarray:
@@ -188,9 +188,9 @@ class DeployedModel(torch.nn.Module):
         return env[g.output].flatten(1)
 
 
-def _sample(y: torch.Tensor, n: int = SAMPLE_VALUES) -> np.ndarray:
-    """Up to ``n`` of ``y``'s values (a fixed-seed draw), always with its min and max."""
-    v = y.detach().flatten()
+def _sample(y: torch.Tensor) -> np.ndarray:
+    """Up to ``SAMPLE_VALUES`` per image of ``y``'s values (a fixed-seed draw), always with its min and max."""
+    v, n = y.detach().flatten(), SAMPLE_VALUES * y.shape[0]
     if v.numel() > n:
         g = torch.Generator().manual_seed(v.numel())
         v = torch.cat([v[torch.randint(v.numel(), (n,), generator=g)], v.min()[None], v.max()[None]])

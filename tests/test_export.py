@@ -282,21 +282,31 @@ def test_export_cli_bad_input_is_one_line(tmp_path):
     assert not list(tmp_path.glob("*.tflite"))
 
 
-def test_onnx_qdq_matches_the_integer_graph_in_onnxruntime(supernet, fmnist_train):
+def test_onnx_qdq_computes_each_op_of_the_integer_graph_in_onnxruntime(supernet, fmnist_train):
+    """Each op of the Q/DQ ONNX model, on onnxruntime's own inputs, within 1 LSB of the graph's
+    op (ONNX rounds half to even and computes hardswish in float, so single-LSB differences
+    are expected; end to end they propagate chaotically through the sub-8-bit grids)."""
+    import onnx
     import onnxruntime
     from export.onnx import to_onnx
     g, x = _graph(supernet, SPECS["mixed"], fmnist_train[:512])
-    sess = onnxruntime.InferenceSession(to_onnx(g), providers=["CPUExecutionProvider"])
-    xs = x[:32].numpy()
-    out = sess.run(None, {"input": xs})[0]
-    t = g.tensors[g.output]
-    ref = DeployedModel(g)(x[:32]).numpy()
-    lsb = np.abs(out - ref) / t.scale
-    # the same integer model: most logits identical, argmax mostly identical (low-bit nets amplify
-    # single-LSB rounding differences, as for TFLite)
-    assert np.median(lsb) <= 1.0 and (out.argmax(1) == ref.argmax(1)).mean() >= 0.75
+    m = onnx.load_from_string(to_onnx(g))
+    names = [g.input] + [op.output for op in g.ops]
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n + ".dq", onnx.TensorProto.FLOAT, None) for n in names)
+    sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x[:8].numpy()})))
+    sim = DeployedModel(g)
+    off = {}
+    for op in g.ops:
+        t = g.tensors[op.output]
+        ref = t.quantize(sim.op_output(op, [torch.from_numpy(outs[i + ".dq"]) for i in op.inputs]).numpy())
+        d = np.abs(t.quantize(outs[op.output + ".dq"]).astype(np.int32) - ref.astype(np.int32))
+        off[op.output] = (int(d.max()), float((d > 0).mean()))
+    assert max(v[0] for v in off.values()) <= 1, off
+    assert np.mean([v[1] for v in off.values()]) < 0.01, off  # single-LSB differences are rare
+    assert np.array_equal(outs["logits"], outs[g.output + ".dq"].reshape(8, -1))
     f = onnxruntime.InferenceSession(to_onnx(g, qdq=False), providers=["CPUExecutionProvider"])
-    assert f.run(None, {"input": xs})[0].shape == (32, 10)
+    assert f.run(None, {"input": x[:32].numpy()})[0].shape == (32, 10)
 
 
 @pytest.mark.slow
