@@ -46,6 +46,7 @@ def main() -> int:
     if len(preds) != len(args.table):
         ap.error("give --predictor once per --table, or not at all")
     from hw.runner import time_model
+    from hw.table import LatencyTable
     from hw.transport import Local, RunConfig
     f = Local("local", RunConfig()).facts()
     print(f"{f.get('cpu')} ({f.get('cpu_id')}, {f.get('cores')} cores), {f.get('runtime')}")
@@ -71,7 +72,7 @@ def main() -> int:
                     x = _qfa("export", "--checkpoint", args.checkpoint, "--pareto", s["pareto"], "--index",
                              str(s["index"]), "--out", str(out), "--verify", "--threshold", "0")
                     rt = s["runtime"]
-                    x["measured_ms"] = time_model(str(out), rt["threads"], delegate=rt["delegate"])["median_us"] / 1000
+                    x["measured_ms"] = time_model(str(out), rt["threads"], delegate=rt["delegate"])[LatencyTable.load(s["table"]).stat] / 1000
                     shipped[key] = x
                 x = shipped[key]
                 dep = f"{Path(s['table']).stem.replace('host-x86_64-1t', '') or '(default)'} {s['runtime']['delegate']}"

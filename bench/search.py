@@ -91,7 +91,7 @@ def main() -> None:
                 with net.active(spec):
                     held = accuracy(net, data["holdout"], spec.resolution)
                 v = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"])
-                ms = time_model(str(Path(tmp) / "m.tflite"))["median_us"] / 1000
+                ms = time_model(str(Path(tmp) / "m.tflite"))[table.stat] / 1000
                 print(f"{b:6.3f} ms   {best['top1']:6.2f}% / {held:6.2f}% / "
                       f"{v['pytorch_top1']:6.2f}%, {v['tflite_top1']:6.2f}%"
                       f"   {best['latency_ms']:.3f} / {ms:.3f} ms ({(ms / best['latency_ms'] - 1) * 100:+.1f}%)"

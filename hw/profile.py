@@ -56,7 +56,9 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--jobs", type=integer(1, 1024), default=os.cpu_count() or 1,
                    help="processes converting block models (default: all cores; timing runs alone afterwards)")
     p.add_argument("--runs", type=integer(1, 1_000_000), default=200, help="timed invokes per model (default 200)")
-    p.add_argument("--warmup", type=integer(0, 1_000_000), default=30, help="warm-up invokes per model (default 30)")
+    p.add_argument("--rounds", type=integer(1, 1000), default=8,
+                   help="round-robin passes the runs are spread over (default 8; the fastest invoke is the latency)")
+    p.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="warm-up invokes per model (default 10)")
     p.add_argument("--calib-subnets", type=integer(0, 100_000), default=40,
                    help="whole subnets measured to fit the correction (default 40; 0: the plain sum)")
     p.add_argument("--validate", type=integer(1, 100_000), metavar="N",
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
                      deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target,
                      jobs=args.jobs, calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
                      out_dir=out_dir, json=args.json)
-    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, warmup=args.warmup,
+    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
                     taskset=args.taskset, runtime=args.runtime, ssh_options=tuple(args.ssh_option or ()),
                     remote_python=args.remote_python)
 

@@ -16,11 +16,14 @@ import numpy as np
 from export.targets import DEFAULT_RUNTIME, TARGETS, runtime_of
 from qfa.core.space import FP
 from hw.build import build, write_model
-from hw.table import LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
+from hw.table import FIELDS, LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
 from hw.transport import Transport
 from qfa.core.fileio import atomic_write, drop_partial_tail
 
 __all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
+
+STAT = "min_us"      # what a new table records as each entry's latency (hw.table.STATS)
+BATCH_MODELS = 96    # models timed together, round-robin (a crash loses at most one batch)
 
 
 SHARED_ENTRIES = ("nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM clamp ('i8c') and "
@@ -86,23 +89,25 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     meta_path = out.with_suffix(".json")
     meta = read_meta(meta_path) if meta_path.exists() else {}
     if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
-                 or runtime_of(meta) != {"delegate": job.delegate, "threads": job.threads}):
-        raise TableError(f"{out} holds measurements of another space/target/runtime configuration "
-                         f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}): use another --device name")
+                 or runtime_of(meta) != {"delegate": job.delegate, "threads": job.threads}
+                 or meta.get("stat", "median_us") != STAT):
+        raise TableError(f"{out} holds measurements of another space/target/runtime configuration/timing "
+                         f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}/{meta.get('stat', 'median_us')}): "
+                         "use another --device name")
     done = set()
     if out.exists():
         cut = drop_partial_tail(out)  # a crash mid-write: the half row goes, its entry is measured again
         if cut:
             print(f"profile: dropped a half-written last row of {out} ({len(cut)} bytes); measuring it again",
                   file=sys.stderr)
-        done = set(read_rows(out)[0])
+        done = set(read_rows(out, STAT)[0])
     facts = transport.facts()
     meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "space_json": space.to_json(), "target": target.name,
                  "threads": job.threads, "delegate": job.delegate, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
-                 "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0",
+                 "date": datetime.date.today().isoformat(), "toolkit": "qfa-toolkit 0.1.0", "stat": STAT,
                  "shared_entries": SHARED_ENTRIES, **({"device_facts": facts} if facts else {})})
     if "overhead_us" not in meta:
-        meta["overhead_us"] = transport.measure([write_model(overhead_model(target))])[0]["median_us"]
+        meta["overhead_us"] = transport.measure([write_model(overhead_model(target))])[0][STAT]
     _save_meta(meta_path, meta)
 
     factory = BlockFactory(space)
@@ -115,15 +120,18 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
         if not job.json:
             _progress(f"profile: built models of {i}/{n} shapes ({job.jobs} jobs), {time.time() - t0:.0f}s")
     paths = build(todo, target, job.jobs, progress=built)
-    n_new = 0
-    for i, spec in enumerate(todo):
-        new = {en.key: en for en in entries(spec, target) if en.key not in done}
+    n_new, i = 0, 0
+    while i < len(todo):  # batches of >= BATCH_MODELS models: each one's rounds spread over the batch
+        new: dict = {}
+        while i < len(todo) and len(new) < BATCH_MODELS:
+            new.update({en.key: en for en in entries(todo[i], target) if en.key not in done})
+            i += 1
         for en, res in zip(new.values(), transport.measure([paths[k] for k in new])):
-            append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in ("median_us", "p10_us", "p90_us", "count", "cv")}})
+            append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in FIELDS if f in res}})
             done.add(en.key)
             n_new += 1
         if not job.json:
-            _progress(f"profile: measured {i + 1}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
+            _progress(f"profile: measured {i}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
                       f"{time.time() - t0:.0f}s")
     end_progress()
     if job.calib_subnets and "calibration" not in meta:
@@ -186,7 +194,7 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
         if s.resolution in res_ok:
             specs.append(s)
     paths = [write_model(factory.whole(s, target)) for s in specs]
-    meas = np.array([r["median_us"] for r in transport.measure(paths)])
+    meas = np.array([r[table.stat] for r in transport.measure(paths)])
     return np.array([table.features(s) for s in specs]), meas
 
 

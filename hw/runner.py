@@ -2,10 +2,14 @@
 """Device-side timing runner: needs only python3, numpy and ai-edge-litert (or tflite-runtime).
 
     python3 runner.py JOB.json      # JOB: {"models": [paths], "threads": 1, "delegate": "xnnpack",
-                                    #       "warmup": 30, "runs": 200, "repeats": 3, "max_cv": 0.1}
-Prints one JSON object per model on stdout as it finishes: median/p10/p90 (microseconds),
-count and coefficient of variation; a noisy model (CV > max_cv) is re-measured up to
-``repeats`` times and the steadiest run kept. Copied to the device by hw/profile.py.
+                                    #       "warmup": 10, "runs": 200, "rounds": 8}
+Prints one JSON object per model on stdout: min/median/p10/p90 of single invokes
+(microseconds), count and coefficient of variation. The models are timed round-robin: ``rounds``
+passes over all of them, ``runs / rounds`` invokes each, so that each model's invokes are
+spread over the whole job. ``min_us``, the fastest invoke, is the device's uncontended speed:
+on a shared 2-core VM whose speed drifted 1.5x within seconds, it repeated within 1.8% RMSE
+where a 200-invoke median repeated within 23% (docs/results.md, "Timing on a noisy host").
+Copied to the device by hw/profile.py.
 """
 from __future__ import annotations
 
@@ -36,34 +40,41 @@ def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack"):
     return it
 
 
-def time_model(path: str, threads: int | None = 1, warmup: int = 30, runs: int = 200, repeats: int = 3,
-               max_cv: float = 0.1, delegate: str = "xnnpack") -> dict:
-    """Median/p10/p90 of single invokes (us), over fresh interpreters until CV <= max_cv."""
-    best = None
-    for attempt in range(max(1, repeats)):
+def time_models(paths: list[str], threads: int | None = 1, warmup: int = 10, runs: int = 200, rounds: int = 8,
+                delegate: str = "xnnpack") -> list[dict]:
+    """Time each model round-robin (see the module docstring); one interpreter per model."""
+    its = []
+    for k, path in enumerate(paths):
         it = _interpreter(path, threads, delegate)
         d = it.get_input_details()[0]
         info = np.iinfo(d["dtype"]) if np.issubdtype(d["dtype"], np.integer) else None
-        rng = np.random.default_rng(attempt)
-        x = (rng.integers(info.min, info.max + 1, d["shape"]).astype(d["dtype"]) if info is not None
-             else rng.standard_normal(d["shape"]).astype(d["dtype"]))
-        it.set_tensor(d["index"], x)
+        rng = np.random.default_rng(k)
+        it.set_tensor(d["index"], rng.integers(info.min, info.max + 1, d["shape"]).astype(d["dtype"])
+                      if info is not None else rng.standard_normal(d["shape"]).astype(d["dtype"]))
         for _ in range(warmup):
             it.invoke()
-        t = np.empty(runs)
-        for i in range(runs):
-            t0 = time.perf_counter_ns()
-            it.invoke()
-            t[i] = time.perf_counter_ns() - t0
-        t /= 1000.0
-        res = {"median_us": float(np.median(t)), "p10_us": float(np.percentile(t, 10)),
-               "p90_us": float(np.percentile(t, 90)), "count": runs, "cv": float(t.std() / t.mean()),
-               "attempts": attempt + 1}
-        if best is None or res["cv"] < best["cv"]:
-            best = res
-        if res["cv"] <= max_cv:
-            break
-    return best
+        its.append(it)
+    rounds = max(1, min(rounds, runs))
+    per = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+    times = [[] for _ in its]
+    for n in per:
+        for it, t in zip(its, times):
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                it.invoke()
+                t.append(time.perf_counter_ns() - t0)
+    out = []
+    for t in times:
+        t = np.asarray(t, np.float64) / 1000.0
+        out.append({"min_us": float(t.min()), "median_us": float(np.median(t)), "p10_us": float(np.percentile(t, 10)),
+                    "p90_us": float(np.percentile(t, 90)), "count": len(t), "cv": float(t.std() / t.mean())})
+    return out
+
+
+def time_model(path: str, threads: int | None = 1, warmup: int = 10, runs: int = 200, rounds: int = 8,
+               delegate: str = "xnnpack") -> dict:
+    """:func:`time_models` of one model."""
+    return time_models([path], threads, warmup, runs, rounds, delegate)[0]
 
 
 def main(argv: list[str]) -> int:
@@ -72,10 +83,10 @@ def main(argv: list[str]) -> int:
         return 2
     with open(argv[0]) as f:
         job = json.load(f)
-    for path in job["models"]:
-        res = time_model(path, job.get("threads", 1), job.get("warmup", 30), job.get("runs", 200),
-                         job.get("repeats", 3), job.get("max_cv", 0.1), job.get("delegate", "xnnpack"))
-        print(json.dumps({"model": path, **res}), flush=True)
+    res = time_models(job["models"], job.get("threads", 1), job.get("warmup", 10), job.get("runs", 200),
+                      job.get("rounds", 8), job.get("delegate", "xnnpack"))
+    for path, r in zip(job["models"], res):
+        print(json.dumps({"model": path, **r}), flush=True)
     return 0
 
 

@@ -27,7 +27,7 @@ from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_
 
 from hw.entries import FLOAT_TOKENS, TOKENS, Entry, entries, token
 
-__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "append_row", "clamped",
+__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "STATS", "append_row", "clamped",
            "read_meta", "read_rows"]
 
 
@@ -35,7 +35,10 @@ def clamped(spec: SubnetSpec) -> int:
     """Searched convs of ``spec`` whose input grid is below 8 bits."""
     return sum(q.a < 8 for q in spec.all_bits())
 
-FIELDS = list(Entry._fields) + ["key", "median_us", "p10_us", "p90_us", "count", "cv"]
+FIELDS = list(Entry._fields) + ["key", "min_us", "median_us", "p10_us", "p90_us", "count", "cv"]
+# The statistic a table predicts with (its metadata's "stat"): the fastest of the invokes spread
+# round-robin over the job (hw.runner); tables measured before it was recorded used the median.
+STATS = ("min_us", "median_us")
 FEATURES = ("sum_us", "1", "pieces", "clamped_convs")  # of the fitted correction (LatencyTable.features)
 
 
@@ -49,7 +52,7 @@ KEY = re.compile(rf"(stem|first|mb|head)\|s[0-9]{{1,2}}p[01]\|r[0-9]{{1,4}}\|[0-
                  re.ASCII)
 _META_TYPES = {"space": str, "space_hash": str, "target": str, "delegate": str, "device": str, "overhead_us": (int, float),
                "threads": int, "resolutions": list, "calibration": dict, "device_facts": dict, "space_bits": list,
-               "space_json": dict}
+               "space_json": dict, "stat": str}
 
 
 def _bad(path: Path, where: str, why: str) -> TableError:
@@ -84,6 +87,8 @@ def read_meta(path: Path) -> dict:
     if runtime_of(meta)["delegate"] not in DELEGATES:
         raise _bad(path, "field 'delegate'", f"unknown runtime configuration {meta['delegate']!r}; known: "
                    f"{', '.join(DELEGATES)}")
+    if meta.get("stat", "median_us") not in STATS:
+        raise _bad(path, "field 'stat'", f"unknown statistic {meta['stat']!r}; known: {', '.join(STATS)}")
     if not 0 <= meta.get("overhead_us", 0) < 1e9:
         raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
     if meta.get("threads", 1) < 1:
@@ -101,10 +106,10 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def read_rows(path: Path) -> tuple[dict[str, float], bytes]:
-    """``{key: median_us}`` of a table CSV, and the bytes of a half-written last row (dropped,
-    b"" if none). Each row needs a key of :data:`KEY`'s grammar, seen once, and a finite
-    median_us > 0."""
+def read_rows(path: Path, stat: str = "median_us") -> tuple[dict[str, float], bytes]:
+    """``{key: latency us}`` (column ``stat``) of a table CSV, and the bytes of a half-written
+    last row (dropped, b"" if none). Each row needs a key of :data:`KEY`'s grammar, seen once,
+    and a finite latency > 0."""
     raw = _read(path)
     dropped = b""
     if raw and not raw.endswith(b"\n"):
@@ -117,8 +122,8 @@ def read_rows(path: Path) -> tuple[dict[str, float], bytes]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         names = reader.fieldnames
-        if names is None or not {"key", "median_us"} <= set(names):
-            raise _bad(path, "header", f"not a latency table (columns {names}; need key and median_us)")
+        if names is None or not {"key", stat} <= set(names):
+            raise _bad(path, "header", f"not a latency table (columns {names}; need key and {stat})")
         rows: dict[str, float] = {}
         for n, r in enumerate(reader, start=2):
             if None in r or None in r.values():
@@ -129,11 +134,11 @@ def read_rows(path: Path) -> tuple[dict[str, float], bytes]:
             if key in rows:
                 raise _bad(path, f"row {n} field 'key'", f"{key} appears twice")
             try:
-                v = float(r["median_us"])
+                v = float(r[stat])
             except ValueError:
                 v = float("nan")
             if not (math.isfinite(v) and 0 < v < 1e9):
-                raise _bad(path, f"row {n} field 'median_us'", f"must be a finite latency > 0 us, got {r['median_us']!r}")
+                raise _bad(path, f"row {n} field '{stat}'", f"must be a finite latency > 0 us, got {r[stat]!r}")
             rows[key] = v
     except csv.Error as e:
         raise _bad(path, f"line {reader.line_num}", f"unreadable CSV ({e})") from None
@@ -179,7 +184,7 @@ class LatencyTable:
         if bad:
             raise TableError(f"{p.with_suffix('.json')}: field 'resolutions' holds {bad}, not resolutions of "
                              f"space {space.name!r} {list(space.resolutions)}")
-        rows, dropped = read_rows(p)
+        rows, dropped = read_rows(p, meta.get("stat", "median_us"))
         if not rows:
             raise TableError(f"{p}: holds no measurements: profile it (hw/profile.py)")
         if dropped:
@@ -200,6 +205,12 @@ class LatencyTable:
     def runtime(self) -> dict:
         """The runtime configuration the table was measured under (and its subnets ship with)."""
         return runtime_of(self.meta)
+
+    @property
+    def stat(self) -> str:
+        """The timing statistic of its entries (:data:`STATS`): a file is checked against the
+        table by the same one."""
+        return self.meta.get("stat", "median_us")
 
     def host_mismatch(self) -> list[str]:
         """How this machine differs from the one this table was measured on (:func:`hw.transport.host_mismatch`)."""

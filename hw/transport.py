@@ -76,8 +76,9 @@ class RunConfig:
 
     threads: int = 1
     delegate: str = DEFAULT_RUNTIME["delegate"]  # export.targets.DELEGATES
-    runs: int = 200                 # timed invokes per model
-    warmup: int = 30
+    runs: int = 200                 # timed invokes per model, spread over ``rounds`` round-robin passes
+    warmup: int = 10
+    rounds: int = 8
     taskset: str | None = None      # CPU mask for the runner (ssh, adb)
     runtime: str = "litert"         # litert | tflite-runtime | benchmark_model:PATH (adb)
     ssh_options: tuple[str, ...] = ()
@@ -105,13 +106,13 @@ class Transport:
         raise NotImplementedError
 
     def parse(self, out: str, paths: list[Path]) -> list[dict]:
-        """One timing row (median_us, p10_us, p90_us, count, cv) per model of ``out``:
+        """One timing row (min_us, median_us, p10_us, p90_us, count, cv) per model of ``out``:
         the runner's JSON lines by default."""
         try:
             rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
         except ValueError:
             raise TransportError(f"runner on {self.target} printed unreadable results") from None
-        fields = ("median_us", "p10_us", "p90_us", "count", "cv")
+        fields = ("min_us", "median_us", "p10_us", "p90_us", "count", "cv")
         if not all(isinstance(r, dict) and all(isinstance(r.get(f), (int, float)) for f in fields) for r in rows):
             raise TransportError(f"runner on {self.target} printed results without {', '.join(fields)}")
         if len(rows) != len(paths):
@@ -131,7 +132,7 @@ class Transport:
             self.connected = True
         self.push(paths)
         rows = self.parse(self.run(paths), paths)
-        bad = [r["median_us"] for r in rows if not (math.isfinite(r["median_us"]) and r["median_us"] > 0)]
+        bad = [r[k] for r in rows for k in ("min_us", "median_us") if not (math.isfinite(r[k]) and r[k] > 0)]
         if bad:  # nothing impossible reaches a table
             raise TransportError(f"runner on {self.target} reported impossible latencies {bad[:3]} us")
         return rows
@@ -156,10 +157,10 @@ class Local(Transport):
     scheme, usage = "local", "local"
 
     def run(self, paths: list[Path]) -> str:
-        from .runner import time_model
+        from .runner import time_models
         c = self.cfg
-        return "".join(json.dumps(time_model(str(p), c.threads, c.warmup, c.runs, delegate=c.delegate)) + "\n"
-                       for p in paths)
+        return "".join(json.dumps(r) + "\n" for r in time_models([str(p) for p in paths], c.threads, c.warmup, c.runs,
+                                                                  c.rounds, c.delegate))
 
     def facts(self) -> dict:
         import os
@@ -228,7 +229,7 @@ class SSH(Transport):
     def push(self, paths: list[Path]) -> None:
         c = self.cfg
         job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": c.threads,
-               "delegate": c.delegate, "runs": c.runs, "warmup": c.warmup}
+               "delegate": c.delegate, "runs": c.runs, "warmup": c.warmup, "rounds": c.rounds}
         with tempfile.TemporaryDirectory() as tmp:
             jp = Path(tmp) / "job.json"
             jp.write_text(json.dumps(job))
@@ -293,17 +294,30 @@ class ADB(Transport):
 
     def run(self, paths: list[Path]) -> str:
         c = self.cfg
+        rounds = max(1, min(c.rounds, c.runs))
         outs = []
-        for p in paths:  # one benchmark_model run per model; outputs joined, split again by parse
-            cmd = (["taskset", c.taskset] if c.taskset else []) + [
-                f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
-                f"--use_xnnpack={'true' if c.delegate == 'xnnpack' else 'false'}",
-                f"--warmup_runs={c.warmup}", f"--num_runs={c.runs}"]
-            outs.append(self._shell(*cmd))
+        for r in range(rounds):  # round-robin, as the runner: each model's runs spread over the job
+            for p in paths:
+                cmd = (["taskset", c.taskset] if c.taskset else []) + [
+                    f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
+                    f"--use_xnnpack={'true' if c.delegate == 'xnnpack' else 'false'}",
+                    f"--warmup_runs={c.warmup if r == 0 else 1}", f"--num_runs={c.runs // rounds + (r < c.runs % rounds)}"]
+                outs.append(self._shell(*cmd))
         return "\0".join(outs)
 
     def parse(self, out: str, paths: list[Path]) -> list[dict]:
-        return [parse_benchmark_model(o) for o in out.split("\0")]
+        parts = [parse_benchmark_model(o) for o in out.split("\0")]
+        if len(parts) % len(paths):
+            raise TransportError(f"benchmark_model on {self.target} returned {len(parts)} runs for {len(paths)} models")
+        rows = []
+        for k in range(len(paths)):  # one model's runs, one per round
+            runs = parts[k::len(paths)]
+            n = sum(r["count"] for r in runs)
+            avg = sum(r["median_us"] * r["count"] for r in runs) / n
+            rows.append({"min_us": min(r["min_us"] for r in runs), "median_us": avg,
+                         "p10_us": min(r["p10_us"] for r in runs), "p90_us": max(r["p90_us"] for r in runs),
+                         "count": n, "cv": max(r["cv"] for r in runs), "stat": "avg"})
+        return rows
 
     def facts(self) -> dict:
         try:
@@ -322,7 +336,8 @@ def parse_benchmark_model(out: str) -> dict:
         raise TransportError("benchmark_model printed no timing line")
     f = dict(re.findall(r"(\w+)=([\d.e+-]+)", lines[-1]))
     avg, std = float(f["avg"]), float(f.get("std", 0))
-    return {"median_us": avg, "p10_us": float(f.get("min", avg)), "p90_us": float(f.get("max", avg)),
+    lo = float(f.get("min", avg))
+    return {"min_us": lo, "median_us": avg, "p10_us": lo, "p90_us": float(f.get("max", avg)),
             "count": int(float(f["count"])), "cv": std / avg if avg else 0.0, "stat": "avg"}
 
 
