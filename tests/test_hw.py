@@ -38,6 +38,9 @@ def test_profile_writes_a_complete_resumable_table(table_dir, block_cache):
     assert df["key"].is_unique and (df["median_us"] > 0).all() and (df["resolution"] == 24).all()
     meta = json.loads((table_dir / "t.json").read_text())
     assert meta["space_hash"] == SPACE.hash and meta["overhead_us"] > 0 and "calibration" in meta
+    # the table predicts with the fastest invoke, and says so
+    assert meta["stat"] == "min_us" and (df["min_us"] <= df["median_us"]).all() and (df["min_us"] < df["median_us"]).any()
+    assert LatencyTable.load(table_dir / "t.csv").rows == dict(zip(df["key"], df["min_us"]))
     # every key of any r24 spec is there
     rng = np.random.default_rng(0)
     specs = [s for s in (SPACE.sample(rng) for _ in range(200)) if s.resolution == 24][:40]
@@ -91,6 +94,10 @@ def test_table_errors_are_clear(table_dir, tmp_path):
     meta["space_hash"] = "0" * 16
     (tmp_path / "x.json").write_text(json.dumps(meta))
     with pytest.raises(TableError, match="re-profile"):
+        LatencyTable.load(tmp_path / "x.csv")
+    meta["space_hash"], meta["stat"] = SPACE.hash, "mean_us"
+    (tmp_path / "x.json").write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="field 'stat': unknown statistic 'mean_us'"):
         LatencyTable.load(tmp_path / "x.csv")
     t = LatencyTable.load(table_dir / "t.csv")
     with pytest.raises(TableError, match="space"):
@@ -196,11 +203,13 @@ def test_the_runner_times_a_model_under_each_runtime_configuration(table_dir, bl
     assert runner.DELEGATES == DELEGATES
     model = next(iter(sorted(Path(block_cache).rglob("*.tflite"))))
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"models": [str(model)], "threads": 1, "delegate": delegate, "runs": 5, "warmup": 1}))
+    job.write_text(json.dumps({"models": [str(model)] * 2, "threads": 1, "delegate": delegate, "runs": 7, "rounds": 3,
+                               "warmup": 1}))
     r = subprocess.run([sys.executable, str(ROOT / "hw" / "runner.py"), str(job)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-1000:]
-    assert json.loads(r.stdout.splitlines()[0])["median_us"] > 0
+    res = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert len(res) == 2 and all(x["count"] == 7 and 0 < x["min_us"] <= x["p10_us"] <= x["median_us"] for x in res)
     assert ("XNNPACK delegate" in r.stderr) == (delegate == "xnnpack"), r.stderr[-500:]
 
 
