@@ -16,7 +16,7 @@ import numpy as np
 from export.targets import DEFAULT_RUNTIME, TARGETS, runtime_of
 from qfa.core.space import FP
 from hw.build import build, write_model
-from hw.table import FIELDS, LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows
+from hw.table import FIELDS, LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows, stat_of
 from hw.transport import Transport
 from qfa.core.fileio import atomic_write, drop_partial_tail
 
@@ -90,9 +90,9 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     meta = read_meta(meta_path) if meta_path.exists() else {}
     if meta and (meta.get("space_hash") != space.hash or meta.get("target") != target.name
                  or runtime_of(meta) != {"delegate": job.delegate, "threads": job.threads}
-                 or meta.get("stat", "median_us") != STAT):
+                 or stat_of(meta) != STAT):
         raise TableError(f"{out} holds measurements of another space/target/runtime configuration/timing "
-                         f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}/{meta.get('stat', 'median_us')}): "
+                         f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}/{stat_of(meta)}): "
                          "use another --device name")
     done = set()
     if out.exists():

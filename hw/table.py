@@ -27,7 +27,7 @@ from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_
 
 from hw.entries import FLOAT_TOKENS, TOKENS, Entry, entries, token
 
-__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "STATS", "append_row", "clamped",
+__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "STATS", "append_row", "clamped", "stat_of",
            "read_meta", "read_rows"]
 
 
@@ -39,6 +39,11 @@ FIELDS = list(Entry._fields) + ["key", "min_us", "median_us", "p10_us", "p90_us"
 # The statistic a table predicts with (its metadata's "stat"): the fastest of the invokes spread
 # round-robin over the job (hw.runner); tables measured before it was recorded used the median.
 STATS = ("min_us", "median_us")
+
+
+def stat_of(meta: dict) -> str:
+    """The statistic a table's metadata says its entries are."""
+    return meta.get("stat", "median_us")
 FEATURES = ("sum_us", "1", "pieces", "clamped_convs")  # of the fitted correction (LatencyTable.features)
 
 
@@ -87,7 +92,7 @@ def read_meta(path: Path) -> dict:
     if runtime_of(meta)["delegate"] not in DELEGATES:
         raise _bad(path, "field 'delegate'", f"unknown runtime configuration {meta['delegate']!r}; known: "
                    f"{', '.join(DELEGATES)}")
-    if meta.get("stat", "median_us") not in STATS:
+    if stat_of(meta) not in STATS:
         raise _bad(path, "field 'stat'", f"unknown statistic {meta['stat']!r}; known: {', '.join(STATS)}")
     if not 0 <= meta.get("overhead_us", 0) < 1e9:
         raise _bad(path, "field 'overhead_us'", f"must be a latency >= 0 us, got {meta['overhead_us']}")
@@ -184,7 +189,7 @@ class LatencyTable:
         if bad:
             raise TableError(f"{p.with_suffix('.json')}: field 'resolutions' holds {bad}, not resolutions of "
                              f"space {space.name!r} {list(space.resolutions)}")
-        rows, dropped = read_rows(p, meta.get("stat", "median_us"))
+        rows, dropped = read_rows(p, stat_of(meta))
         if not rows:
             raise TableError(f"{p}: holds no measurements: profile it (hw/profile.py)")
         if dropped:
@@ -210,7 +215,7 @@ class LatencyTable:
     def stat(self) -> str:
         """The timing statistic of its entries (:data:`STATS`): a file is checked against the
         table by the same one."""
-        return self.meta.get("stat", "median_us")
+        return stat_of(self.meta)
 
     def host_mismatch(self) -> list[str]:
         """How this machine differs from the one this table was measured on (:func:`hw.transport.host_mismatch`)."""

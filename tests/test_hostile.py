@@ -60,11 +60,11 @@ def _drop_column(col: str):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (_cell(5, "median_us", "-2.85"), "row 7 field 'median_us': must be a finite latency > 0 us, got '-2.85'"),
-    (_cell(5, "median_us", "0"), "row 7 field 'median_us'"),
-    (_cell(5, "median_us", "inf"), "row 7 field 'median_us'"),
-    (_cell(5, "median_us", "nan"), "row 7 field 'median_us'"),
-    (_cell(5, "median_us", ""), "row 7 field 'median_us'"),
+    (_cell(5, "min_us", "-2.85"), "row 7 field 'min_us': must be a finite latency > 0 us, got '-2.85'"),
+    (_cell(5, "min_us", "0"), "row 7 field 'min_us'"),
+    (_cell(5, "min_us", "inf"), "row 7 field 'min_us'"),
+    (_cell(5, "min_us", "nan"), "row 7 field 'min_us'"),
+    (_cell(5, "min_us", ""), "row 7 field 'min_us'"),
     (_cell(9, "key", "mb|s1mb"), "row 11 field 'key': not a table key: 'mb|s1mb'"),
     (_meta(target="nope"), "field 'target': unknown target 'nope'"),
     (_meta(calibration=[]), "field 'calibration': must be dict"),
@@ -76,6 +76,7 @@ def _drop_column(col: str):
     (_meta(overhead_us="x"), "field 'overhead_us': must be a number"),
     (_meta(overhead_us=-1), "field 'overhead_us': must be a latency >= 0 us"),
     (_meta(threads=0), "field 'threads': must be >= 1"),
+    (_meta(stat="mean_us"), "field 'stat': unknown statistic 'mean_us'"),
     (_meta(space="nope"), "unknown search space in metadata"),
     (_raw("json", b"{"), "metadata: malformed JSON"),
     (_raw("json", b""), "metadata: malformed JSON"),
@@ -84,6 +85,7 @@ def _drop_column(col: str):
     (_raw("csv", bytes(range(256)) * 4), "not UTF-8 text"),
     (_raw("csv", b""), "header: not a latency table"),
     (_drop_column("key"), "header: not a latency table"),
+    (_drop_column("min_us"), "header: not a latency table"),
 ])
 def test_a_broken_table_is_one_line_naming_file_row_and_field(world, tmp_path, edit, message):
     csv = _table_copy(world, tmp_path)

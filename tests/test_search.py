@@ -272,7 +272,7 @@ def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
     w = make_search_world(tmp_path)
     fast = tmp_path / "fast.csv"
     df = pd.read_csv(w.table)
-    df["median_us"] /= 2
+    df[["min_us", "median_us"]] /= 2
     df.to_csv(fast, index=False)
     meta = _json.loads(w.table.with_suffix(".json").read_text())
     fast.with_suffix(".json").write_text(_json.dumps({**meta, "delegate": "builtin", "overhead_us": meta["overhead_us"] / 2}))
