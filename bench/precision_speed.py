@@ -45,7 +45,7 @@ def _time(blob: bytes, threads: int) -> float:
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(blob)
         f.flush()
-        return time_model(f.name, threads=threads, runs=200, delegate=DELEGATE)["median_us"]
+        return time_model(f.name, threads=threads, runs=200, delegate=DELEGATE)["min_us"]
 
 
 def _hswish_ops(threads: int) -> list[tuple[str, float, float]]:

@@ -108,13 +108,13 @@ def qfa(*args: str, timeout: float = 3600) -> dict:
 
 
 def time_all(path: Path, runs: int, shipped: dict | None = None) -> dict:
-    """Median latency (ms) of one invoke under every runtime configuration of CONFIGS (and the
+    """Latency (ms, the fastest invoke, as tables record it) under every runtime configuration of CONFIGS (and the
     ``shipped`` one, {"delegate", "threads"}, named ``DELEGATE-Nt``)."""
     from hw.runner import time_model
     configs = list(CONFIGS)
     if shipped and f"{shipped['delegate']}-{shipped['threads']}t" not in {c[0] for c in configs}:
         configs.append((f"{shipped['delegate']}-{shipped['threads']}t", shipped["delegate"], shipped["threads"]))
-    return {name: time_model(str(path), threads, delegate=delegate, runs=runs)["median_us"] / 1000
+    return {name: time_model(str(path), threads, delegate=delegate, runs=runs)["min_us"] / 1000
             for name, delegate, threads in configs}
 
 

@@ -135,8 +135,9 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
                       f"{time.time() - t0:.0f}s")
     end_progress()
     if job.calib_subnets and "calibration" not in meta:
-        x, meas = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1, extremes=True)
-        meta["calibration"] = fit_correction(x, meas)
+        x, meas, ext = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1,
+                              extremes=True)
+        meta["calibration"] = fit_correction(x, meas, ext)
         _save_meta(meta_path, meta)
     return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
             "calibration": meta.get("calibration")}
@@ -181,21 +182,23 @@ def _save_meta(path: Path, meta: dict) -> None:
 
 
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, extremes: bool = False):
-    """(features [sum_us, 1, pieces, clamped convs], measured us) of n random whole subnets
-    (with ``extremes``: the min/max subnets of each resolution among them)."""
+    """(features [sum_us, 1, pieces, clamped convs], measured us, how many of them come first as
+    extremes) of n whole subnets: random ones (with ``extremes``: after the min/max subnets of
+    each resolution)."""
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
     sp = table.space
     bits = (2, 8, FP) if target.float_io else (2, 8)
-    specs = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
+    ext = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
         f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in bits][:n // 2]
+    specs = list(ext)
     while len(specs) < n:
         s = table.space.sample(rng)
         if s.resolution in res_ok:
             specs.append(s)
     paths = [write_model(factory.whole(s, target)) for s in specs]
     meas = np.array([r[table.stat] for r in transport.measure(paths)])
-    return np.array([table.features(s) for s in specs]), meas
+    return np.array([table.features(s) for s in specs]), meas, len(ext)
 
 
 def validate(job: ProfileJob, transport: Transport) -> dict:
@@ -205,7 +208,7 @@ def validate(job: ProfileJob, transport: Transport) -> dict:
     if table.runtime != want:
         raise TableError(f"{job.device} was measured with {table.runtime}, not {want}: pass its --delegate and "
                          "--threads to validate it")
-    x, meas = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2)
+    x, meas, _ = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2)
     pred_raw = x[:, 0]
     pred = x @ table.coef
     err = (pred - meas) / meas

@@ -7,8 +7,8 @@ Prints one JSON object per model on stdout: min/median/p10/p90 of single invokes
 (microseconds), count and coefficient of variation. The models are timed round-robin: ``rounds``
 passes over all of them, ``runs / rounds`` invokes each, so that each model's invokes are
 spread over the whole job. ``min_us``, the fastest invoke, is the device's uncontended speed:
-on a shared 2-core VM whose speed drifted 1.5x within seconds, it repeated within 1.8% RMSE
-where a 200-invoke median repeated within 23% (docs/results.md, "Timing on a noisy host").
+on a shared 2-core VM whose speed drifted up to 1.6x within seconds, it repeated within 1.8% RMSE
+where a 200-invoke median repeated within 24% (docs/results.md, "Timing on a noisy host").
 Copied to the device by hw/profile.py.
 """
 from __future__ import annotations
