@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--space", default="fmnist")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--delegate", choices=DELEGATES, default=DELEGATE, help="runtime configuration (default xnnpack)")
+    ap.add_argument("--delegate", choices=DELEGATES, default="xnnpack", help="runtime configuration (default xnnpack)")
     ap.add_argument("--checkpoint", help="also time whole subnets of this trained run under both hardswish lowerings")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
