@@ -130,7 +130,7 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path, block_cache):
            "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(block_cache)}
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
            "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
-           "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--json"]
+           "--resolution", "24", "--runs", "3", "--rounds", "1", "--warmup", "1", "--calib-subnets", "0", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "phone.csv")
