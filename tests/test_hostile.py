@@ -40,10 +40,11 @@ def _cell(row: int, col: str, val: str):
 
 
 def _meta(**changes):
+    """Edit metadata fields (None: drop the field)."""
     def edit(csv, meta):
         m = json.loads(meta.read_text())
         m.update(changes)
-        meta.write_text(json.dumps(m))
+        meta.write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
     return edit
 
 
@@ -77,7 +78,8 @@ def _drop_column(col: str):
     (_meta(overhead_us=-1), "field 'overhead_us': must be a latency >= 0 us"),
     (_meta(threads=0), "field 'threads': must be >= 1"),
     (_meta(stat="mean_us"), "field 'stat': unknown statistic 'mean_us'"),
-    (_meta(space="nope"), "unknown search space in metadata"),
+    (_meta(space="nope", space_json=None), "unknown search space in metadata"),  # an older table: by name
+    (_meta(space="nope", space_json={"name": "nope"}), "unknown search space in metadata"),
     (_raw("json", b"{"), "metadata: malformed JSON"),
     (_raw("json", b""), "metadata: malformed JSON"),
     (_raw("json", b"[1, 2]"), "metadata: must be a JSON object"),
