@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from export.targets import TARGETS  # noqa: E402
 from export.tflite import to_tflite  # noqa: E402
 from hw.blocks import BlockFactory, overhead_model, split  # noqa: E402
-from hw.runner import _interpreter  # noqa: E402
+from hw.runner import ready  # noqa: E402
 from hw.transport import Local, RunConfig  # noqa: E402
 from qfa.core.space import get_space  # noqa: E402
 
@@ -52,10 +52,7 @@ def main() -> None:
 
     def load(name: str, blob: bytes):
         (tmp / name).write_bytes(blob)
-        it = _interpreter(str(tmp / name), 1)
-        d = it.get_input_details()[0]
-        it.set_tensor(d["index"], np.random.default_rng(0).integers(-128, 128, d["shape"]).astype(d["dtype"]))
-        models[name] = it
+        models[name] = ready(str(tmp / name))
     load("overhead", overhead_model(tgt))
     for i in range(args.subnets):
         spec = space.sample(rng)

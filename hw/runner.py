@@ -7,8 +7,9 @@ Prints one JSON object per model on stdout: min/median/p10/p90 of single invokes
 (microseconds), count and coefficient of variation. The models are timed round-robin: ``rounds``
 passes over all of them, ``runs / rounds`` invokes each, so that each model's invokes are
 spread over the whole job. ``min_us``, the fastest invoke, is the device's uncontended speed:
-on a shared 2-core VM whose speed drifted up to 1.6x within seconds, it repeated within 1.8% RMSE
-where a 200-invoke median repeated within 24% (docs/results.md, "Timing on a noisy host").
+on a shared 2-core "AMD EPYC" Zen 4 VM (ai-edge-litert 2.1, XNNPACK, 1 thread) whose speed
+drifted up to 1.6x within seconds, it repeated within 1.8% RMSE where a 200-invoke median
+repeated within 24% (docs/results.md, "Timing on a noisy host").
 Copied to the device by hw/profile.py.
 """
 from __future__ import annotations
@@ -40,24 +41,36 @@ def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack"):
     return it
 
 
+def ready(path: str, threads: int | None = 1, delegate: str = "xnnpack", seed: int = 0):
+    """An interpreter of ``path`` with a random input set (timing does not depend on the values)."""
+    it = _interpreter(path, threads, delegate)
+    d = it.get_input_details()[0]
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(d["dtype"], np.integer):
+        info = np.iinfo(d["dtype"])
+        it.set_tensor(d["index"], rng.integers(info.min, info.max + 1, d["shape"]).astype(d["dtype"]))
+    else:
+        it.set_tensor(d["index"], rng.standard_normal(d["shape"]).astype(d["dtype"]))
+    return it
+
+
+def round_sizes(runs: int, rounds: int) -> list[int]:
+    """The invokes of each round-robin pass: ``runs`` spread over at most ``rounds`` passes."""
+    rounds = max(1, min(rounds, runs))
+    return [runs // rounds + (r < runs % rounds) for r in range(rounds)]
+
+
 def time_models(paths: list[str], threads: int | None = 1, warmup: int = 10, runs: int = 200, rounds: int = 8,
                 delegate: str = "xnnpack") -> list[dict]:
     """Time each model round-robin (see the module docstring); one interpreter per model."""
     its = []
     for k, path in enumerate(paths):
-        it = _interpreter(path, threads, delegate)
-        d = it.get_input_details()[0]
-        info = np.iinfo(d["dtype"]) if np.issubdtype(d["dtype"], np.integer) else None
-        rng = np.random.default_rng(k)
-        it.set_tensor(d["index"], rng.integers(info.min, info.max + 1, d["shape"]).astype(d["dtype"])
-                      if info is not None else rng.standard_normal(d["shape"]).astype(d["dtype"]))
+        it = ready(path, threads, delegate, seed=k)
         for _ in range(warmup):
             it.invoke()
         its.append(it)
-    rounds = max(1, min(rounds, runs))
-    per = [runs // rounds + (r < runs % rounds) for r in range(rounds)]
     times = [[] for _ in its]
-    for n in per:
+    for n in round_sizes(runs, rounds):
         for it, t in zip(its, times):
             for _ in range(n):
                 t0 = time.perf_counter_ns()

@@ -294,14 +294,14 @@ class ADB(Transport):
 
     def run(self, paths: list[Path]) -> str:
         c = self.cfg
-        rounds = max(1, min(c.rounds, c.runs))
+        from .runner import round_sizes
         outs = []
-        for r in range(rounds):  # round-robin, as the runner: each model's runs spread over the job
+        for r, n in enumerate(round_sizes(c.runs, c.rounds)):  # round-robin, as the runner
             for p in paths:
                 cmd = (["taskset", c.taskset] if c.taskset else []) + [
                     f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
                     f"--use_xnnpack={'true' if c.delegate == 'xnnpack' else 'false'}",
-                    f"--warmup_runs={c.warmup if r == 0 else 1}", f"--num_runs={c.runs // rounds + (r < c.runs % rounds)}"]
+                    f"--warmup_runs={c.warmup if r == 0 else 1}", f"--num_runs={n}"]
                 outs.append(self._shell(*cmd))
         return "\0".join(outs)
 
