@@ -14,7 +14,7 @@ from export.simulate import DeployedModel
 from export.targets import DELEGATES, FAKE_QUANT, TARGETS
 from export.tflite import to_tflite
 from export.verify import TFLiteModel, op_diffs
-from qfa.core.space import get_space
+from qfa.core.space import FP, get_space
 from qfa.nas.predictor import PredictorError, collect, load_rows, scoring_of
 from qfa.nn.calibrate import calibrate
 from qfa.nn.evaluate import calibrate_best
@@ -141,3 +141,39 @@ def test_calibrated_ranges_cover_what_the_trained_grid_reads():
 
 def _hswish_np(v: np.ndarray) -> np.ndarray:
     return v * np.clip(v + 3, 0, 6) / 6
+
+
+@pytest.mark.parametrize("name", [*SPECS, "fp-mix"])
+def test_training_as_deployed_quantizes_the_tensors_the_file_calibrates(supernet, fmnist_train, name, monkeypatch):
+    """The ``deploy_quant`` training option quantizes one tensor for each 8-bit tensor of the
+    folded int8 graph that no trained quantizer owns (calibrated ranges), one 1/255 grid per SE
+    gate, one weight per conv the file puts on an 8-bit grid from FP, and nothing in eval mode."""
+    import qfa.nn.quant as quant
+    spec = SPECS.get(name) or SPACE.sample(np.random.default_rng(9), bits=(2, 8, FP))
+    seen = {"tensor": 0, "unit": 0, "weight": 0}
+
+    def counting(kind, fn):
+        return lambda x: seen.__setitem__(kind, seen[kind] + 1) or fn(x)
+
+    for kind, attr in (("tensor", "_int8_tensor"), ("unit", "_unit_grid"), ("weight", "_int8_per_channel")):
+        monkeypatch.setattr(quant, attr, counting(kind, getattr(quant, attr)))
+    x = resize(fmnist_train[:64], spec.resolution)
+    supernet.train().set_active(spec)
+    supernet.deploy_quant = True
+    try:
+        with torch.no_grad():
+            trained = supernet(x)
+            supernet.eval()
+            supernet.calibrated_for = spec.hash
+            supernet(x)  # evaluation runs the trained model
+    finally:
+        supernet.deploy_quant = False
+    counted = dict(seen)
+    calibrate(supernet, spec, [x])
+    g = fold(extract(supernet, spec), x[:16])
+    shifted = {op.inputs[0] for op in g.ops if op.kind == "addc"}  # the same tensor before a constant shift
+    calibrated = [t for t in g.tensors.values() if not (t.learned or t.is_float or t.name in shifted)]
+    gates = [t for t in calibrated if t.name.endswith(".se.expand")]
+    assert counted == {"tensor": len(calibrated) - len(gates), "unit": len(gates),
+                       "weight": sum(op.fweight is not None for op in g.ops)}, ([t.name for t in calibrated], counted)
+    assert torch.isfinite(trained).all()

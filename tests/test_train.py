@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -50,6 +51,7 @@ def test_config_presets_and_overrides(tmp_path):
     assert cfg.stages[0].bits == [FP] and FP in cfg.stages[2].bits  # the float targets deploy FP: trained last
     assert [s.n_random for s in cfg.stages] == [2, None, None]  # float stage: BigNAS's 2 random subnets
     assert load_config("fmnist", ["stage1.n_random=1"]).stages[2].n_random == 1
+    assert load_config("fmnist", ["stage1.deploy_quant=true"]).stages[2].deploy_quant
     paper = load_config("paper")
     assert paper.space_bits == [2, 3, 4, 32] and paper.n_random == 4 and paper.grad_clip == 500
     toml = tmp_path / "c.toml"
@@ -57,7 +59,8 @@ def test_config_presets_and_overrides(tmp_path):
     assert load_config(str(toml)).batch_size == 4
     for bad, msg in ((["nope=1"], "unknown config key 'nope'"), (["stage9.lr=1"], "no stage named 'stage9'"),
                      (["stage1.foo=1"], "stages have no field 'foo'"), (["act_quant=xx"], "act_quant must be"),
-                     (["float.n_random=-1"], "n_random must be >= 0")):
+                     (["float.n_random=-1"], "n_random must be >= 0"),
+                     (["float.deploy_quant=true"], "deploy_quant is an option of quantized stages")):
         with pytest.raises(ConfigError, match=msg):
             load_config("fmnist", bad)
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
@@ -79,6 +82,13 @@ def test_step_accumulates_every_subnet_and_no_decay_on_bn_bias_quantizers():
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     loss = SandwichStep(net, teacher=None)(x, y, specs)
     assert loss.ndim == 0 and torch.isfinite(loss)
+    losses = []
+    for deploy_quant in (False, False, True):
+        net.zero_grad()
+        torch.manual_seed(1)  # the same dropout
+        losses.append(float(SandwichStep(net, teacher=None, deploy_quant=deploy_quant)(x, y, specs)))
+    assert losses[0] == losses[1] != losses[2] and math.isfinite(losses[2])  # the file's 8-bit tensors ...
+    assert net.stem.weight.grad.abs().sum() > 0 and not net.deploy_quant  # ... pass gradients; calibration runs without them
     # gradients from both the largest (kernel 3..7, depth 3) and smallest subnet reached the weights
     assert net.stages[2][2].expand.weight.grad is not None
     assert net.stages[0][0].expand.weight.grad.abs().sum() > 0

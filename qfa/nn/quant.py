@@ -25,7 +25,7 @@ from qfa.core.space import FP
 __all__ = [
     "round_ste", "grad_scale", "qrange", "batch_range", "affine_fake_quant", "affine_fake_quant_reference",
     "Calibrated", "BatchQuant", "MinMaxQuant", "LSQActQuant", "LSQWeight", "QuantBank",
-    "ACT_QUANTIZERS", "make_act_quantizer",
+    "ACT_QUANTIZERS", "make_act_quantizer", "deploy_quant", "deploy_quant_weight", "deploy_quant_unit",
 ]
 
 _EPS = fused.EPS
@@ -103,6 +103,64 @@ def affine_fake_quant_reference(x: torch.Tensor, lo: torch.Tensor, hi: torch.Ten
     s, z = fused.range_params(lo, hi, qmin, qmax)
     v = torch.clamp(alpha * x / s + z + offset, qmin, qmax)
     return (round_ste(v) - z - offset) * s / alpha
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``fn(x)`` forward (no autograd inside), the identity backward: every value lies inside the
+    range it is quantized on, so the straight-through gradient has nothing to clip."""
+
+    @staticmethod
+    def forward(ctx, x, fn):  # type: ignore[override]
+        with torch.no_grad():
+            return fn(x.detach())
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        return g, None
+
+
+def _round_away(v: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero (TFLite's requantization)."""
+    return v.abs().add_(0.5).floor_().copysign_(v)
+
+
+def _int8_tensor(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
+    s = ((hi - lo) / 255).clamp(min=_EPS)
+    z = (-128 - torch.round(lo / s))
+    return _round_away(x / s).add_(z).clamp_(-128, 127).sub_(z).mul_(s)
+
+
+def _int8_per_channel(w: torch.Tensor) -> torch.Tensor:
+    s = (w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127).clamp(min=1e-12)
+    return _round_away(w / s).clamp_(-127, 127).mul_(s)
+
+
+def _unit_grid(v: torch.Tensor) -> torch.Tensor:
+    return _round_away(v * 255).div_(255)
+
+
+def deploy_quant(x: torch.Tensor) -> torch.Tensor:
+    """An int8 target's quantization of a tensor no trained quantizer owns (training's mirror of
+    the file's 8-bit tensors): per tensor, on the batch's range widened to include 0,
+    straight-through gradient. The file's ranges are fixed once per subnet and may clip
+    (``export.reference.fix_ranges``), so its steps are at most this coarse. A tensor this
+    returned is returned as it is (one file tensor, quantized once)."""
+    if getattr(x, "on_int8_grid", False):
+        return x
+    y = _StraightThrough.apply(x, _int8_tensor)
+    y.on_int8_grid = True
+    return y
+
+
+def deploy_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    """An FP conv's weights as an int8 target writes them: per output channel, symmetric 8-bit."""
+    return _StraightThrough.apply(w, _int8_per_channel)
+
+
+def deploy_quant_unit(x: torch.Tensor) -> torch.Tensor:
+    """A [0, 1] tensor on the file's fixed 1/255 grid (the SE gates' hard sigmoid)."""
+    return _StraightThrough.apply(x, _unit_grid)
 
 
 class Calibrated(nn.Module):

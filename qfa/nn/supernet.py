@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from qfa.nn.elastic.blocks import ElasticMBConv
 from qfa.nn.elastic.ops import ElasticConv2d
+from qfa.nn.quant import deploy_quant
 from qfa.core.space import BlockSpec, SearchSpace, SpecError, SubnetSpec, get_space, list_spaces, mid_channels
 
 __all__ = ["QFANet", "Supernet", "Subnet", "extract", "NotCalibratedError"]
@@ -81,18 +82,20 @@ class QFANet(nn.Module):
                                         bn=False, bias=True)
         nn.init.normal_(self.classifier.weight, std=0.01)
 
-    def _forward(self, x: torch.Tensor, spec: SubnetSpec) -> torch.Tensor:
-        s = self.space
-        x = self.stem(x, s.stem_width, s.stem_bits)
-        x = self.first(x, BlockSpec(3, 1, spec.first))
+    def _forward(self, x: torch.Tensor, spec: SubnetSpec, deployed: bool = False) -> torch.Tensor:
+        """``deployed``: with the 8-bit tensors of an int8 target's file that no trained quantizer
+        owns quantized too (``deploy_quant`` of :class:`Supernet`: a training option)."""
+        s, d = self.space, deployed
+        x = self.stem(x, s.stem_width, s.stem_bits, deployed=d)
+        x = self.first(x, BlockSpec(3, 1, spec.first), d)
         for blocks, stage in zip(self.stages, spec.stages):
             for block, b in zip(blocks, stage):
-                x = block(x, b)
-        x = self.final_expand(x, s.final_expand_width, spec.head[0])
-        x = x.mean((2, 3), keepdim=True)
-        x = self.feature_mix(x, s.feature_mix_width, spec.head[1])
-        x = self.classifier(self.dropout(x), s.num_classes, s.classifier_bits)
-        return x.flatten(1)
+                x = block(x, b, d)
+        x = self.final_expand(x, s.final_expand_width, spec.head[0], deployed=d)
+        x = (deploy_quant(x) if d else x).mean((2, 3), keepdim=True)
+        x = self.feature_mix(x, s.feature_mix_width, spec.head[1], deployed=d)
+        x = self.classifier(self.dropout(x), s.num_classes, s.classifier_bits, deployed=d)
+        return (deploy_quant(x) if d else x).flatten(1)
 
     def elastic_convs(self) -> Iterator[ElasticConv2d]:
         return (m for m in self.modules() if isinstance(m, ElasticConv2d))
@@ -116,6 +119,7 @@ class Supernet(QFANet):
         super().__init__(space, act_quant, None, dropout)
         self._active: SubnetSpec | None = None
         self.calibrated_for: str | None = None  # hash of the spec whose statistics are loaded
+        self.deploy_quant = False  # train with an int8 file's other 8-bit tensors quantized (a stage option)
         self.init_weight_quantizers()
 
     @property
@@ -147,7 +151,7 @@ class Supernet(QFANet):
         if not self.training and self.calibrated_for != spec.hash:
             raise NotCalibratedError(f"subnet {spec.hash} is not calibrated: run qfa.nn.calibrate.calibrate() "
                                      "before evaluating it")
-        return self._forward(x, spec)
+        return self._forward(x, spec, self.deploy_quant and self.training)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "Supernet":

@@ -33,6 +33,8 @@ class StageCfg:
     lr: float
     warmup_epochs: float = 0.0
     n_random: int | None = None             # random subnets a step here; None: the config's n_random
+    deploy_quant: bool = False              # also quantize the int8 file's other 8-bit tensors (input,
+                                            # hard-swish pre-activations, residual and SE tensors, logits)
 
 
 @dataclass
@@ -99,6 +101,8 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name!r}: epochs and lr must be positive")
         if self.act_quant not in ("bq", "minmax", "lsq"):
             raise ConfigError(f"act_quant must be bq, minmax or lsq, got {self.act_quant!r}")
+        if any(s.deploy_quant and s.bits == [32] for s in self.stages):
+            raise ConfigError("deploy_quant is an option of quantized stages, not of the float stage")
         if any(s.n_random is not None and s.n_random < 0 for s in self.stages):
             raise ConfigError("a stage's n_random must be >= 0")
         if not (self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1)):

@@ -334,7 +334,7 @@ class Trainer:
                 if idx != self.stage_idx:
                     self._enter_stage(idx)
                 step_fn = SandwichStep(self.net, model, self.teacher, self.cfg.kd_ratio, self.cfg.label_smoothing,
-                                       self.cfg.amp, self.cfg.channels_last)
+                                       self.cfg.amp, self.cfg.channels_last, self.cfg.stages[idx].deploy_quant)
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
                 stage_end = min(int(self.bounds[idx + 1]), end)
                 n_random = self.cfg.stages[idx].n_random

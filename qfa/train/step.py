@@ -40,14 +40,16 @@ class SandwichStep:
             (max) subnet of the sandwich, used while training the float supernet itself.
         kd_ratio, label_smoothing: loss = CE_ls(out, y) + kd_ratio * soft-CE(out, teacher).
         amp: bf16 autocast (GPU).
+        deploy_quant: train with the int8 file's other 8-bit tensors quantized
+            (:attr:`Supernet.deploy_quant`), for this step only.
     """
 
     def __init__(self, net: Supernet, model: nn.Module | None = None, teacher: Subnet | None = None,
                  kd_ratio: float = 1.0, label_smoothing: float = 0.1, amp: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, deploy_quant: bool = False) -> None:
         self.net, self.model, self.teacher = net, model or net, teacher
         self.kd_ratio, self.label_smoothing = kd_ratio, label_smoothing
-        self.amp, self.channels_last = amp, channels_last
+        self.amp, self.channels_last, self.deploy_quant = amp, channels_last, deploy_quant
 
     def _autocast(self, device: torch.device):
         if self.amp and device.type == "cuda":
@@ -56,6 +58,13 @@ class SandwichStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, specs: Sequence[SubnetSpec]) -> torch.Tensor:
         """Accumulate gradients of all ``specs``; returns the summed loss (a device tensor)."""
+        self.net.deploy_quant = self.deploy_quant
+        try:
+            return self._step(x, y, specs)
+        finally:
+            self.net.deploy_quant = False  # calibration and evaluation run the trained model
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, specs: Sequence[SubnetSpec]) -> torch.Tensor:
         total = torch.zeros((), device=x.device)
         soft_by_res: dict[int, torch.Tensor] = {}
         ddp = hasattr(self.model, "no_sync")

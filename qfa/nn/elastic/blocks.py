@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from qfa.core.space import BlockSpec, QBits, mid_channels, se_channels
 from qfa.nn.elastic.ops import ElasticConv2d
+from qfa.nn.quant import deploy_quant
 
 __all__ = ["ElasticSE", "ElasticMBConv", "se_channels"]
 
@@ -27,11 +28,11 @@ class ElasticSE(nn.Module):
         self.reduce = ElasticConv2d(max_channels, red, act="relu", **kw)
         self.expand = ElasticConv2d(red, max_channels, act="hsigmoid", **kw)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, deployed: bool = False) -> torch.Tensor:
         c = x.shape[1]
-        y = x.mean((2, 3), keepdim=True)
-        y = self.reduce(y, se_channels(c), self.bits)
-        return x * self.expand(y, c, self.bits)
+        y = x.mean((2, 3), keepdim=True)  # the file's MEAN writes onto the reduce conv's grid (8-bit if FP)
+        y = self.reduce(y, se_channels(c), self.bits, deployed=deployed)
+        return x * self.expand(y, c, self.bits, deployed=deployed)
 
 
 class ElasticMBConv(nn.Module):
@@ -68,17 +69,25 @@ class ElasticMBConv(nn.Module):
         self.project = ElasticConv2d(max_mid, out_ch, w_bits=pwb, a_bits=pab, act_signed=False,
                                      act_quant=act_quant)
 
-    def forward(self, x: torch.Tensor, spec: BlockSpec) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spec: BlockSpec, deployed: bool = False) -> torch.Tensor:
+        """``deployed``: also quantize the 8-bit tensors an int8 target's file keeps between
+        trained grids: the block input and the projection where a residual ADD reads them, the
+        depthwise output that SE reads twice (the ADD's sum is the next reader's business:
+        a block input, or written straight onto a trained grid)."""
+        if deployed and self.residual:
+            x = deploy_quant(x)
         if self.expand is not None:
             q_exp, q_dw, q_pw = spec.bits
-            h = self.expand(x, mid_channels(self.in_ch, spec.expand), q_exp)
+            h = self.expand(x, mid_channels(self.in_ch, spec.expand), q_exp, deployed=deployed)
         else:
             (q_dw, q_pw), h = spec.bits, x
-        h = self.dw(h, h.shape[1], q_dw, spec.kernel)
+        h = self.dw(h, h.shape[1], q_dw, spec.kernel, deployed=deployed)
         if self.se is not None:
-            h = self.se(h)
-        h = self.project(h, self.out_ch, q_pw)
-        return x + h if self.residual else h
+            h = self.se(deploy_quant(h) if deployed else h, deployed)
+        h = self.project(h, self.out_ch, q_pw, deployed=deployed)
+        if not self.residual:
+            return h
+        return x + (deploy_quant(h) if deployed else h)
 
     @torch.no_grad()
     def sort_channels(self) -> None:

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qfa.nn.quant import Calibrated, LSQWeight, QuantBank, make_act_quantizer
-from qfa.core.space import QBits
+from qfa.nn.quant import (Calibrated, LSQWeight, QuantBank, deploy_quant, deploy_quant_unit, deploy_quant_weight,
+                          make_act_quantizer)
+from qfa.core.space import FP, QBits
 
 __all__ = ["ACTIVATIONS", "ElasticBatchNorm2d", "ElasticConv2d"]
 
@@ -115,19 +116,28 @@ class ElasticConv2d(nn.Module):
         w = self.kernel_weight(kernel, out_ch)
         return w if self.depthwise else w[:, :in_ch]
 
-    def forward(self, x: torch.Tensor, out_ch: int, q: QBits, kernel: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_ch: int, q: QBits, kernel: int | None = None,
+                deployed: bool = False) -> torch.Tensor:
+        """``deployed``: also quantize what an int8 target's file quantizes here and training
+        otherwise keeps real: an FP input and FP weights (8-bit), a hard-swish pre-activation,
+        a hard-sigmoid output (its fixed 1/255 grid)."""
         in_ch = x.shape[1]
         kernel = kernel or self.kernels[-1]
         if self.depthwise:
             out_ch = in_ch
         qk = kernel if self.depthwise else None
-        x = self.aq(x, q.a, qk)
+        x = deploy_quant(x) if deployed and q.a == FP else self.aq(x, q.a, qk)
         w = self.wq(self.active_weight(in_ch, out_ch, kernel), q.w, qk)
+        if deployed and q.w == FP:
+            w = deploy_quant_weight(w)
         bias = None if self.bias is None else self.bias[:out_ch]
         y = F.conv2d(x, w, bias, self.stride, kernel // 2, 1, in_ch if self.depthwise else 1)
         if self.bn is not None:
             y = self.bn(y)
-        return ACTIVATIONS[self.act](y)
+        if deployed and self.act == "hswish":
+            y = deploy_quant(y)
+        y = ACTIVATIONS[self.act](y)
+        return deploy_quant_unit(y) if deployed and self.act == "hsigmoid" else y
 
     @torch.no_grad()
     def init_weight_quantizers(self) -> None:
