@@ -5,6 +5,7 @@ quantized vs the same loop in float (identical architectures, every conv FP), an
     python bench/train_step.py --space paper --batch 8 --resolution 128 --steps 5
     python bench/train_step.py --space paper --device cuda --amp --channels-last   # GPU, r128..224
     python bench/train_step.py --contend            # alone, then beside a niced `qfa cost` loop
+    python bench/train_step.py --bits 2,3,4,8,32 --deploy-quant   # + the step with the file's 8-bit tensors
 
 ``--contend`` is the A/B of training beside another process: the loop of ``nice -n 10 qfa cost``
 runs in a session of its own, as a command typed in another terminal would (the kernel's
@@ -41,10 +42,12 @@ def _sync(device: torch.device) -> None:
 class Loop:
     """One training loop (optimizer + step) over the shared supernet."""
 
-    def __init__(self, net: Supernet, teacher: Subnet, batch: int, device: torch.device, args) -> None:
+    def __init__(self, net: Supernet, teacher: Subnet, batch: int, device: torch.device, args,
+                 deploy_quant: bool = False) -> None:
         self.net, self.device = net, device
         self.opt = torch.optim.SGD(param_groups(net, 3e-5), lr=1e-3, momentum=0.9, nesterov=True)
-        self.step = SandwichStep(net, teacher=teacher, amp=args.amp, channels_last=args.channels_last)
+        self.step = SandwichStep(net, teacher=teacher, amp=args.amp, channels_last=args.channels_last,
+                                 deploy_quant=deploy_quant)
         r = max(net.space.resolutions)
         self.x = torch.randn(batch, net.space.in_channels, r, r, device=device)
         self.y = torch.randint(0, net.space.num_classes, (batch,), device=device)
@@ -62,10 +65,10 @@ class Loop:
 
 def measure(loops: dict, fspecs, qspecs, warmup: int, cores: CoreShare | None) -> dict[str, list[float]]:
     """Step times of each loop, interleaved, so drifting machine load hits both alike."""
-    times = {"float": [], "quantized": []}
+    times = {name: [] for name in loops}
     for i in range(len(qspecs)):
-        for name, specs in (("float", fspecs[i]), ("quantized", qspecs[i])):
-            dt = loops[name](specs)
+        for name in loops:
+            dt = loops[name](fspecs[i] if name == "float" else qspecs[i])
             if cores is not None:
                 cores()
             if i >= warmup:
@@ -110,6 +113,8 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--threads", default="auto", help="auto (default, as the trainer) or a fixed count")
     ap.add_argument("--contend", action="store_true", help="measure alone, then beside a niced qfa loop")
+    ap.add_argument("--deploy-quant", action="store_true",
+                    help="also time the quantized step with the int8 file's other 8-bit tensors (stage option deploy_quant)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -127,6 +132,8 @@ def main() -> None:
         qspecs = [[s.replace(resolution=args.resolution) for s in step] for step in qspecs]
     fspecs = [[s.with_bits(FP) for s in step] for step in qspecs]
     loops = {"float": Loop(net, teacher, args.batch, device, args), "quantized": Loop(net, teacher, args.batch, device, args)}
+    if args.deploy_quant:
+        loops["as_deployed"] = Loop(net, teacher, args.batch, device, args, deploy_quant=True)
     if args.threads != "auto":
         torch.set_num_threads(int(args.threads))
     max_threads = torch.get_num_threads()
@@ -140,6 +147,8 @@ def main() -> None:
         return out
     results = summary(measure(loops, fspecs, qspecs, args.warmup, cores))
     ratio = results["quantized"]["step_s"] / results["float"]["step_s"]
+    if args.deploy_quant:
+        results["as_deployed"]["vs_quantized"] = results["as_deployed"]["step_s"] / results["quantized"]["step_s"]
     contended = None
     if args.contend:
         pgid = competitor(args.space)
@@ -148,7 +157,7 @@ def main() -> None:
             contended["threads_at_end"] = cores.threads if cores else max_threads
         finally:
             os.killpg(pgid, signal.SIGTERM)
-        for name in ("float", "quantized"):
+        for name in loops:
             contended[name]["slowdown"] = contended[name]["step_s"] / results[name]["step_s"]
         if cores is not None:
             torch.set_num_threads(max_threads)
@@ -168,6 +177,9 @@ def main() -> None:
         r = results[name]
         print(f"  {name:9s} {r['step_s']:8.3f} s/step  {r['images_per_s']:8.1f} images/s")
     print(f"  quantized / float step time: {ratio:.3f}  (target <= 1.3)")
+    if args.deploy_quant:
+        r = results["as_deployed"]
+        print(f"  as deployed (deploy_quant) {r['step_s']:.3f} s/step: {r['vs_quantized']:.3f}x the quantized step")
     if contended:
         print(f"  beside a niced `qfa cost` loop in another session (threads at the end: {contended['threads_at_end']}):")
         for name in ("float", "quantized"):
