@@ -111,8 +111,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fn):  # type: ignore[override]
-        with torch.no_grad():
-            return fn(x.detach())
+        return fn(x.detach())
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
