@@ -88,6 +88,9 @@ def trained(t: LatencyTable, args) -> None:
     pred = np.array([t.predict(s) for s in specs])
     err = pred / (meas / 1000) - 1
     repeat = passes[1] / passes[0] - 1
+    plain = np.array([t.features(s)[0] for s in specs]) / meas - 1  # the entries' sum, no fitted correction
+    print(f"  plain sum of entries: RMSE {100 * np.sqrt(np.mean(plain ** 2)):.2f}%, within +-10%: "
+          f"{100 * np.mean(np.abs(plain) <= 0.1):.0f}%")
     print(f"  the same files timed twice: repeat RMSE {100 * np.sqrt(np.mean(repeat ** 2)):.2f}%, worst "
           f"{100 * repeat[np.argmax(np.abs(repeat))]:+.1f}%")
     for i in np.argsort(-np.abs(err))[:3]:
