@@ -21,7 +21,7 @@ from export.simulate import RANGE_BATCH, calibrate_ranges
 from qfa.nn.elastic.blocks import ElasticMBConv, ElasticSE
 from qfa.nn.elastic.ops import ElasticConv2d
 from qfa.nn.fused import EPS as _EPS, range_params
-from qfa.nn.quant import BatchQuant, LSQActQuant
+from qfa.nn.quant import BatchQuant, LSQActQuant, int8_per_channel
 from qfa.core.space import BlockSpec, QBits
 from qfa.nn.supernet import Subnet
 
@@ -58,8 +58,8 @@ def fold_weight(conv: ElasticConv2d, w_bits: int, kernel: int) -> tuple[np.ndarr
         qint = (w / s).clamp(wq.qmin, wq.qmax).round()
         scale = s.expand(out_ch).clone()
     else:
-        scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-12)
-        qint = (w / scale[:, None, None, None]).round().clamp(-127, 127)
+        qint, scale = int8_per_channel(w)
+        scale = scale.flatten()
     if conv.bn is not None:
         bn = conv.bn
         g = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)

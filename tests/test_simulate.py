@@ -155,7 +155,7 @@ def test_training_as_deployed_quantizes_the_tensors_the_file_calibrates(supernet
     def counting(kind, fn):
         return lambda x: seen.__setitem__(kind, seen[kind] + 1) or fn(x)
 
-    for kind, attr in (("tensor", "_int8_tensor"), ("unit", "_unit_grid"), ("weight", "_int8_per_channel")):
+    for kind, attr in (("tensor", "_int8_tensor"), ("unit", "_unit_grid"), ("weight", "_int8_weight_values")):
         monkeypatch.setattr(quant, attr, counting(kind, getattr(quant, attr)))
     x = resize(fmnist_train[:64], spec.resolution)
     supernet.train().set_active(spec)

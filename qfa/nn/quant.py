@@ -25,7 +25,8 @@ from qfa.core.space import FP
 __all__ = [
     "round_ste", "grad_scale", "qrange", "batch_range", "affine_fake_quant", "affine_fake_quant_reference",
     "Calibrated", "BatchQuant", "MinMaxQuant", "LSQActQuant", "LSQWeight", "QuantBank",
-    "ACT_QUANTIZERS", "make_act_quantizer", "deploy_quant", "deploy_quant_weight", "deploy_quant_unit",
+    "ACT_QUANTIZERS", "make_act_quantizer", "int8_per_channel",
+    "deploy_quant", "deploy_quant_weight", "deploy_quant_unit",
 ]
 
 _EPS = fused.EPS
@@ -118,25 +119,34 @@ class _StraightThrough(torch.autograd.Function):
         return g, None
 
 
-def _round_away(v: torch.Tensor) -> torch.Tensor:
-    """Round half away from zero (TFLite's requantization)."""
+def _round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """Round half away from zero, as TFLite's requantization does (in place on a fresh tensor:
+    fewer temporaries). ``export.simulate`` keeps its own copy: export reaches model code only
+    through the fold, the one seam."""
     return v.abs().add_(0.5).floor_().copysign_(v)
+
+
+def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An FP conv weight on the symmetric 8-bit grid an int8 file gives it: (integers, per output
+    channel scales shaped to broadcast against ``w``)."""
+    s = (w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127).clamp(min=1e-12)
+    return (w / s).round().clamp(-127, 127), s
 
 
 def _int8_tensor(x: torch.Tensor) -> torch.Tensor:
     lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
     s = ((hi - lo) / 255).clamp(min=_EPS)
     z = (-128 - torch.round(lo / s))
-    return _round_away(x / s).add_(z).clamp_(-128, 127).sub_(z).mul_(s)
+    return _round_half_away(x / s).add_(z).clamp_(-128, 127).sub_(z).mul_(s)
 
 
-def _int8_per_channel(w: torch.Tensor) -> torch.Tensor:
-    s = (w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127).clamp(min=1e-12)
-    return _round_away(w / s).clamp_(-127, 127).mul_(s)
+def _int8_weight_values(w: torch.Tensor) -> torch.Tensor:
+    q, s = int8_per_channel(w)
+    return q.mul_(s)
 
 
 def _unit_grid(v: torch.Tensor) -> torch.Tensor:
-    return _round_away(v * 255).div_(255)
+    return _round_half_away(v * 255).div_(255)
 
 
 def deploy_quant(x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +164,7 @@ def deploy_quant(x: torch.Tensor) -> torch.Tensor:
 
 def deploy_quant_weight(w: torch.Tensor) -> torch.Tensor:
     """An FP conv's weights as an int8 target writes them: per output channel, symmetric 8-bit."""
-    return _StraightThrough.apply(w, _int8_per_channel)
+    return _StraightThrough.apply(w, _int8_weight_values)
 
 
 def deploy_quant_unit(x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from qfa.core.space import DATA_FIELDS
+from qfa.core.space import DATA_FIELDS, FP
 
 __all__ = ["StageCfg", "TrainConfig", "load_config", "preset_path", "ConfigError"]
 
@@ -101,7 +101,7 @@ class TrainConfig:
                 raise ConfigError(f"stage {s.name!r}: epochs and lr must be positive")
         if self.act_quant not in ("bq", "minmax", "lsq"):
             raise ConfigError(f"act_quant must be bq, minmax or lsq, got {self.act_quant!r}")
-        if any(s.deploy_quant and s.bits == [32] for s in self.stages):
+        if any(s.deploy_quant and s.bits == [FP] for s in self.stages):
             raise ConfigError("deploy_quant is an option of quantized stages, not of the float stage")
         if any(s.n_random is not None and s.n_random < 0 for s in self.stages):
             raise ConfigError("a stage's n_random must be >= 0")
