@@ -6,7 +6,8 @@ examples:
   python hw/profile.py --device pi4 --target ssh://pi@raspberrypi.local --threads 4
   python hw/profile.py --device host-x86 --validate 100 --json
 
-Rows are appended as they are measured; a rerun skips measured keys (Ctrl-C loses nothing).
+Rows are appended as they are measured, a row per entry and timing sweep; a rerun skips what
+is measured (Ctrl-C loses nothing).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(_here.parent))
 
 from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS  # noqa: E402
-from hw.profiling import ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
+from hw.profiling import SWEEPS, ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
 from hw.table import TableError  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
@@ -59,6 +60,9 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--rounds", type=integer(1, 1000), default=8,
                    help="round-robin passes the runs are spread over (default 8; the fastest invoke is the latency)")
     p.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="warm-up invokes per model (default 10)")
+    p.add_argument("--sweeps", type=integer(1, 100), default=SWEEPS,
+                   help=f"timing passes over every entry, each in another order (default {SWEEPS}): an entry is its "
+                   "fastest, so a host that slows down for a minute does not inflate what it timed then")
     p.add_argument("--calib-subnets", type=integer(0, 100_000), default=40,
                    help="whole subnets measured to fit the correction (default 40; 0: the plain sum)")
     p.add_argument("--validate", type=integer(1, 100_000), metavar="N",
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
     job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
                      deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target,
-                     jobs=args.jobs, calib_subnets=args.calib_subnets, validate=args.validate, estimate=args.estimate,
+                     jobs=args.jobs, calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate, estimate=args.estimate,
                      out_dir=out_dir, json=args.json)
     run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
                     taskset=args.taskset, runtime=args.runtime, ssh_options=tuple(args.ssh_option or ()),

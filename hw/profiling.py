@@ -16,7 +16,8 @@ import numpy as np
 from export.targets import DEFAULT_RUNTIME, TARGETS, runtime_of
 from qfa.core.space import FP
 from hw.build import build, write_model
-from hw.table import FIELDS, LatencyTable, TableError, append_row, fit_correction, read_meta, read_rows, stat_of
+from hw.table import (FIELDS, LatencyTable, TableError, add_sweep_column, append_row, fit_correction, read_meta,
+                      read_sweeps, stat_of)
 from hw.transport import Transport
 from qfa.core.fileio import atomic_write, drop_partial_tail
 
@@ -24,6 +25,7 @@ __all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
 
 STAT = "min_us"      # what a new table records as each entry's latency (hw.table.STATS)
 BATCH_MODELS = 96    # models timed together, round-robin (a crash loses at most one batch)
+SWEEPS = 2           # passes over every entry, each in another order (hw.table.FIELDS): min over them
 
 
 SHARED_ENTRIES = ("nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM clamp ('i8c') and "
@@ -44,6 +46,7 @@ class ProfileJob:
     target: str = "local"                       # the transport's URL, recorded in the metadata
     jobs: int = 1                               # processes converting block models
     calib_subnets: int = 40
+    sweeps: int = SWEEPS                        # timing passes over every entry (and every whole subnet)
     validate: int | None = None
     estimate: int | None = None
     out_dir: Path = Path("latency_tables")
@@ -94,13 +97,14 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
         raise TableError(f"{out} holds measurements of another space/target/runtime configuration/timing "
                          f"({meta.get('space')}/{meta.get('target')}/{runtime_of(meta)}/{stat_of(meta)}): "
                          "use another --device name")
-    done = set()
+    timed: dict = {}  # (key, sweep) -> us
     if out.exists():
         cut = drop_partial_tail(out)  # a crash mid-write: the half row goes, its entry is measured again
         if cut:
             print(f"profile: dropped a half-written last row of {out} ({len(cut)} bytes); measuring it again",
                   file=sys.stderr)
-        done = set(read_rows(out, STAT)[0])
+        timed = read_sweeps(out, STAT)[0]
+        add_sweep_column(out)
     facts = transport.facts()
     meta.update({"device": job.device, "space": space.name, "space_hash": space.hash, "space_json": space.to_json(), "target": target.name,
                  "threads": job.threads, "delegate": job.delegate, "transport": job.target, "resolutions": sorted(set(meta.get("resolutions", [])) | set(resolutions)),
@@ -113,30 +117,39 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
     factory = BlockFactory(space)
     table = LatencyTable({}, meta, space)
     specs = table.probes(resolutions)
-    todo = [s for s in specs if any(en.key not in done for en in entries(s, target))]
+    sweeps = range(1, job.sweeps + 1)
+    todo = [s for s in specs if any((en.key, k) not in timed for en in entries(s, target) for k in sweeps)]
     t0 = time.time()
 
     def built(i: int, n: int) -> None:
         if not job.json:
             _progress(f"profile: built models of {i}/{n} shapes ({job.jobs} jobs), {time.time() - t0:.0f}s")
     paths = build(todo, target, job.jobs, progress=built)
-    n_new, i = 0, 0
-    while i < len(todo):  # batches of >= BATCH_MODELS models: each one's rounds spread over the batch
-        new: dict = {}
-        while i < len(todo) and len(new) < BATCH_MODELS:
-            new.update({en.key: en for en in entries(todo[i], target) if en.key not in done})
-            i += 1
-        for en, res in zip(new.values(), transport.measure([paths[k] for k in new])):
-            append_row(out, {**en._asdict(), "key": en.key, **{f: res[f] for f in FIELDS if f in res}})
-            done.add(en.key)
-            n_new += 1
-        if not job.json:
-            _progress(f"profile: measured {i}/{len(todo)} shapes, {len(done)} entries ({n_new} new), "
-                      f"{time.time() - t0:.0f}s")
+    ents = {en.key: en for s in todo for en in entries(s, target)}  # sweep 1 in probe order, later ones shuffled
+    ov_path = write_model(overhead_model(target))
+    rng, n_new = np.random.default_rng(0), 0
+    for sweep in sweeps:
+        keys = [k for k in ents if (k, sweep) not in timed]
+        if sweep > 1:
+            rng.shuffle(keys)
+        for i in range(0, len(keys), BATCH_MODELS):
+            batch = keys[i:i + BATCH_MODELS]
+            ov, *res = transport.measure([ov_path] + [paths[k] for k in batch])
+            for k, r in zip(batch, res):
+                append_row(out, {**ents[k]._asdict(), "key": k, **{f: r[f] for f in FIELDS if f in r}, "sweep": sweep})
+                timed[k, sweep] = r[STAT]
+                n_new += 1
+            if ov[STAT] < meta["overhead_us"]:  # the per-invoke overhead, also at its fastest
+                meta["overhead_us"] = ov[STAT]
+                _save_meta(meta_path, meta)
+            if not job.json:
+                _progress(f"profile: sweep {sweep}/{job.sweeps}: timed {i + len(batch)}/{len(keys)} entries "
+                          f"({n_new} rows new), {time.time() - t0:.0f}s")
     end_progress()
-    if job.calib_subnets and "calibration" not in meta:
+    done = {k for k, _ in timed}
+    if job.calib_subnets and (n_new or "calibration" not in meta):  # new rows: fitted again
         x, meas, ext = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1,
-                              extremes=True)
+                              sweeps=job.sweeps, extremes=True)
         meta["calibration"] = fit_correction(x, meas, ext)
         _save_meta(meta_path, meta)
     return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
@@ -169,22 +182,23 @@ def estimate(job: ProfileJob, transport: Transport) -> dict:
         t = time.perf_counter()
         transport.measure([write_model(factory.whole(whole, target), tmp)])
         t_whole = time.perf_counter() - t
-    blocks_s = t_build * len(specs) / max(job.jobs, 1) + t_entry * len(keys)
+    blocks_s = t_build * len(specs) / max(job.jobs, 1) + t_entry * len(keys) * job.sweeps
     return {"space": space.name, "resolutions": resolutions, "target": target.name, "shapes": len(specs),
             "entries": len(keys), "sampled_shapes": len(sample), "build_s_per_shape": round(t_build, 2),
             "measure_s_per_entry": round(t_entry, 3), "jobs": job.jobs, "estimated_blocks_s": round(blocks_s),
-            "estimated_calibration_s": round(job.calib_subnets * t_whole),
-            "estimated_total_s": round(blocks_s + job.calib_subnets * t_whole)}
+            "estimated_calibration_s": round(job.calib_subnets * t_whole * job.sweeps),
+            "estimated_total_s": round(blocks_s + job.calib_subnets * t_whole * job.sweeps)}
 
 
 def _save_meta(path: Path, meta: dict) -> None:
     atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
 
 
-def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, extremes: bool = False):
+def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, sweeps: int,
+           extremes: bool = False):
     """(features [sum_us, 1, pieces, clamped convs], measured us, how many of them come first as
     extremes) of n whole subnets: random ones (with ``extremes``: after the min/max subnets of
-    each resolution)."""
+    each resolution), timed as the entries were (the fastest of ``sweeps`` jobs)."""
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
     sp = table.space
@@ -197,7 +211,8 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, e
         if s.resolution in res_ok:
             specs.append(s)
     paths = [write_model(factory.whole(s, target)) for s in specs]
-    meas = np.array([r[table.stat] for r in transport.measure(paths)])
+    passes = sweeps if table.stat == "min_us" else 1
+    meas = np.min([[r[table.stat] for r in transport.measure(paths)] for _ in range(passes)], axis=0)
     return np.array([table.features(s) for s in specs]), meas, len(ext)
 
 
@@ -208,7 +223,8 @@ def validate(job: ProfileJob, transport: Transport) -> dict:
     if table.runtime != want:
         raise TableError(f"{job.device} was measured with {table.runtime}, not {want}: pass its --delegate and "
                          "--threads to validate it")
-    x, meas, _ = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2)
+    x, meas, _ = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2,
+                        sweeps=job.sweeps)
     pred_raw = x[:, 0]
     pred = x @ table.coef
     err = (pred - meas) / meas

@@ -22,20 +22,23 @@ import numpy as np
 
 from export.targets import DELEGATES, TARGETS, Target, runtime_of
 from qfa.core.conventions import one_line
-from qfa.core.fileio import append_csv_row, strict_json
+from qfa.core.fileio import append_csv_row, atomic_write, strict_json
 from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_from_json
 
 from hw.entries import FLOAT_TOKENS, TOKENS, Entry, entries, token
 
-__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "STATS", "append_row", "clamped", "stat_of",
-           "read_meta", "read_rows"]
+__all__ = ["fit_correction", "LatencyTable", "TableError", "FIELDS", "FEATURES", "KEY", "STATS", "add_sweep_column", "append_row", "clamped", "stat_of",
+           "read_meta", "read_rows", "read_sweeps"]
 
 
 def clamped(spec: SubnetSpec) -> int:
     """Searched convs of ``spec`` whose input grid is below 8 bits."""
     return sum(q.a < 8 for q in spec.all_bits())
 
-FIELDS = list(Entry._fields) + ["key", "min_us", "median_us", "p10_us", "p90_us", "count", "cv"]
+FIELDS = list(Entry._fields) + ["key", "min_us", "median_us", "p10_us", "p90_us", "count", "cv", "sweep"]
+# A profile times every entry in several sweeps, each in another order minutes apart (a host that
+# slows down for a minute inflates whatever it times then); a row per entry and sweep, and an
+# entry's latency is its fastest sweep. Tables without the column were timed in one sweep.
 # The statistic a table predicts with (its metadata's "stat"): the fastest of the invokes spread
 # round-robin over the job (hw.runner); tables measured before it was recorded used the median.
 STATS = ("min_us", "median_us")
@@ -111,10 +114,11 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def read_rows(path: Path, stat: str = "median_us") -> tuple[dict[str, float], bytes]:
-    """``{key: latency us}`` (column ``stat``) of a table CSV, and the bytes of a half-written
-    last row (dropped, b"" if none). Each row needs a key of :data:`KEY`'s grammar, seen once,
-    and a finite latency > 0."""
+def read_sweeps(path: Path, stat: str = "median_us") -> tuple[dict[tuple[str, int], float], bytes]:
+    """``{(key, sweep): latency us}`` (column ``stat``) of a table CSV, and the bytes of a
+    half-written last row (dropped, b"" if none). Each row needs a key of :data:`KEY`'s grammar,
+    seen once per sweep, a sweep number >= 1 (1 if the table has no such column) and a finite
+    latency > 0."""
     raw = _read(path)
     dropped = b""
     if raw and not raw.endswith(b"\n"):
@@ -129,25 +133,51 @@ def read_rows(path: Path, stat: str = "median_us") -> tuple[dict[str, float], by
         names = reader.fieldnames
         if names is None or not {"key", stat} <= set(names):
             raise _bad(path, "header", f"not a latency table (columns {names}; need key and {stat})")
-        rows: dict[str, float] = {}
+        rows: dict[tuple[str, int], float] = {}
         for n, r in enumerate(reader, start=2):
             if None in r or None in r.values():
                 raise _bad(path, f"row {n}", f"has {len(r.get(None) or ()) + len(names)} fields, the header {len(names)}")
             key = r["key"]
             if not KEY.fullmatch(key):
                 raise _bad(path, f"row {n} field 'key'", f"not a table key: {key!r}")
-            if key in rows:
-                raise _bad(path, f"row {n} field 'key'", f"{key} appears twice")
+            sweep = r.get("sweep", "1")
+            if not re.fullmatch(r"[1-9][0-9]{0,2}", sweep):
+                raise _bad(path, f"row {n} field 'sweep'", f"must be a sweep number 1-999, got {sweep!r}")
+            if (key, int(sweep)) in rows:
+                raise _bad(path, f"row {n} field 'key'", f"{key} appears twice in sweep {sweep}")
             try:
                 v = float(r[stat])
             except ValueError:
                 v = float("nan")
             if not (math.isfinite(v) and 0 < v < 1e9):
                 raise _bad(path, f"row {n} field '{stat}'", f"must be a finite latency > 0 us, got {r[stat]!r}")
-            rows[key] = v
+            rows[key, int(sweep)] = v
     except csv.Error as e:
         raise _bad(path, f"line {reader.line_num}", f"unreadable CSV ({e})") from None
     return rows, dropped
+
+
+def read_rows(path: Path, stat: str = "median_us") -> tuple[dict[str, float], bytes]:
+    """``{key: latency us}`` of a table CSV: each entry's fastest sweep (:func:`read_sweeps`)."""
+    sweeps, dropped = read_sweeps(path, stat)
+    rows: dict[str, float] = {}
+    for (key, _), v in sweeps.items():
+        rows[key] = min(v, rows.get(key, v))
+    return rows, dropped
+
+
+def add_sweep_column(path: Path) -> None:
+    """Rewrite a table CSV from before sweeps with its rows as sweep 1, so that later sweeps
+    can be appended in the same columns (atomic: a crash leaves the old file or the new one)."""
+    text = _read(path).decode("utf-8", "replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "sweep" in reader.fieldnames:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows({**r, "sweep": 1} for r in reader)
+    atomic_write(path, buf.getvalue())
 
 
 def append_row(path: Path, row: dict) -> None:

@@ -19,6 +19,7 @@ from qfa.core.space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed"
+SHIPPED_ROWS = SHIPPED.with_suffix(".csv").read_bytes().count(b"\n") - 1
 SPACE = get_space("fmnist")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -174,7 +175,7 @@ def bad_table_edit(draw):
     a cut-off file, a metadata field replaced or dropped, or bytes of noise."""
     kind = draw(st.sampled_from(["cell", "cut", "meta", "meta-drop", "noise-csv", "noise-json"]))
     if kind == "cell":
-        row = draw(st.integers(0, 1322))
+        row = draw(st.integers(0, SHIPPED_ROWS - 1))
         col = draw(st.sampled_from(["key", "min_us", "median_us", "cv"]))
         val = draw(st.one_of(st.sampled_from(NASTY + ["-2.5", "0.0", "1e12"]), st.text(max_size=20)))
         must_fail = False
@@ -185,7 +186,7 @@ def bad_table_edit(draw):
             except ValueError:
                 must_fail = True
         elif col == "key":
-            must_fail = True  # a shipped key is unique; anything else is no key or a copy of one
+            must_fail = True  # a shipped key is unique in its sweep; anything else is no key or a copy of one
 
         def edit(csv_path: Path, json_path: Path):
             import pandas as pd

@@ -212,10 +212,13 @@ def test_checkpoint_messages_are_whole_and_name_both_spaces(tmp_path):
 
 
 # ---- kill -9 while profiling ---------------------------------------------------------------
+ROWS = 2 * 441  # of profile_cmd's table: 441 entries, 2 sweeps
+
+
 def profile_cmd(out_dir, cache) -> tuple[list[str], dict]:
-    """The r24 table of the fmnist space (441 entries), short timings, no calibration subnets."""
+    """The r24 table of the fmnist space (441 entries, 2 sweeps), short timings, no calibration subnets."""
     return ([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "t", "--out-dir", str(out_dir),
-             "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "0", "--json"],
+             "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "2", "--json"],
             {**os.environ, "QFA_CACHE": str(cache)})
 
 
@@ -228,7 +231,7 @@ def kill_and_resume(out_dir, cache, rng: np.random.Generator, kills: int) -> lis
     for k in range(kills):
         have = csv.read_bytes().count(b"\n") if csv.exists() else 0
         # kill at a random row still to come, spread over what is left, or now and then during start-up
-        left = max(1, 442 - have)
+        left = max(1, ROWS + 1 - have)
         at = have + 1 + int(rng.integers(0, max(1, 2 * left // (kills - k + 1)))) if rng.random() < 0.85 else None
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         t0 = time.time()
@@ -263,7 +266,7 @@ def test_kill_9_while_profiling_loses_and_corrupts_nothing(tmp_path, block_cache
     whole, killed = read_rows(tmp_path / "whole" / "t.csv"), read_rows(tmp_path / "killed" / "t.csv")
     assert whole[1] == killed[1] == b"" and set(whole[0]) == set(killed[0]) and len(killed[0]) == 441
     raw = (tmp_path / "killed" / "t.csv").read_bytes()
-    assert raw.count(b"key,") == 1 and LatencyTable.load(tmp_path / "killed" / "t.csv").rows.keys() == whole[0].keys()
+    assert raw.count(b"\n") == ROWS + 1 and raw.count(b"key,") == 1 and LatencyTable.load(tmp_path / "killed" / "t.csv").rows.keys() == whole[0].keys()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -35,12 +35,14 @@ def table_dir(tmp_path_factory, block_cache):
 
 def test_profile_writes_a_complete_resumable_table(table_dir, block_cache):
     df = pd.read_csv(table_dir / "t.csv")
-    assert df["key"].is_unique and (df["median_us"] > 0).all() and (df["resolution"] == 24).all()
+    # a row per entry and sweep; an entry's latency is its fastest sweep
+    assert (df.groupby("key")["sweep"].apply(sorted) == pd.Series([[1, 2]] * df["key"].nunique())).all()
+    assert (df["median_us"] > 0).all() and (df["resolution"] == 24).all()
     meta = json.loads((table_dir / "t.json").read_text())
     assert meta["space_hash"] == SPACE.hash and meta["overhead_us"] > 0 and "calibration" in meta
     # the table predicts with the fastest invoke, and says so
     assert meta["stat"] == "min_us" and (df["min_us"] <= df["median_us"]).all() and (df["min_us"] < df["median_us"]).any()
-    assert LatencyTable.load(table_dir / "t.csv").rows == dict(zip(df["key"], df["min_us"]))
+    assert LatencyTable.load(table_dir / "t.csv").rows == df.groupby("key")["min_us"].min().to_dict()
     # every key of any r24 spec is there
     rng = np.random.default_rng(0)
     specs = [s for s in (SPACE.sample(rng) for _ in range(200)) if s.resolution == 24][:40]
@@ -49,6 +51,25 @@ def test_profile_writes_a_complete_resumable_table(table_dir, block_cache):
     # a rerun measures nothing new
     r = _profile(table_dir, block_cache, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["new"] == 0
+
+
+def test_a_table_from_before_sweeps_loads_and_a_profile_adds_its_second_sweep(table_dir, block_cache, tmp_path):
+    df = pd.read_csv(table_dir / "t.csv")
+    old = df[df["sweep"] == 1].drop(columns="sweep")
+    old.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "t.json").write_text((table_dir / "t.json").read_text())
+    assert LatencyTable.load(tmp_path / "t.csv").rows == dict(zip(old["key"], old["min_us"]))
+    r = _profile(tmp_path, block_cache, "--calib-subnets", "0", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["new"] == len(old), r.stderr[-2000:]
+    new = pd.read_csv(tmp_path / "t.csv")
+    first = new[new["sweep"] == 1]
+    assert len(new) == 2 * len(old) and (first["min_us"].to_numpy() == old["min_us"].to_numpy()).all()
+    # each sweep holds an entry once, and a sweep is a number
+    for edit, message in ((lambda d: pd.concat([d, d.iloc[:1]]), "appears twice in sweep 1"),
+                          (lambda d: d.assign(sweep=d["sweep"].where(d.index != 3, 0)), "row 5 field 'sweep'")):
+        edit(df).to_csv(tmp_path / "t.csv", index=False)
+        with pytest.raises(TableError, match=message):
+            LatencyTable.load(tmp_path / "t.csv")
 
 
 def test_predict_many_matches_predict_and_missing_keys_fail(table_dir):
@@ -130,7 +151,7 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path, block_cache):
            "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(block_cache)}
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
            "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
-           "--resolution", "24", "--runs", "3", "--rounds", "1", "--warmup", "1", "--calib-subnets", "0", "--json"]
+           "--resolution", "24", "--runs", "3", "--rounds", "1", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "1", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "phone.csv")

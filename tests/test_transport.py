@@ -54,7 +54,8 @@ def sshd(tmp_path_factory):
 def test_profile_over_ssh_matches_local_keys(sshd, tmp_path, block_cache):
     url, opts = sshd
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "pi", "--target", url, "--out-dir", str(tmp_path),
-           "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--remote-python", sys.executable,
+           "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "1",
+           "--remote-python", sys.executable,
            "--json"] + [a for o in opts for a in ("--ssh-option", o)]
     env = {**os.environ, "QFA_CACHE": str(block_cache)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
