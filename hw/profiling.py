@@ -146,13 +146,12 @@ def profile(job: ProfileJob, transport: Transport) -> dict:
                 _progress(f"profile: sweep {sweep}/{job.sweeps}: timed {i + len(batch)}/{len(keys)} entries "
                           f"({n_new} rows new), {time.time() - t0:.0f}s")
     end_progress()
-    done = {k for k, _ in timed}
     if job.calib_subnets and (n_new or "calibration" not in meta):  # new rows: fitted again
         x, meas, ext = _whole(LatencyTable.load(out), factory, transport, target, job.calib_subnets, seed=1,
                               sweeps=job.sweeps, extremes=True)
         meta["calibration"] = fit_correction(x, meas, ext)
         _save_meta(meta_path, meta)
-    return {"table": str(out), "entries": len(done), "new": n_new, "overhead_us": meta["overhead_us"],
+    return {"table": str(out), "entries": len({k for k, _ in timed}), "new": n_new, "overhead_us": meta["overhead_us"],
             "calibration": meta.get("calibration")}
 
 

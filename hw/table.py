@@ -36,7 +36,7 @@ def clamped(spec: SubnetSpec) -> int:
     return sum(q.a < 8 for q in spec.all_bits())
 
 FIELDS = list(Entry._fields) + ["key", "min_us", "median_us", "p10_us", "p90_us", "count", "cv", "sweep"]
-# A profile times every entry in several sweeps, each in another order minutes apart (a host that
+# A profile times every entry in several sweeps over the table, each in another order (a host that
 # slows down for a minute inflates whatever it times then); a row per entry and sweep, and an
 # entry's latency is its fastest sweep. Tables without the column were timed in one sweep.
 # The statistic a table predicts with (its metadata's "stat"): the fastest of the invokes spread
