@@ -23,6 +23,7 @@ from hw.blocks import BlockFactory, overhead_model  # noqa: E402
 from hw.build import write_model  # noqa: E402
 from hw.runner import time_models  # noqa: E402
 from hw.table import LatencyTable, read_sweeps  # noqa: E402
+from hw.transport import Local, RunConfig  # noqa: E402
 
 
 def _rmse(e: np.ndarray) -> str:
@@ -56,6 +57,8 @@ def main() -> None:
     ov, whole, now = res[0], np.array(res[1:len(paths)]), dict(zip(keys, res[len(paths):]))
     now_sum = np.array([ov + sum(now[k] - ov for k in ks) for ks in spec_keys])
     table_sum = np.array([t.features(s)[0] for s in specs])
+    f = Local("local", RunConfig()).facts()
+    print(f"{f.get('cpu')} ({f.get('cpu_id')}, {f.get('cores')} cores), {f.get('runtime')}")
     print(f"{len(specs)} whole subnets and their {len(keys)} pieces, timed together ({rt}):")
     print(f"  sum of the pieces timed now vs whole: {_rmse(now_sum / whole - 1)}")
     print(f"  the table's plain sum vs whole:      {_rmse(table_sum / whole - 1)}")
