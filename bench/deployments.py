@@ -3,8 +3,8 @@ from each table alone and from all tables together, each exported as it would sh
 end to end here under the runtime configuration of the table it came from.
 
     python bench/deployments.py --checkpoint RUN \\
-        --table latency_tables/host-x86_64-1t-hswish-decomposed.csv \\
-        --table latency_tables/host-x86_64-1t-builtin-hswish-decomposed.csv [--budgets 0.15,0.3,0.6]
+        --table latency_tables/amd-epyc-zen4-1t-hswish-decomposed.csv \\
+        --table latency_tables/amd-epyc-zen4-1t-builtin-hswish-decomposed.csv [--budgets 0.15,0.3,0.6]
         [--predictor P1 --predictor P2]
 
 Each table is one deployment (lowering + delegate + threads). ``--predictor``, once per table,
@@ -75,7 +75,7 @@ def main() -> int:
                     x["measured_ms"] = time_model(str(out), rt["threads"], delegate=rt["delegate"])[LatencyTable.load(s["table"]).stat] / 1000
                     shipped[key] = x
                 x = shipped[key]
-                dep = f"{Path(s['table']).stem.replace('host-x86_64-1t', '') or '(default)'} {s['runtime']['delegate']}"
+                dep = f"{Path(s['table']).stem.replace('amd-epyc-zen4-1t', '') or '(default)'} {s['runtime']['delegate']}"
                 print(f"{budget:7.3f} {name:40s} {dep:34s} {s['predicted_latency_ms']:8.3f} {x['measured_ms']:8.3f} "
                       f"{s['predicted_top1']:9.2f} {x['verify']['tflite_top1']:9.2f}", flush=True)
                 rows.append({"budget_ms": budget, "tables": name, "chosen_table": s["table"],

@@ -1,6 +1,6 @@
 """Latency-table prediction: accuracy against whole subnets measured end to end, and speed.
 
-    python bench/latency_prediction.py [--table latency_tables/host-x86_64-1t.csv] [--n 100]
+    python bench/latency_prediction.py [--table latency_tables/amd-epyc-zen4-1t.csv] [--n 100]
     python bench/latency_prediction.py --table T --n 0 --trained RUN --n-trained 20
 
 Measures N random subnets (the table's space and resolutions) end to end on this host and
@@ -27,7 +27,7 @@ from hw.table import LatencyTable  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t.csv"))
+    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "amd-epyc-zen4-1t.csv"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--trained", help="a trained run (checkpoint) whose exported subnets are measured too")
     ap.add_argument("--n-trained", type=int, default=20)

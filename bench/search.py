@@ -1,6 +1,6 @@
 """NSGA-II search speed and convergence; answer time from a saved Pareto set.
 
-    python bench/search.py --checkpoint runs/fmnist_bq [--paper-table latency_tables/host-x86_64-1t-paper.csv]
+    python bench/search.py --checkpoint runs/fmnist_bq [--paper-table latency_tables/amd-epyc-zen4-1t-paper-r128.csv]
 
 fmnist: the trained predictor (RUN/predictor.safetensors) and the shipped host table; fronts
 after 50..1000 generations (population 500) compared by hypervolume, to show how many
@@ -35,7 +35,7 @@ def hypervolume(front: dict, ref: np.ndarray, scale: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="run folder with predictor.safetensors")
-    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed.csv"))
+    ap.add_argument("--table", default=str(ROOT / "latency_tables" / "amd-epyc-zen4-1t-hswish-decomposed.csv"))
     ap.add_argument("--paper-table", help="a paper-space table (hw/profile.py --space paper ...)")
     ap.add_argument("--gens", type=int, nargs="+", default=[50, 100, 200, 400, 1000])
     ap.add_argument("--budgets", type=float, nargs="*", default=None,

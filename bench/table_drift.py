@@ -8,7 +8,7 @@ every piece they are made of in one round-robin job now, and compares three figu
   blocks of rows as the profile timed them): a host that was slow while a stretch of the table
   was measured shows as a stretch of ratios > 1.
 
-    python bench/table_drift.py --table latency_tables/host-x86_64-1t-hswish-decomposed.csv --subnets 40
+    python bench/table_drift.py --table latency_tables/amd-epyc-zen4-1t-hswish-decomposed.csv --subnets 40
 """
 from __future__ import annotations
 

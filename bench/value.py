@@ -1,7 +1,7 @@
 """Value of the whole flow against what an edge engineer would ship instead, at equal MEASURED
 latency on this host, with the design cost of each and the search's regret.
 
-    python bench/value.py --run runs/fmnist [--table latency_tables/host-x86_64-1t-hswish-decomposed.csv]
+    python bench/value.py --run runs/fmnist [--table latency_tables/amd-epyc-zen4-1t-hswish-decomposed.csv]
                           [--budgets 0.1,0.2,0.4] [--out runs/value]
 
 RUN: a trained supernet (``qfa train fmnist --out RUN``). At each budget (default: the tightest

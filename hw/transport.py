@@ -21,7 +21,7 @@ from typing import ClassVar
 from export.targets import DEFAULT_RUNTIME, DELEGATES
 
 __all__ = ["TransportError", "BadTarget", "check_run_config", "RunConfig", "Transport", "Local", "SSH", "ADB", "TRANSPORTS", "make_transport",
-           "parse_benchmark_model", "host_mismatch", "FINGERPRINT"]
+           "parse_benchmark_model", "host_mismatch", "device_slug", "FINGERPRINT"]
 
 RUNNER = Path(__file__).resolve().parent / "runner.py"
 # the instruction-set flags that decide which kernels a runtime takes (XNNPACK, the builtin ones)
@@ -357,6 +357,17 @@ def host_mismatch(meta: dict) -> list[str]:
     theirs, ours = meta.get("device_facts") or {}, Local("local", RunConfig()).facts()
     return [f"{k}: {theirs[k]} vs {ours.get(k)}" if k in theirs else f"{k}: not stated by the table (here {ours.get(k)})"
             for k in FINGERPRINT if k in ours and (k not in theirs or theirs[k] != ours[k])]
+
+
+def device_slug(facts: dict) -> str:
+    """The device part of a table's name, from its facts: the CPU model and core design, e.g.
+    ``intel-xeon-platinum-8488c-f6m143`` or ``amd-epyc-f25m17`` ("AMD EPYC" alone names a Zen 3
+    and a Zen 4 alike); ``host`` when the CPU is not stated. Always a valid table name."""
+    cpu = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$", " ", str(facts.get("cpu", "")), flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")[:40].strip("-") or "host"
+    ident = dict(re.findall(r"(family|model|implementer|part) (\w+)", str(facts.get("cpu_id", ""))))
+    design = "".join(f"{k[0]}{ident[k]}" for k in ("family", "model", "implementer", "part") if k in ident)
+    return f"{slug}-{re.sub(r'[^a-z0-9]+', '', design.lower())[:16]}" if design else slug
 
 
 def make_transport(target: str, cfg: RunConfig = RunConfig()) -> Transport:

@@ -8,5 +8,5 @@ SHIPPED = Path(__file__).resolve().parent
 
 
 def shipped(name: str) -> Path:
-    """The CSV of the shipped table ``name`` (e.g. ``host-x86_64-1t-hswish-decomposed``)."""
+    """The CSV of the shipped table ``name`` (e.g. ``amd-epyc-zen4-1t-hswish-decomposed``)."""
     return SHIPPED / f"{name}.csv"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from qfa.core.space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "latency_tables" / "host-x86_64-1t-hswish-decomposed"
+SHIPPED = ROOT / "latency_tables" / "amd-epyc-zen4-1t-hswish-decomposed"
 SHIPPED_ROWS = SHIPPED.with_suffix(".csv").read_bytes().count(b"\n") - 1
 SPACE = get_space("fmnist")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -215,6 +215,22 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert [d.split(":")[0] for d in diff] == ["cpu_id", "cpu_flags"] and "not stated by the table" in diff[0]
 
 
+@pytest.mark.parametrize("facts, name", [
+    ({"cpu": "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz", "cpu_id": "family 6 model 143 stepping 8"},
+     "intel-xeon-platinum-8488c-f6m143"),
+    ({"cpu": "AMD EPYC", "cpu_id": "family 25 model 17 stepping 1"}, "amd-epyc-f25m17"),
+    ({"cpu_id": "implementer 0x41 part 0xd08 variant 0x0"}, "host-i0x41p0xd08"),
+    ({"cpu": "../../x; rm -rf ~ " + "y" * 90}, "x-rm-rf-" + "y" * 32),
+    ({}, "host")])
+def test_a_table_profiled_by_the_main_job_is_named_for_its_cpu(facts, name):
+    """The device part of a table name comes from the CPU model and core design (the same
+    "AMD EPYC" names a Zen 3 and a Zen 4), and whatever /proc/cpuinfo says is a valid name."""
+    from hw.profile import DEVICE_NAME
+    from hw.transport import device_slug
+    got = device_slug(facts)
+    assert got == name and DEVICE_NAME.fullmatch(got + "-1t-builtin") and ".." not in got
+
+
 @pytest.mark.parametrize("delegate", DELEGATES)
 def test_the_runner_times_a_model_under_each_runtime_configuration(table_dir, block_cache, tmp_path, delegate):
     """The device-side runner honours the delegate: XNNPACK is created for 'xnnpack' only (its

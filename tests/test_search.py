@@ -17,7 +17,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
-TABLE = ROOT / "latency_tables" / "host-x86_64-1t.csv"
+TABLE = ROOT / "latency_tables" / "amd-epyc-zen4-1t.csv"
 
 
 def test_collect_appends_resumes_and_uses_the_holdout(tmp_path):
@@ -339,7 +339,7 @@ def test_float_targets_search_full_precision_where_it_was_trained_and_labelled()
     pred, _ = fit(SPACE, [{"spec": s.dumps(), "top1": float(v)} for s, v in zip(specs, y)], hidden=32, layers=1,
                   epochs=40, encodings=[ENCODING])
     assert pred.meta["fp"]
-    f32 = LatencyTable.load(ROOT / "latency_tables" / "host-x86_64-1t-f32-hswish-decomposed.csv")
+    f32 = LatencyTable.load(ROOT / "latency_tables" / "amd-epyc-zen4-1t-f32-hswish-decomposed.csv")
     n_fp = {}
     for name, table in (("f32", f32), ("int8", LatencyTable.load(TABLE))):
         front = search_front(SPACE, pred, table, pop=40, gens=8, seed=0)

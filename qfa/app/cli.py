@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--data", help="ImageFolder root (default: the data the supernet was trained on)")
 
     sp2 = _command(sub, "search", cmd_search, help="best subnet under a latency budget (NSGA-II once, then from the saved Pareto set)",
-                        description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/host-x86_64-1t.csv --latency-ms 2")
+                        description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/amd-epyc-zen4-1t.csv --latency-ms 2")
     sp2.add_argument("--checkpoint", required=True)
     sp2.add_argument("--table", required=True, action="append", help="latency table CSV (with its JSON beside "
                      "it); repeat it to search across deployments (e.g. an XNNPACK and a builtin-kernels table): "

@@ -20,7 +20,7 @@ from qfa.core.fileio import atomic_write
 __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
 
 # hardswish as ADD + MUL: faster whole subnets than int8 HARD_SWISH on the x86 host it was measured on
-DEFAULT_TABLE = shipped("host-x86_64-1t-hswish-decomposed")
+DEFAULT_TABLE = shipped("amd-epyc-zen4-1t-hswish-decomposed")
 
 
 class JobError(RuntimeError):
@@ -72,6 +72,7 @@ def _say(msg: str) -> None:
 def main_job(cfg: JobConfig) -> dict:
     from export.targets import DEFAULT_RUNTIME
     from hw.table import LatencyTable
+    from hw.transport import Local, RunConfig, device_slug
     from qfa.nn.data import make_datasets
     from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
     from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_of
@@ -118,7 +119,8 @@ def main_job(cfg: JobConfig) -> dict:
                f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
                if other_space else "")
         rt = given.runtime  # the same deployment as the given table, measured here
-        name = "host" if rt == DEFAULT_RUNTIME else f"host-{rt['delegate']}-{rt['threads']}t"
+        name = f"{device_slug(Local('local', RunConfig()).facts())}-{rt['threads']}t" + (
+            "" if rt["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{rt['delegate']}")  # named for this device
         table_csv = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
         space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
