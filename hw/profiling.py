@@ -193,6 +193,14 @@ def _save_meta(path: Path, meta: dict) -> None:
     atomic_write(path, json.dumps(meta, indent=1, sort_keys=True))
 
 
+def extreme_specs(space, resolutions, float_io: bool) -> list:
+    """The min and max subnets of each resolution at the space's lowest and highest deployable
+    bits (and FP where the target deploys it): where tight and loose budgets end up."""
+    deployable = [b for b in space.bits if b != FP]
+    bits = sorted({min(deployable), max(deployable)}) + ([FP] if float_io and FP in space.bits else [])
+    return [f(bits=b).replace(resolution=r) for r in resolutions for f in (space.min_spec, space.max_spec) for b in bits]
+
+
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, sweeps: int,
            extremes: bool = False):
     """(features [sum_us, 1, pieces, clamped convs], measured us, how many of them come first as
@@ -200,10 +208,7 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, s
     each resolution), timed as the entries were (the fastest of ``sweeps`` jobs)."""
     rng = np.random.default_rng(seed)
     res_ok = table.meta["resolutions"]
-    sp = table.space
-    bits = (2, 8, FP) if target.float_io else (2, 8)
-    ext = [] if not extremes else [  # the min/max subnets tight and loose budgets end up near
-        f(bits=b).replace(resolution=r) for r in res_ok for f in (sp.min_spec, sp.max_spec) for b in bits][:n // 2]
+    ext = extreme_specs(table.space, res_ok, target.float_io)[:n // 2] if extremes else []
     specs = list(ext)
     while len(specs) < n:
         s = table.space.sample(rng)

@@ -13,7 +13,7 @@ from export.targets import DELEGATES, TARGETS
 from hw.entries import entries
 from hw.table import KEY, LatencyTable, TableError
 from hw.transport import parse_benchmark_model
-from qfa.core.space import get_space
+from qfa.core.space import FP, get_space, list_spaces
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
@@ -215,6 +215,22 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert [d.split(":")[0] for d in diff] == ["cpu_id", "cpu_flags"] and "not stated by the table" in diff[0]
 
 
+@pytest.mark.parametrize("name", list_spaces())
+@pytest.mark.parametrize("float_io", [False, True])
+def test_the_calibration_extremes_are_subnets_of_every_space(name, float_io):
+    """The whole subnets that fit a table's correction start with each resolution's min and max
+    subnets at the space's own lowest and highest bits (a paper-space profile once failed here,
+    after timing every entry, on a W8 subnet its space does not have)."""
+    from hw.profiling import extreme_specs
+    sp = get_space(name)
+    specs = extreme_specs(sp, sp.resolutions, float_io)
+    deployable = [b for b in sp.bits if b != FP]
+    assert {s.resolution for s in specs} == set(sp.resolutions)
+    assert {s.head[0].w for s in specs} == {min(deployable), max(deployable)} | ({FP} if float_io and FP in sp.bits else set())
+    for s in specs:
+        assert sp.parse(str(s)) == s  # a valid subnet of the space, as a user could write it
+
+
 @pytest.mark.parametrize("facts, name", [
     ({"cpu": "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz", "cpu_id": "family 6 model 143 stepping 8"},
      "intel-xeon-platinum-8488c-f6m143"),
@@ -229,6 +245,15 @@ def test_a_table_profiled_by_the_main_job_is_named_for_its_cpu(facts, name):
     from hw.transport import device_slug
     got = device_slug(facts)
     assert got == name and DEVICE_NAME.fullmatch(got + "-1t-builtin") and ".." not in got
+
+
+def test_every_shipped_table_is_named_for_the_cpu_its_fingerprint_states():
+    """Shipped tables state their device (fingerprint) and their name says which CPU it was."""
+    from latency_tables import SHIPPED
+    names = {"family 25 model 17 stepping 1": "amd-epyc-zen4-"}  # the core designs tables were shipped for
+    for csv in sorted(SHIPPED.glob("*.csv")):
+        facts = LatencyTable.load(csv).meta["device_facts"]
+        assert csv.stem.startswith(names[facts["cpu_id"]]) and facts["cpu"] in csv.stem.replace("-", " ").upper()
 
 
 @pytest.mark.parametrize("delegate", DELEGATES)
