@@ -75,7 +75,7 @@ def main() -> int:
                     x["measured_ms"] = time_model(str(out), rt["threads"], delegate=rt["delegate"])[LatencyTable.load(s["table"]).stat] / 1000
                     shipped[key] = x
                 x = shipped[key]
-                dep = f"{Path(s['table']).stem.replace('amd-epyc-zen4-1t', '') or '(default)'} {s['runtime']['delegate']}"
+                dep = f"{s['target'].removeprefix('tflite-')} {s['runtime']['delegate']} {s['runtime']['threads']}t"
                 print(f"{budget:7.3f} {name:40s} {dep:34s} {s['predicted_latency_ms']:8.3f} {x['measured_ms']:8.3f} "
                       f"{s['predicted_top1']:9.2f} {x['verify']['tflite_top1']:9.2f}", flush=True)
                 rows.append({"budget_ms": budget, "tables": name, "chosen_table": s["table"],

@@ -1,6 +1,7 @@
 """Latency tables: real LiteRT timings of block models sliced from the exported graph."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,6 +232,24 @@ def test_the_calibration_extremes_are_subnets_of_every_space(name, float_io):
         assert sp.parse(str(s)) == s  # a valid subnet of the space, as a user could write it
 
 
+@pytest.mark.parametrize("ends_follow_the_sum", [True, False])
+def test_a_correction_is_kept_only_if_it_holds_for_random_and_extreme_subnets(ends_follow_the_sum):
+    """Random subnets that run 0.9 x their sum + 50 us: the fitted correction wins on them; it is
+    kept when the min/max subnets follow the same rule, and dropped (the plain sum predicts) when
+    they follow the plain sum, which the fit would then miss, i.e. tight budgets."""
+    from hw.table import fit_correction
+    rng = np.random.default_rng(1)
+    n_ends, n = 12, 40
+    sums = np.concatenate([rng.uniform(50, 200, n_ends), rng.uniform(500, 5000, n - n_ends)])
+    x = np.column_stack([sums, np.ones(n), rng.integers(8, 40, n), rng.integers(0, 10, n)]).astype(float)
+    meas = 0.9 * sums + 50
+    if ends_follow_the_sum:
+        meas[:n_ends] = sums[:n_ends]
+    c = fit_correction(x, meas, extremes=n_ends)
+    assert (c["coef"] == [1.0, 0.0, 0.0, 0.0]) == ends_follow_the_sum
+    assert c["fit_rmse_pct"] < 1e-6 or ends_follow_the_sum
+
+
 @pytest.mark.parametrize("facts, name", [
     ({"cpu": "Intel(R) Xeon(R) Platinum 8488C CPU @ 2.40GHz", "cpu_id": "family 6 model 143 stepping 8"},
      "intel-xeon-platinum-8488c-f6m143"),
@@ -250,10 +269,12 @@ def test_a_table_profiled_by_the_main_job_is_named_for_its_cpu(facts, name):
 def test_every_shipped_table_is_named_for_the_cpu_its_fingerprint_states():
     """Shipped tables state their device (fingerprint) and their name says which CPU it was."""
     from latency_tables import SHIPPED
-    names = {"family 25 model 17 stepping 1": "amd-epyc-zen4-"}  # the core designs tables were shipped for
+    names = {"family 25 model 17 stepping 1": "amd-epyc-zen4-",  # the core designs tables were shipped for
+             "family 6 model 167 stepping 1": "intel-xeon-processor-f6m167-"}
     for csv in sorted(SHIPPED.glob("*.csv")):
         facts = LatencyTable.load(csv).meta["device_facts"]
-        assert csv.stem.startswith(names[facts["cpu_id"]]) and facts["cpu"] in csv.stem.replace("-", " ").upper()
+        words = re.sub(r"\((r|tm)\)", "", facts["cpu"], flags=re.IGNORECASE).lower().split()
+        assert csv.stem.startswith(names[facts["cpu_id"]]) and set(words) <= set(csv.stem.split("-")), csv.stem
 
 
 @pytest.mark.parametrize("delegate", DELEGATES)

@@ -93,12 +93,13 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     err = [ln for ln in r3.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert len(err) == 1 and "fastest achievable on this table is" in err[0], r3.stderr[-1000:]
     # a table that promises 10x the speed this host has: the shipped file is measured over the
-    # budget, which is one line and exit status 1 unless --allow-over-budget
-    fast = tmp_path / "fast.csv"
-    df = pd.read_csv(DEFAULT_TABLE)
+    # budget, which is one line and exit status 1 unless --allow-over-budget (made from the table
+    # the job used, which describes this host: shipped for its CPU, or profiled)
+    fast, used = tmp_path / "fast.csv", Path(s["table"])
+    df = pd.read_csv(used)
     df[["min_us", "median_us"]] /= 10
     df.to_csv(fast, index=False)
-    meta = json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())
+    meta = json.loads(used.with_suffix(".json").read_text())
     meta["overhead_us"] /= 10
     meta.pop("calibration", None)  # the plain sum, a tenth of what this host measured
     fast.with_suffix(".json").write_text(json.dumps(meta))
@@ -127,3 +128,22 @@ def test_main_job_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and len(err) == 1
     r = _qfa("search", "--checkpoint", str(tmp_path / "bad.pt"), "--table", str(tmp_path / "none.csv"), "--latency-ms", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_main_job_takes_the_table_shipped_for_this_cpu(tmp_path):
+    """Where the default table was measured on another CPU, a shipped table of the same deployment
+    measured on this one is used instead of profiling; one of another deployment, one measured
+    over a transport (another device), or one of another machine is not."""
+    import shutil
+    from hw.transport import Local, RunConfig
+    from qfa.app.main_job import DEFAULT_TABLE, shipped_for_this_host
+    like = json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())
+    here = {**like, "device_facts": Local("local", RunConfig()).facts()}
+    other = {**like, "device_facts": {**here["device_facts"], "cpu_id": "family 0 model 0 stepping 0"}}
+    for name, meta in [("a-other-cpu", other), ("b-builtin", {**here, "delegate": "builtin"}),
+                       ("c-over-ssh", {**here, "transport": "ssh"}), ("d-here", here)]:
+        shutil.copy(DEFAULT_TABLE, tmp_path / f"{name}.csv")
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    assert shipped_for_this_host(like, tmp_path) == tmp_path / "d-here.csv"
+    (tmp_path / "d-here.json").write_text(json.dumps({**here, "threads": 2}))
+    assert shipped_for_this_host(like, tmp_path) is None

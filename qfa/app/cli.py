@@ -734,7 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help=DATA_HELP + "; the space is fitted to it (default: Fashion-MNIST)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key (repeatable), "
                     "e.g. space.resolutions=[24,32] or stage1.epochs=1")
-    rp.add_argument("--table", help="latency table CSV (default: the shipped host table)")
+    rp.add_argument("--table", help="latency table CSV (default: the one shipped for this CPU, else this host profiled)")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
     rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")
     rp.add_argument("--n-predictor", type=integer(2), help="subnets to label for the predictor (default 60)")

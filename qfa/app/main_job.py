@@ -14,13 +14,31 @@ from pathlib import Path
 
 import numpy as np
 
-from latency_tables import shipped
+from latency_tables import SHIPPED, shipped
 from qfa.core.fileio import atomic_write
 
-__all__ = ["JobConfig", "JobError", "main_job", "print_summary", "TINY"]
+__all__ = ["JobConfig", "JobError", "main_job", "print_summary", "shipped_for_this_host", "TINY"]
 
 # hardswish as ADD + MUL: faster whole subnets than int8 HARD_SWISH on the x86 host it was measured on
 DEFAULT_TABLE = shipped("amd-epyc-zen4-1t-hswish-decomposed")
+
+
+def shipped_for_this_host(like: dict, where: Path = SHIPPED) -> Path | None:
+    """The shipped table measured on this machine for the same deployment as the table whose
+    metadata is ``like`` (target, runtime configuration, space), if one is shipped: a table is
+    measured per CPU, and the default names one of them (used for the default table only: a
+    table the user names is theirs)."""
+    from hw.table import TableError, read_meta
+    from hw.transport import host_mismatch
+    for csv in sorted(where.glob("*.csv")):
+        try:
+            meta = read_meta(csv.with_suffix(".json"))
+        except TableError:
+            continue
+        if (meta.get("transport", "local") == "local" and not host_mismatch(meta)
+                and all(meta.get(k) == like.get(k) for k in ("target", "delegate", "threads", "space_hash"))):
+            return csv
+    return None
 
 
 class JobError(RuntimeError):
@@ -112,6 +130,9 @@ def main_job(cfg: JobConfig) -> dict:
     table_csv = Path(cfg.table)
     given = table = LatencyTable.load(table_csv)
     mismatch = [] if cfg.profile else given.host_mismatch()
+    if mismatch and table_csv == DEFAULT_TABLE and (here := shipped_for_this_host(given.meta)):
+        _say(f"   {table_csv.name} describes another machine; {here.name} is shipped for this one (same deployment)")
+        table_csv, given, mismatch = here, LatencyTable.load(here), []
     other_space = not cfg.profile and given.space.hash != net.space.hash
     if cfg.profile or mismatch or other_space:
         import subprocess
