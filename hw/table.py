@@ -388,9 +388,8 @@ def fit_correction(x: np.ndarray, meas: np.ndarray, extremes: int = 0) -> dict:
     beats the plain sum (coef 1, 0, 0, 0) in 2-fold cross-validation over >= 16 random subnets AND
     does no worse than it on the extremes. Judged on all at once, a fit drawn to the extremes won
     there and then predicted random subnets worse than the plain sum (validation RMSE 3.6% vs
-    1.9%, 5.1% vs 3.1%); judged on the random ones alone, a fit with an intercept and a per-piece
-    term won there and predicted a small subnet 23% fast (0.140 ms, measured 0.197, plain sum
-    0.181; an Intel host, docs/results.md)."""
+    1.9%, 5.1% vs 3.1%); judged on the random ones alone (mostly large), a fit won there and
+    predicted a small subnet 29% fast (docs/results.md, "An Intel Xeon host")."""
     plain = np.array([1.0, 0.0, 0.0, 0.0])
     everyone = np.arange(len(meas))
 
@@ -406,7 +405,7 @@ def fit_correction(x: np.ndarray, meas: np.ndarray, extremes: int = 0) -> dict:
         halves = ((fit(a), b), (fit(b), a))  # each half predicted by the other half's fit
 
         def cv(keep) -> tuple[float, float]:  # (the fit's, the plain sum's) error on the subnets kept
-            parts = [(c, keep(i)) for c, i in halves if len(keep(i))]
+            parts = [(c, i) for c, i in ((c, keep(i)) for c, i in halves) if len(i)]
             return sum(rmse(c, i) for c, i in parts), sum(rmse(plain, i) for _, i in parts)
         (fit_random, plain_random), (fit_ends, plain_ends) = cv(lambda i: i[i >= extremes]), cv(lambda i: i[i < extremes])
         if fit_random < plain_random and fit_ends <= plain_ends:
