@@ -18,6 +18,7 @@ def _qfa(*args, timeout=540):
 @pytest.mark.slow
 def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     import pandas as pd
+    from latency_tables import SHIPPED
     from qfa.app.main_job import DEFAULT_TABLE
     run = tmp_path / "run"
     # --allow-over-budget: whether this host meets the budget depends on its speed today (CI's
@@ -42,6 +43,16 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert s["predicted_latency_ms"] <= s["budget_ms"]
     assert Path(s["pareto_png"]).stat().st_size > 1000 and Path(s["pareto_csv"]).exists()
     assert s["measured_latency_ms"] > 0 and s["within_budget"] == (s["measured_latency_ms"] <= s["budget_ms"])
+    # every configuration shipped for this CPU searched (or the one profiled here), the most accurate
+    # under the budget shipped and measured under its own configuration
+    from qfa.app.main_job import shipped_for_this_host
+    here = shipped_for_this_host(json.loads(DEFAULT_TABLE.with_suffix(".json").read_text()))
+    configs = s["configurations"]
+    assert [c["table"] for c in configs] == ([str(p) for p in here] or [s["table"]])
+    [chosen] = [c for c in configs if c["chosen"]]
+    assert chosen["table"] == s["table"] and chosen["hash"] == s["hash"] and chosen["runtime"] == {
+        k: v for k, v in s["runtime"].items() if k != "interpreter"}
+    assert chosen["top1"] == max(c["top1"] for c in configs if c["top1"] is not None)
     # rerun resumes: no training, no labelling, the saved Pareto set answers
     r2 = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget")
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -110,6 +121,12 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r5.returncode == 0, r5.stderr[-2000:]
     s5 = json.loads(r5.stdout)
     assert not s5["within_budget"] and s5["measured_latency_ms"] > s5["budget_ms"] >= s5["predicted_latency_ms"]
+    # tables of two targets are refused before anything is profiled: the labels score one
+    f32 = next(SHIPPED.glob("*-1t-f32-hswish-decomposed.csv"))
+    r7 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--table", str(f32))
+    err = [ln for ln in r7.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
+    assert r7.returncode == 2 and len(err) == 1 and "different targets" in err[0], r7.stderr[-1000:]
+    assert "profiling" not in r7.stderr
     # labels scored another way are refused, not mixed into the predictor: one line, exit 2
     df = pd.read_csv(labels)
     df["scored"] = "fake-quant"
@@ -130,10 +147,11 @@ def test_main_job_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_the_main_job_takes_the_table_shipped_for_this_cpu(tmp_path):
-    """Where the default table was measured on another CPU, a shipped table of the same deployment
-    measured on this one is used instead of profiling; one of another deployment, one measured
-    over a transport (another device), or one of another machine is not."""
+def test_the_main_job_takes_every_configuration_shipped_for_this_cpu(tmp_path):
+    """Where the user names no table, the main job searches every shipped table measured on this
+    CPU for the default's target and space, one per runtime configuration, the default's own
+    configuration first; a table of another CPU, target or space, or one measured over a transport
+    (another device), is not one of them."""
     import shutil
     from hw.transport import Local, RunConfig
     from qfa.app.main_job import DEFAULT_TABLE, shipped_for_this_host
@@ -141,9 +159,11 @@ def test_the_main_job_takes_the_table_shipped_for_this_cpu(tmp_path):
     here = {**like, "device_facts": Local("local", RunConfig()).facts()}
     other = {**like, "device_facts": {**here["device_facts"], "cpu_id": "family 0 model 0 stepping 0"}}
     for name, meta in [("a-other-cpu", other), ("b-builtin", {**here, "delegate": "builtin"}),
-                       ("c-over-ssh", {**here, "transport": "ssh"}), ("d-here", here)]:
+                       ("c-over-ssh", {**here, "transport": "ssh"}), ("d-here", here), ("e-2t", {**here, "threads": 2}),
+                       ("f-other-target", {**here, "target": "tflite-f32"}), ("g-other-space", {**here, "space_hash": "0"})]:
         shutil.copy(DEFAULT_TABLE, tmp_path / f"{name}.csv")
         (tmp_path / f"{name}.json").write_text(json.dumps(meta))
-    assert shipped_for_this_host(like, tmp_path) == tmp_path / "d-here.csv"
-    (tmp_path / "d-here.json").write_text(json.dumps({**here, "threads": 2}))
-    assert shipped_for_this_host(like, tmp_path) is None
+    assert shipped_for_this_host(like, tmp_path) == [tmp_path / f"{n}.csv" for n in ("d-here", "b-builtin", "e-2t")]
+    for n in ("b-builtin", "d-here", "e-2t"):
+        (tmp_path / f"{n}.json").write_text(json.dumps(other))
+    assert shipped_for_this_host(like, tmp_path) == []

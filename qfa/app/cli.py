@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile,
                     data=args.data)
     if args.table:
-        cfg.table = _table_arg(args.table)
+        cfg.tables = tuple(_table_arg(t) for t in args.table)
     if args.tiny:
         cfg = replace(cfg, **TINY)
     cfg.train_overrides = tuple(cfg.train_overrides) + tuple(args.set or ())
@@ -400,7 +400,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     import time as _time
     t0 = _time.perf_counter()
     # the saved-set path imports nothing heavy
-    from qfa.nas.search import SearchError, describe_formats, formats_report, pareto_base, saved_or_search
+    from qfa.nas.search import (SearchError, across_deployments, describe_deployments, describe_formats,
+                                formats_report, pareto_base, saved_or_search)
     from export.targets import DEFAULT_RUNTIME
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
@@ -459,14 +460,16 @@ def cmd_search(args: argparse.Namespace) -> None:
         answers.append((ranked, pset, base, front is None, table_csv))
     if not answers:
         raise CLIError("; ".join(misses), 2)
+    chosen, candidates = across_deployments(tables, [next((a[0] for a in answers if a[4] == t), None) for t in tables])
     verified, verify_s = None, 0.0
     if args.verify:
         t_v = _time.perf_counter()
         (best, _, base), verified = _verify(args, [(ps, b, rk) for rk, ps, b, _, _ in answers])
         verify_s = _time.perf_counter() - t_v
         _, _, _, cached, table_csv = next(a for a in answers if a[2] == base)
+        candidates = [{**c, "chosen": c["table"] == str(table_csv)} for c in candidates]
     else:
-        ranked, _, base, cached, table_csv = max(answers, key=lambda a: (a[0][0]["top1"], -a[0][0]["latency_ms"]))
+        ranked, _, base, cached, table_csv = next(a for a in answers if a[4] == tables[chosen])
         best = ranked[0]
     ms = (_time.perf_counter() - t0) * 1000
     runtime = best.get("runtime") or dict(DEFAULT_RUNTIME)
@@ -475,8 +478,7 @@ def cmd_search(args: argparse.Namespace) -> None:
            **({"file_bytes": best["file_bytes"]} if "file_bytes" in best else {}),
            "pareto": str(base.with_suffix(".jsonl")), "from_saved_set": cached, "answer_ms": round(ms, 1),
            "target": best.get("target", "tflite-int8"), "runtime": runtime, "table": str(table_csv),
-           "candidates": [{"table": str(t), "top1": rk[0]["top1"], "latency_ms": rk[0]["latency_ms"], "hash": rk[0]["hash"]}
-                          for rk, _, _, _, t in answers]}
+           "candidates": candidates}
     from export.targets import TARGETS
     if TARGETS[res["target"]].float_io:  # which parts deploy in float, and the all-int8 / all-float twins
         from hw.table import LatencyTable
@@ -486,9 +488,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     if verified is not None:
         res.update(holdout_top1=best["holdout"]["top1"], verified=verified, verify_s=round(verify_s, 1),
                    verify_calib_images=best["holdout"]["calib_images"])
-    why = ("" if len(tables) == 1 else f"\n  chosen over {len(tables)} tables: " + "; ".join(
-        f"{Path(c['table']).stem} {c['top1']:.2f}% at {c['latency_ms']:.3f} ms" for c in res["candidates"])
-        + (f"; {len(misses)} with no subnet under the budget" if misses else ""))
+    why = "" if len(tables) == 1 else f"\n  chosen over {len(tables)} tables: {describe_deployments(candidates)}"
     if verified is not None:
         new = sum(not v["cached"] for v in verified)
         why += (f"\n  verified: the {len(verified)} best-predicted under the budget labelled on the held-out split "
@@ -734,7 +734,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help=DATA_HELP + "; the space is fitted to it (default: Fashion-MNIST)")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a training config key (repeatable), "
                     "e.g. space.resolutions=[24,32] or stage1.epochs=1")
-    rp.add_argument("--table", help="latency table CSV (default: the one shipped for this CPU, else this host profiled)")
+    rp.add_argument("--table", action="append", help="latency table CSV, repeatable: one per runtime configuration "
+                    "searched (default: every configuration shipped for this CPU, else this host profiled)")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
     rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")
     rp.add_argument("--n-predictor", type=integer(2), help="subnets to label for the predictor (default 60)")

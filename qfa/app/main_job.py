@@ -23,22 +23,23 @@ __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "shipped_for_th
 DEFAULT_TABLE = shipped("amd-epyc-zen4-1t-hswish-decomposed")
 
 
-def shipped_for_this_host(like: dict, where: Path = SHIPPED) -> Path | None:
-    """The shipped table measured on this machine for the same deployment as the table whose
-    metadata is ``like`` (target, runtime configuration, space), if one is shipped: a table is
-    measured per CPU, and the default names one of them (used for the default table only: a
-    table the user names is theirs)."""
+def shipped_for_this_host(like: dict, where: Path = SHIPPED) -> list[Path]:
+    """The shipped tables measured on this machine for the deployment target and space of the
+    table whose metadata is ``like``, one per runtime configuration (delegate, threads), the one
+    ``like`` names first: a table is measured per CPU and configuration, and the main job searches
+    them all when the user named none (a table the user names is theirs)."""
     from hw.table import TableError, read_meta
     from hw.transport import host_mismatch
+    found = []
     for csv in sorted(where.glob("*.csv")):
         try:
             meta = read_meta(csv.with_suffix(".json"))
         except TableError:
             continue
         if (meta.get("transport", "local") == "local" and not host_mismatch(meta)
-                and all(meta.get(k) == like.get(k) for k in ("target", "delegate", "threads", "space_hash"))):
-            return csv
-    return None
+                and all(meta.get(k) == like.get(k) for k in ("target", "space_hash"))):
+            found.append((any(meta.get(k) != like.get(k) for k in ("delegate", "threads")), csv))
+    return [csv for _, csv in sorted(found)]
 
 
 class JobError(RuntimeError):
@@ -57,8 +58,8 @@ class JobConfig:
     data: str | None = None              # an ImageFolder root (None: Fashion-MNIST); the space is fitted to it
     config: str = "fmnist_short"         # training preset when training
     train_overrides: tuple[str, ...] = ()
-    table: Path = DEFAULT_TABLE
-    profile: bool = False                # measure this host into a new table first
+    tables: tuple[Path, ...] = (DEFAULT_TABLE,)  # one per runtime configuration searched (see _tables)
+    profile: bool = False                # measure this host into new tables first
     latency_ms: float | None = None      # default: the middle of the front's latency range
     n_predictor: int = 60
     calib_images: int = 500
@@ -87,14 +88,73 @@ def _say(msg: str) -> None:
     print(f"[qfa run] {msg}", file=sys.stderr, flush=True)
 
 
-def main_job(cfg: JobConfig) -> dict:
-    from export.targets import DEFAULT_RUNTIME
+def _tables(cfg: JobConfig, net, run: Path) -> list:
+    """Step 2: the (csv, LatencyTable) of each deployment to search, all of one target. The default
+    stands for every configuration shipped for this CPU; a table measured on another machine, or
+    for another space, is replaced by this host measured for the same deployment (the default:
+    under each delegate, whose speeds differ up to 14x by machine and model size)."""
+    import subprocess
+    from export.targets import DEFAULT_RUNTIME, DELEGATES
     from hw.table import LatencyTable
     from hw.transport import Local, RunConfig, device_slug
+    named = {csv: LatencyTable.load(csv) for csv in map(Path, cfg.tables)}
+    targets = sorted({t.target.name for t in named.values()})
+    if len(targets) > 1:
+        raise JobError(f"the tables deploy different targets ({', '.join(targets)}): one target per run, the one "
+                       "its labels score", 2)
+    out: list = []
+    for table_csv, given in named.items():
+        default = table_csv == DEFAULT_TABLE and not cfg.profile and given.space.hash == net.space.hash
+        here = shipped_for_this_host(given.meta) if default else []
+        if here:
+            _say(f"2/6 latency tables: {len(here)} runtime configuration(s) shipped for this CPU, each searched: "
+                 + ", ".join(p.name for p in here)
+                 + ("" if here[0] == table_csv else f" ({table_csv.name} describes another machine)"))
+            out += [(p, LatencyTable.load(p)) for p in here]
+            continue
+        mismatch = [] if cfg.profile else given.host_mismatch()
+        other_space = not cfg.profile and given.space.hash != net.space.hash
+        if not (cfg.profile or mismatch or other_space):
+            facts = given.meta.get("device_facts", {})
+            _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
+                 f"{given.runtime['delegate']}, {given.runtime['threads']} thread(s), as this host; --profile "
+                 "measures this host anyway)")
+            out.append((table_csv, given))
+            continue
+        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else
+               f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
+               if other_space else "")
+        # the same deployment as the given table, measured here; for the default, under each delegate
+        rt = given.runtime
+        configs = [rt] + [{**rt, "delegate": d} for d in DELEGATES if d != rt["delegate"] and table_csv == DEFAULT_TABLE]
+        space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
+        atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
+        for i, c in enumerate(configs, 1):
+            name = f"{device_slug(Local('local', RunConfig()).facts())}-{c['threads']}t" + (
+                "" if c["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{c['delegate']}")  # named for this device
+            profiled = run / "tables" / f"{name}.csv"
+            _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
+                 f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
+            r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
+                                str(profiled.parent), "--space", str(space_arg), "--deploy", given.target.name,
+                                "--delegate", c["delegate"], "--threads", str(c["threads"])],
+                               stdout=subprocess.PIPE, text=True)
+            sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
+            if r.returncode:
+                raise JobError("profiling the host failed (see above)", r.returncode)
+            out.append((profiled, LatencyTable.load(profiled)))
+    out = list({csv: (csv, t) for csv, t in out}.values())
+    for _, t in out:
+        t.check_space(net.space)
+    return out
+
+
+def main_job(cfg: JobConfig) -> dict:
     from qfa.nn.data import make_datasets
     from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
     from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_of
-    from qfa.nas.search import SearchError, formats_report, pareto_base, saved_or_search
+    from qfa.nas.search import (SearchError, across_deployments, describe_deployments, formats_report,
+                                pareto_base, saved_or_search)
     from qfa.nn.supernet import Supernet
     t_start = time.time()
     run = Path(cfg.run)
@@ -125,41 +185,10 @@ def main_job(cfg: JobConfig) -> dict:
         _say(f"   the supernet was trained on {net.data or 'Fashion-MNIST'}; labelling and verifying on {cfg.data}")
     timings["train_s"] = time.time() - t
 
-    # 2. latency table
+    # 2. latency tables: one per runtime configuration searched
     t = time.time()
-    table_csv = Path(cfg.table)
-    given = table = LatencyTable.load(table_csv)
-    mismatch = [] if cfg.profile else given.host_mismatch()
-    if mismatch and table_csv == DEFAULT_TABLE and (here := shipped_for_this_host(given.meta)):
-        _say(f"   {table_csv.name} describes another machine; {here.name} is shipped for this one (same deployment)")
-        table_csv, given, mismatch = here, LatencyTable.load(here), []
-    other_space = not cfg.profile and given.space.hash != net.space.hash
-    if cfg.profile or mismatch or other_space:
-        import subprocess
-        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else
-               f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else "")
-        rt = given.runtime  # the same deployment as the given table, measured here
-        name = f"{device_slug(Local('local', RunConfig()).facts())}-{rt['threads']}t" + (
-            "" if rt["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{rt['delegate']}")  # named for this device
-        table_csv = run / "tables" / f"{name}.csv"
-        _say(f"2/6 latency table: {why}profiling this host into {table_csv} (python -m hw.profile)")
-        space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
-        atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
-        r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
-                            str(table_csv.parent), "--space", str(space_arg), "--deploy", given.target.name,
-                            "--delegate", rt["delegate"], "--threads", str(rt["threads"])],
-                           stdout=subprocess.PIPE, text=True)
-        sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
-        if r.returncode:
-            raise JobError("profiling the host failed (see above)", r.returncode)
-        table = LatencyTable.load(table_csv)
-    else:
-        facts = given.meta.get("device_facts", {})
-        _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
-             f"{given.runtime['delegate']}, {given.runtime['threads']} thread(s), as this host; --profile measures "
-             "this host anyway)")
-    table.check_space(net.space)
+    tables = _tables(cfg, net, run)
+    table = tables[0][1]  # the labels are scored as its target computes
     timings["table_s"] = time.time() - t
 
     # 3. predictor
@@ -191,32 +220,48 @@ def main_job(cfg: JobConfig) -> dict:
          f"RMSE {metrics.get('rmse', float('nan')):.2f} points")
     timings["predictor_s"] = time.time() - t
 
-    # 4. search
+    # 4. search: one Pareto set per configuration, the most accurate under the budget over all
     t = time.time()
-    base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
-    pset, front = saved_or_search(base, lambda: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
-    _say(f"4/6 search: answering from the saved Pareto set {base.with_suffix('.jsonl')}" if front is None else
-         f"4/6 search: NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s")
-    lats = np.array([r["latency_ms"] for r in pset.rows])
-    # default: the middle of the front, and never below what the margin lets the fastest subnet meet
+    sets = []  # (csv, table, Pareto set, its base)
+    for table_csv, table in tables:
+        base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
+        pset, front = saved_or_search(base, lambda table=table: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
+        _say(f"4/6 search: {table_csv.stem}: " + (f"answering from the saved Pareto set {base.with_suffix('.jsonl')}"
+             if front is None else f"NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s"))
+        sets.append((table_csv, table, pset, base))
+    lats = np.array([r["latency_ms"] for *_, pset, _ in sets for r in pset.rows])
+    # default: the middle of the fronts, and never below what the margin lets the fastest subnet meet
     budget = cfg.latency_ms if cfg.latency_ms is not None else \
         float(np.ceil(max((lats.min() + lats.max()) / 2, lats.min() * (1 + cfg.margin)) * 1000) / 1000)
-    pset.save(base, budget)
-    try:
-        ranked = pset.ranked(budget, margin=cfg.margin)
-    except SearchError as e:
-        raise JobError(str(e), 2) from None
-    best, verified = ranked[0], None
+    ranked, misses = [], []
+    for table_csv, _, pset, base in sets:
+        pset.save(base, budget)
+        try:
+            ranked.append(pset.ranked(budget, margin=cfg.margin))
+        except SearchError as e:
+            ranked.append(None)
+            misses.append(str(e) + (f" ({table_csv.name})" if len(sets) > 1 else ""))
+    if not any(ranked):
+        raise JobError("; ".join(misses), 2)
+    chosen, candidates = across_deployments([csv for csv, *_ in sets], ranked)
+    verified = None
     if cfg.verify:  # labelled as the export below calibrates
         from qfa.nas.verify import verify_on_holdout
-        _say(f"4/6 search: verifying the {min(cfg.verify, len(ranked))} best-predicted under {budget:g} ms on the "
-             "held-out split")
-        (best, _, _), verified = verify_on_holdout(
-            lambda: net, [(pset, base, ranked)], cfg.verify, cfg.export_calib_images, cfg.export_calib_draws, data_root,
+        _say(f"4/6 search: verifying the {cfg.verify} best-predicted under {budget:g} ms on the held-out split")
+        (best, _, base), verified = verify_on_holdout(
+            lambda: net, [(s[2], s[3], r) for s, r in zip(sets, ranked) if r], cfg.verify, cfg.export_calib_images,
+            cfg.export_calib_draws, data_root,
             lambda i, n, rep: print(f"\r  {i}/{n} labelled, last {rep['holdout_top1']:.2f}%", end="" if i < n else "\n",
                                     file=sys.stderr, flush=True))
+        chosen = next(i for i, s in enumerate(sets) if s[3] == base)
+        candidates = [{**c, "chosen": i == chosen} for i, c in enumerate(candidates)]
+    else:
+        best = ranked[chosen][0]
+    table_csv, table, pset, base = sets[chosen]
     spec = net.space.parse(json.dumps(best["spec"]))
-    _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec}")
+    _say(f"4/6 search: {len(pset.rows)} Pareto subnets on {table_csv.stem}; under {budget:g} ms: {spec}")
+    if len(sets) > 1:
+        _say(f"4/6 search: best of each configuration: {describe_deployments(candidates)}")
     timings["search_s"] = time.time() - t
 
     # 5. export + verify
@@ -239,7 +284,8 @@ def main_job(cfg: JobConfig) -> dict:
     runtime = table.runtime  # the file is timed as the table was measured, and as the app will run it
     measured_ms = time_model(str(out), threads=runtime["threads"], delegate=runtime["delegate"])[table.stat] / 1000
     over = measured_ms > budget
-    pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms)
+    pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms, name=table_csv.stem,
+              others={csv.stem: ps for csv, _, ps, _ in sets if ps is not pset})
     summary = {
         "spec": str(spec), "hash": spec.hash, "budget_ms": budget,
         "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
@@ -248,7 +294,7 @@ def main_job(cfg: JobConfig) -> dict:
         "bytes": v["bytes"], "bytes_gzip": res["sidecar"]["bytes_gzip"], "model": str(out), "sidecar": str(out.with_suffix(".json")),
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
-        "within_budget": not over, "table": str(table_csv),
+        "within_budget": not over, "table": str(table_csv), "configurations": candidates,
         **({"holdout_top1": best["holdout"]["top1"], "verified": verified} if verified is not None else {}),
         "runtime": {"interpreter": "ai-edge-litert", **runtime},
         **({"formats": formats_report(spec, table, pred)} if table.target.float_io else {}),
@@ -265,7 +311,7 @@ def main_job(cfg: JobConfig) -> dict:
 
 
 def print_summary(s: dict) -> None:
-    from qfa.nas.search import describe_formats
+    from qfa.nas.search import describe_deployments, describe_formats
     rows = [("chosen subnet", s["spec"]), ("hash", s["hash"]),
             ("top-1 TFLite (test)", f"{s['tflite_top1_test']:.2f}% (predicted {s['predicted_top1_holdout']:.2f}% held-out"
                                     + (f", verified {s['holdout_top1']:.2f}% of the {len(s['verified'])} best-predicted"
@@ -277,6 +323,9 @@ def print_summary(s: dict) -> None:
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
                                              f"{s['runtime']['interpreter']}, {s['runtime']['delegate']}, "
                                              f"{s['runtime']['threads']} thread(s))"),
+            *([("configurations", f"{len(s['configurations'])} searched, the most accurate under the budget "
+                                  f"wins: {describe_deployments(s['configurations'])}")]
+              if len(s.get("configurations", ())) > 1 else []),
             *([("formats", describe_formats(s["formats"]))] if "formats" in s else []),
             ("file", f"{s['model']}  ({s['bytes']:,} bytes, {s['bytes_gzip']:,} gzipped; app facts in {s['sidecar']})"),
             ("Pareto set", f"{s['pareto_size']} subnets: {s['pareto_csv']}, plot {s['pareto_png']}"),

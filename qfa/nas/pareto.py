@@ -162,9 +162,12 @@ class ParetoSet:
         return self.ranked(latency_ms, max_bytes, margin)[0]
 
     def plot(self, path: Path, budget_ms: float | None = None, chosen: dict | None = None,
-             measured_ms: float | None = None) -> None:
+             measured_ms: float | None = None, others: dict[str, "ParetoSet"] | None = None,
+             name: str | None = None) -> None:
         """The front (predicted latency vs predicted top-1, coloured by size); ``chosen`` (a row)
-        is marked at its predicted latency and, given ``measured_ms``, at the measured one."""
+        is marked at its predicted latency and, given ``measured_ms``, at the measured one;
+        ``others``: the fronts of the other configurations searched, by name, as lines (``name``:
+        this one's)."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -172,8 +175,14 @@ class ParetoSet:
         acc = np.array([r["top1"] for r in self.rows])
         size = np.array([r["bytes"] for r in self.rows]) / 1e3
         fig, ax = plt.subplots(figsize=(6, 4))
-        sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis")
+        sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis", label=name)
         fig.colorbar(sc, label="weight bytes as stored (kB)")
+        for name, other in (others or {}).items():
+            rows = sorted(other.rows, key=lambda r: r["latency_ms"])
+            ax.step([r["latency_ms"] for r in rows], np.maximum.accumulate([r["top1"] for r in rows]), where="post",
+                    lw=1, label=name)
+        if others:
+            ax.set_xscale("log")
         if budget_ms is not None:
             ax.axvline(budget_ms, color="r", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
         if chosen is not None:
@@ -183,8 +192,8 @@ class ParetoSet:
                 ax.plot([chosen["latency_ms"], measured_ms], [chosen["top1"]] * 2, "k:", lw=1)
                 ax.scatter([measured_ms], [chosen["top1"]], marker="x", s=80, c="m", zorder=3,
                            label=f"chosen, measured {measured_ms:.3f} ms")
-        if budget_ms is not None or chosen is not None:
-            ax.legend(loc="lower right", fontsize=8)
+        if budget_ms is not None or chosen is not None or others:
+            ax.legend(loc="lower right", fontsize=7)
         ax.set_xlabel("predicted latency (ms, measured table)")
         ax.set_ylabel("predicted top-1 (%, held-out)")
         ax.set_title(f"Pareto set: {len(self.rows)} subnets")

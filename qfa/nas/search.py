@@ -17,7 +17,8 @@ from qfa.nas.pareto import ParetoSet, SearchError, pareto_base, pareto_key
 from qfa.core.space import FP, SearchSpace
 
 __all__ = ["make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
-           "pareto_key", "deployed_bytes", "formats_report", "describe_formats"]
+           "pareto_key", "deployed_bytes", "formats_report", "describe_formats", "across_deployments",
+           "describe_deployments"]
 
 OBJECTIVES = ("top1", "latency_ms", "bytes")
 
@@ -181,3 +182,25 @@ def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel
                           f"the predictor for {predictor.meta.get('space_hash')}")
     front = search_front(latency.space, predictor, latency, pop, gens, seed, progress, bits)
     return ParetoSet.from_front(latency.space, front, latency.target_name, latency.runtime), front
+
+
+def across_deployments(tables: Sequence[Path], ranked: Sequence[list[dict] | None]) -> tuple[int, list[dict]]:
+    """Several deployments (one latency table each: a runtime configuration or a lowering) searched
+    for one budget: ``ranked[i]`` is table i's subnets under it, best first (None: none). Returns
+    the index of the deployment whose best subnet is the most accurate (predicted), the faster
+    among equals, and what each one offered (its best, or nothing under the budget)."""
+    ok = [i for i, r in enumerate(ranked) if r]
+    if not ok:
+        raise SearchError("no deployment has a subnet under the budget")
+    best = max(ok, key=lambda i: (ranked[i][0]["top1"], -ranked[i][0]["latency_ms"]))
+    return best, [{"table": str(t), "chosen": i == best, "runtime": r[0].get("runtime"), "top1": r[0]["top1"],
+                   "latency_ms": r[0]["latency_ms"], "hash": r[0]["hash"]} if r else
+                  {"table": str(t), "chosen": False, "top1": None} for i, (t, r) in enumerate(zip(tables, ranked))]
+
+
+def describe_deployments(candidates: Sequence[dict]) -> str:
+    """:func:`across_deployments`' candidates in one line: why this configuration."""
+    return "; ".join(f"{Path(c['table']).stem} " + (f"{c['top1']:.2f}% at {c['latency_ms']:.3f} ms"
+                                                    + (" (chosen)" if c["chosen"] else "")
+                                                    if c["top1"] is not None else "nothing under the budget")
+                     for c in candidates)
