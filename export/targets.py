@@ -12,7 +12,7 @@ import numpy as np
 
 from export.lower import decompose_hswish, fit_xnnpack, refine_weights, to_float
 
-__all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of", "FAKE_QUANT", "SCORINGS"]
+__all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of", "runtime_tag", "FAKE_QUANT", "SCORINGS"]
 
 # The runtime configuration a model is timed and shipped under, besides its lowering: the
 # interpreter's default, which hands float and int8 ops to the XNNPACK delegate, or TFLite's
@@ -22,6 +22,11 @@ __all__ = ["Target", "TARGETS", "DELEGATES", "DEFAULT_RUNTIME", "runtime_of", "F
 # hw/runner.py, which runs alone on the device, mirrors DELEGATES (tests check it).
 DELEGATES = ("xnnpack", "builtin")
 DEFAULT_RUNTIME = {"delegate": "xnnpack", "threads": 1}
+
+
+def runtime_tag(runtime: dict) -> str:
+    """How a table's name says its configuration: ``1t``, ``2t-builtin``."""
+    return f"{runtime['threads']}t" + ("" if runtime["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{runtime['delegate']}")
 
 
 def runtime_of(meta: dict) -> dict:

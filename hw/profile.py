@@ -3,6 +3,7 @@
 
 examples:
   python hw/profile.py --device host-x86 --space fmnist
+  python hw/profile.py --device host-x86 --delegate xnnpack builtin --threads 1 2   # 4 tables: host-x86-1t, ...
   python hw/profile.py --device pi4 --target ssh://pi@raspberrypi.local --threads 4
   python hw/profile.py --device host-x86 --validate 100 --json
 
@@ -26,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS  # noqa: E402
+from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS, runtime_tag  # noqa: E402
 from hw.profiling import SWEEPS, ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
 from hw.table import TableError  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
@@ -44,10 +45,12 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--space", default="fmnist", help="search-space preset, or a space .json file a run wrote (RUN/space.json: a preset fitted to "
                    "its data; default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
-    p.add_argument("--threads", type=integer(1, 1024), default=1, help="interpreter threads (default 1)")
-    p.add_argument("--delegate", default=DEFAULT_RUNTIME["delegate"], choices=DELEGATES, help="runtime configuration: the "
-                   "interpreter's default XNNPACK delegate, or TFLite's builtin kernels alone (default xnnpack; "
-                   "which is faster depends on the CPU: profile both)")
+    p.add_argument("--threads", type=integer(1, 1024), nargs="+", default=[1], help="interpreter threads (default 1); "
+                   "several: a table per configuration (with --delegate's), named NAME-<threads>t[-builtin]")
+    p.add_argument("--delegate", nargs="+", default=[DEFAULT_RUNTIME["delegate"]], choices=DELEGATES,
+                   help="runtime configuration: the interpreter's default XNNPACK delegate, or TFLite's builtin kernels "
+                   "alone (default xnnpack; which is faster depends on the CPU and the model's size: profile both, "
+                   "e.g. --delegate xnnpack builtin --threads 1 2)")
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
     p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
     p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
@@ -100,20 +103,37 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
             parser.error(f"--out-dir {args.out_dir}: exists and is not a folder")
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
-    job = ProfileJob(device=args.device, space=args.space, resolution=tuple(args.resolution) if args.resolution else None,
-                     deploy=args.deploy, threads=args.threads, delegate=args.delegate, target=args.target,
-                     jobs=args.jobs, calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate, estimate=args.estimate,
-                     out_dir=out_dir, json=args.json)
-    run = RunConfig(threads=args.threads, delegate=args.delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
-                    taskset=args.taskset, runtime=args.runtime, ssh_options=tuple(args.ssh_option or ()),
-                    remote_python=args.remote_python)
+    configs = [{"delegate": d, "threads": t} for t in dict.fromkeys(args.threads) for d in dict.fromkeys(args.delegate)]
+    jobs = [ProfileJob(device=args.device if len(configs) == 1 or args.device is None else
+                       f"{args.device}-{runtime_tag(c)}", space=args.space,
+                       resolution=tuple(args.resolution) if args.resolution else None, deploy=args.deploy,
+                       threads=c["threads"], delegate=c["delegate"], target=args.target, jobs=args.jobs,
+                       calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate,
+                       estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
+
+    def one(job: ProfileJob) -> dict:
+        run = RunConfig(threads=job.threads, delegate=job.delegate, runs=args.runs, rounds=args.rounds,
+                        warmup=args.warmup, taskset=args.taskset, runtime=args.runtime,
+                        ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
+        transport = make_transport(args.target, run)
+        try:
+            return (validate(job, transport) if job.validate is not None else
+                    estimate(job, transport) if job.estimate is not None else profile(job, transport))
+        finally:
+            try:
+                transport.close()
+            except TransportError:
+                pass
 
     def body() -> int:
-        transport = None
         try:
-            transport = make_transport(args.target, run)
-            res = (validate(job, transport) if job.validate is not None else
-                   estimate(job, transport) if job.estimate is not None else profile(job, transport))
+            results = []
+            for i, job in enumerate(jobs, 1):
+                if len(jobs) > 1 and not args.json:
+                    print(f"profile: configuration {i}/{len(jobs)}: {job.delegate}, {job.threads} thread(s)"
+                          + (f" -> {job.device}" if job.device else ""), file=sys.stderr, flush=True)
+                results.append({**({"delegate": job.delegate, "threads": job.threads} if len(jobs) > 1 else {}),
+                                **one(job)})
         except (TableError, TransportError, SpecError) as e:
             end_progress()  # the error gets a line of its own
             e.code = 2 if isinstance(e, (TableError, SpecError, BadTarget)) else 1
@@ -122,17 +142,12 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
             end_progress()
             print("profile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
             return 130
-        finally:
-            if transport is not None:
-                try:
-                    transport.close()
-                except TransportError:
-                    pass
+        res = results[0] if len(results) == 1 else {"tables": results}
         if args.json:
             print(json.dumps(_finite(res), allow_nan=False))
         else:
-            for k, v in res.items():
-                print(f"{k}: {v}")
+            for r in results:
+                print("\n".join(f"{k}: {v}" for k, v in r.items()) + ("\n" if len(results) > 1 else ""))
         return 0
     return run_guarded(prog, body, (TableError, TransportError, SpecError))
 

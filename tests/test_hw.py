@@ -307,6 +307,22 @@ def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_
     assert bad.returncode == 2 and "pass its --delegate" in bad.stderr, bad.stderr[-500:]
 
 
+def test_one_profile_measures_a_table_per_runtime_configuration(tmp_path, block_cache):
+    """--delegate and --threads take several values: a table per configuration, each named for it
+    and stating it; a rerun measures nothing new in any of them."""
+    argv = ("--delegate", "xnnpack", "builtin", "--threads", "1", "2", "--calib-subnets", "0", "--json")
+    r = _profile(tmp_path, block_cache, *argv)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)["tables"]
+    want = {"t-1t": ("xnnpack", 1), "t-1t-builtin": ("builtin", 1), "t-2t": ("xnnpack", 2), "t-2t-builtin": ("builtin", 2)}
+    assert {Path(x["table"]).stem: (x["delegate"], x["threads"]) for x in res} == want
+    for name, (delegate, threads) in want.items():
+        table = LatencyTable.load(tmp_path / f"{name}.csv")
+        assert table.runtime == {"delegate": delegate, "threads": threads} and len(table.rows) == 441
+    again = _profile(tmp_path, block_cache, *argv)
+    assert again.returncode == 0 and [x["new"] for x in json.loads(again.stdout)["tables"]] == [0] * 4
+
+
 def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):
     from export.deploy import interpreter_setup
     from qfa.nas.pareto import ParetoSet

@@ -94,7 +94,7 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
     for another space, is replaced by this host measured for the same deployment (the default:
     under each delegate, whose speeds differ up to 14x by machine and model size)."""
     import subprocess
-    from export.targets import DEFAULT_RUNTIME, DELEGATES
+    from export.targets import DELEGATES, runtime_tag
     from hw.table import LatencyTable
     from hw.transport import Local, RunConfig, device_slug
     named = {csv: LatencyTable.load(csv) for csv in map(Path, cfg.tables)}
@@ -130,8 +130,7 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
         space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
         atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
         for i, c in enumerate(configs, 1):
-            name = f"{device_slug(Local('local', RunConfig()).facts())}-{c['threads']}t" + (
-                "" if c["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{c['delegate']}")  # named for this device
+            name = f"{device_slug(Local('local', RunConfig()).facts())}-{runtime_tag(c)}"  # named for this device
             profiled = run / "tables" / f"{name}.csv"
             _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
                  f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
