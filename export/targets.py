@@ -26,7 +26,8 @@ DEFAULT_RUNTIME = {"delegate": "xnnpack", "threads": 1}
 
 def runtime_tag(runtime: dict) -> str:
     """How a table's name says its configuration: ``1t``, ``2t-builtin``."""
-    return f"{runtime['threads']}t" + ("" if runtime["delegate"] == DEFAULT_RUNTIME["delegate"] else f"-{runtime['delegate']}")
+    builtin = runtime["delegate"] != DEFAULT_RUNTIME["delegate"]
+    return f"{runtime['threads']}t" + (f"-{runtime['delegate']}" if builtin else "")
 
 
 def runtime_of(meta: dict) -> dict:
