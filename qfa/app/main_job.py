@@ -121,9 +121,9 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
                  "measures this host anyway)")
             out.append((table_csv, given))
             continue
-        why = (f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else
-               f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else "")
+        why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
+               if other_space else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so "
+               if mismatch else "")
         # the same deployment as the given table, measured here; for the default, under each delegate
         rt = given.runtime
         configs = [rt] + [{**rt, "delegate": d} for d in DELEGATES if d != rt["delegate"] and table_csv == DEFAULT_TABLE]
