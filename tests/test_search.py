@@ -282,7 +282,8 @@ def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
     check(one, {0}), check(both, {0})
     a, b = _json.loads(one.out), _json.loads(both.out)
     assert a["runtime"]["delegate"] == "xnnpack" and len(b["candidates"]) == 2
-    assert b["predicted_top1"] >= max(c["top1"] for c in b["candidates"]) >= a["predicted_top1"]
+    assert b["predicted_top1"] >= max(c["top1"] for c in b["candidates"] if c["top1"] is not None) >= a["predicted_top1"]
+    assert [c["chosen"] for c in b["candidates"]].count(True) == 1
     assert b["runtime"]["delegate"] == "builtin" and b["table"] == str(fast)
     # a budget only the faster deployment meets (under the slow table's fastest subnet, margin
     # included): answered from it, not refused
