@@ -419,7 +419,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         if not args.json and (g % 10 == 0 or g == n):
             print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
     sizer = _file_sizer(args.checkpoint) if args.max_bytes is not None else None
-    answers, misses = [], []
+    answers, misses = [], []  # answers[i]: table i's (ranked, set, base, cached, csv), None if nothing fits
     for table_csv in tables:
         try:
             base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
@@ -453,23 +453,24 @@ def cmd_search(args: argparse.Namespace) -> None:
                                  need=args.verify or 1)
         except SearchError as e:
             misses.append(str(e) + (f" ({table_csv.name})" if len(tables) > 1 else ""))
+            answers.append(None)
             continue
         finally:
             if any(isinstance(r.get("file_bytes"), int) for r in pset.rows):
                 pset.save_rows(base)  # keeps the exact sizes computed, for every later query
         answers.append((ranked, pset, base, front is None, table_csv))
-    if not answers:
+    if not any(answers):
         raise CLIError("; ".join(misses), 2)
-    chosen, candidates = across_deployments(tables, [next((a[0] for a in answers if a[4] == t), None) for t in tables])
+    chosen, candidates = across_deployments(tables, [a and a[0] for a in answers])
     verified, verify_s = None, 0.0
     if args.verify:
         t_v = _time.perf_counter()
-        (best, _, base), verified = _verify(args, [(ps, b, rk) for rk, ps, b, _, _ in answers])
+        (best, _, base), verified = _verify(args, [(ps, b, rk) for rk, ps, b, _, _ in filter(None, answers)])
         verify_s = _time.perf_counter() - t_v
-        _, _, _, cached, table_csv = next(a for a in answers if a[2] == base)
+        _, _, _, cached, table_csv = next(a for a in answers if a and a[2] == base)
         candidates = [{**c, "chosen": c["table"] == str(table_csv)} for c in candidates]
     else:
-        ranked, _, base, cached, table_csv = next(a for a in answers if a[4] == tables[chosen])
+        ranked, _, base, cached, table_csv = answers[chosen]
         best = ranked[0]
     ms = (_time.perf_counter() - t0) * 1000
     runtime = best.get("runtime") or dict(DEFAULT_RUNTIME)

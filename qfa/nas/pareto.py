@@ -177,10 +177,10 @@ class ParetoSet:
         fig, ax = plt.subplots(figsize=(6, 4))
         sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis", label=name)
         fig.colorbar(sc, label="weight bytes as stored (kB)")
-        for name, other in (others or {}).items():
+        for label, other in (others or {}).items():
             rows = sorted(other.rows, key=lambda r: r["latency_ms"])
             ax.step([r["latency_ms"] for r in rows], np.maximum.accumulate([r["top1"] for r in rows]), where="post",
-                    lw=1, label=name)
+                    lw=1, label=label)
         if others:
             ax.set_xscale("log")
         if budget_ms is not None:
