@@ -71,9 +71,12 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert b["file_bytes"] <= size and b["file_bytes"] > b["bytes"]
     xb = tmp_path / "sized.tflite"
     re_ = _qfa("export", "--checkpoint", str(run), "--pareto", b["pareto"], "--index", str(b["index"]), "--out", str(xb),
-               "--calib-images", "64", "--json")
+               "--calib-images", "64", "--json", "--verify", "--test-images", "100")
     assert re_.returncode == 0, re_.stderr[-3000:]
-    assert xb.stat().st_size == b["file_bytes"] and 0 < json.loads(re_.stdout)["bytes_gzip"] < b["file_bytes"]
+    xr = json.loads(re_.stdout)
+    assert xb.stat().st_size == b["file_bytes"] and 0 < xr["bytes_gzip"] < b["file_bytes"]
+    # verified under the configuration its table measured (the one model.json tells the app to build)
+    assert xr["verify"]["delegate"] == s["runtime"]["delegate"] and xr["verify"]["deployed_agreement"] >= 99.0
     rows = [json.loads(ln) for ln in Path(b["pareto"]).read_text().splitlines()]
     assert any(r.get("file_bytes") == b["file_bytes"] for r in rows)  # kept for later queries
     r_small = _qfa(*by_size, "1000")

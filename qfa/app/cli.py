@@ -294,7 +294,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.verify:
         onnx_model = Path(args.onnx).read_bytes() if args.onnx else None
         report["verify"] = verify_tflite(res["bytes"], res["graph"], res["subnet"], data["test"], args.test_images,
-                                         onnx_model, direct=args.via == "direct")
+                                         onnx_model, direct=args.via == "direct",
+                                         delegate=res["sidecar"]["runtime"]["delegate"])  # as the app will run it
     if args.json:
         print(json.dumps(report))
     else:
