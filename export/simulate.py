@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from export.ir import Graph, QTensor
 from export.lower import requant_scale
 from export.reference import fix_ranges, quantized_const
+from export.targets import TARGETS
 
 __all__ = ["DeployedModel", "calibrate_ranges"]
 
@@ -108,6 +109,7 @@ class DeployedModel(torch.nn.Module):
         self._consts: dict[str, torch.Tensor] = {}
         self._tables: dict[str, torch.Tensor] = {}
         self._builtin: dict[str, tuple] = {}  # MUL, MEAN: the builtin kernels' fixed-point multipliers
+        self.delegate = delegate
         g = graph
         for op in g.ops:
             if op.kind == "conv" and op.is_float:
@@ -120,7 +122,7 @@ class DeployedModel(torch.nn.Module):
                     bq, _ = op.int32_bias(tin.scale)
                     mult = requant_scale(g, op).astype(np.float32)
                     lo, hi = self._act_range(op.act, tout)
-                    fixed = (None if delegate != "builtin" else tuple(
+                    fixed = (None if not self._builtin_conv(op) else tuple(
                         torch.from_numpy(v).view(1, -1, 1, 1) for v in quantize_multiplier(_f64(tin.scale) * _f64(op.w_scale) / _f64(tout.scale))))
                     self._convs[op.output] = ("int", torch.from_numpy(np.ascontiguousarray(w)),
                                               torch.from_numpy(bq.astype(np.float32)),
@@ -148,6 +150,13 @@ class DeployedModel(torch.nn.Module):
                     bias = tout.zero_point - int(temp + f(0.5) if temp > 0 else temp - f(0.5))
                     mq = quantize_multiplier(f(f(ins[0].scale) / f(f(n) * f(tout.scale))))
                     self._builtin[op.output] = (*(torch.from_numpy(v) for v in mq), bias)
+
+    def _builtin_conv(self, op) -> bool:
+        """Whether the builtin kernels run int8 conv ``op``: all of them under ``builtin``, and
+        INT4-weight CONV_2D under XNNPACK too, which leaves those to them (measured: XNNPACK and
+        builtin files give the same integers there)."""
+        target = TARGETS.get(self.graph.meta.get("target"))
+        return self.delegate == "builtin" or (target is not None and target.int4_packs(op))
 
     def _fixed_int8(self, op) -> bool:
         """Whether ``op`` is an int8 op between tensors whose ranges are fixed."""

@@ -66,6 +66,7 @@ class Target:
         simulation (export.simulate) and the file agree: float ops, refined weight integers,
         hswish lowering, and (``fit``) the scales XNNPACK needs to load the file (every runtime
         configuration loads the same file)."""
+        graph.meta["target"] = self.name  # the simulation's key to how each op is stored (int4_packs)
         if self.float_io:
             to_float(graph)
             if self.fp == "float16":  # the weights the file stores, as the runtime widens them
