@@ -55,14 +55,14 @@ def interpreter_setup(runtime: dict | None) -> dict:
 
 
 def fold_subnet(net: Supernet, spec: SubnetSpec, data: dict, calib_images: int = DEFAULT_CALIB_IMAGES,
-                range_images: int = RANGE_IMAGES, calib_draws: int = 1,
-                target: str | None = None) -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
+                range_images: int = RANGE_IMAGES, calib_draws: int = 1, target: str | None = None,
+                delegate: str = "xnnpack") -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
     """Calibrate ``spec`` (BN statistics and BatchQuant ranges; of ``calib_draws`` draws the one
-    best on the held-out split as deployed for ``target``, or as the fake-quant model without
-    one), extract it and fold it into the integer graph, not yet lowered for a target
+    best on the held-out split as deployed for ``target`` under ``delegate``, or as the
+    fake-quant model without one), extract it and fold it into the integer graph, not yet lowered for a target
     (``Target.lower`` of a copy, once per target). Returns (graph, the extracted PyTorch
     subnet, the calibration report, the range images)."""
-    model_for = None if target is None else lambda n, s: deployed_model(n, s, data, target, range_images)
+    model_for = None if target is None else lambda n, s: deployed_model(n, s, data, target, range_images, delegate)
     cal = calibrate_best(net, spec, data, calib_images, calib_draws, model_for=model_for)
     sub = extract(net, spec)
     images = range_set(data, spec.resolution, range_images)
@@ -94,7 +94,7 @@ def export_subnet(net: Supernet, spec: SubnetSpec, data: dict, out: Path, target
     the Q/DQ ONNX model there. ``calib_draws``: see :func:`qfa.nn.evaluate.calibrate_best`."""
     t0 = time.perf_counter()
     folded, sub, cal, images = fold_subnet(net, spec, data, calib_images, range_images, calib_draws,
-                                           target if via == "direct" else None)
+                                           target if via == "direct" else None, interpreter_setup(runtime)["delegate"])
     tgt = TARGETS[target]
     if uint8_io and not tgt.float_io:
         tgt = replace(tgt, io_dtype="uint8")
