@@ -59,8 +59,8 @@ def fold_subnet(net: Supernet, spec: SubnetSpec, data: dict, calib_images: int =
                 delegate: str = "xnnpack") -> tuple[Graph, torch.nn.Module, dict, torch.Tensor]:
     """Calibrate ``spec`` (BN statistics and BatchQuant ranges; of ``calib_draws`` draws the one
     best on the held-out split as deployed for ``target`` under ``delegate``, or as the
-    fake-quant model without one), extract it and fold it into the integer graph, not yet lowered for a target
-    (``Target.lower`` of a copy, once per target). Returns (graph, the extracted PyTorch
+    fake-quant model without one), extract it and fold it into the integer graph, not yet
+    lowered for a target (``Target.lower`` of a copy, once per target). Returns (graph, the extracted PyTorch
     subnet, the calibration report, the range images)."""
     model_for = None if target is None else lambda n, s: deployed_model(n, s, data, target, range_images, delegate)
     cal = calibrate_best(net, spec, data, calib_images, calib_draws, model_for=model_for)

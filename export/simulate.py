@@ -6,10 +6,11 @@ accumulate integers with their int32 bias and requantize as the runtime configur
 (XNNPACK: the float32 scale; the builtin kernels: a fixed-point multiplier, :func:`fixed_point`),
 ADD constants are the file's int8 constants, the input is quantized as the sidecar says:
 measured op by op against ai-edge-litert, the same integers (under XNNPACK but for rare 1-LSB
-differences: docs/results.md, "Export fidelity"). What ``qfa eval``, predictor labels and ``qfa export --verify`` score "as
-deployed" is this model of the very graph the file is written from, so no second placement of
-quantizers has to be kept in step with the lowering. The same pass, with tensors left real
-where no range is fixed yet, calibrates those ranges (:func:`calibrate_ranges`).
+differences: docs/results.md, "Export fidelity"). What ``qfa eval``, predictor labels and
+``qfa export --verify`` score "as deployed" is this model of the very graph the file is written
+from, so no second placement of quantizers has to be kept in step with the lowering. The same
+pass, with tensors left real where no range is fixed yet, calibrates those ranges
+(:func:`calibrate_ranges`).
 """
 from __future__ import annotations
 
@@ -122,8 +123,10 @@ class DeployedModel(torch.nn.Module):
                     bq, _ = op.int32_bias(tin.scale)
                     mult = requant_scale(g, op).astype(np.float32)
                     lo, hi = self._act_range(op.act, tout)
-                    fixed = (None if not self._builtin_conv(op) else tuple(
-                        torch.from_numpy(v).view(1, -1, 1, 1) for v in quantize_multiplier(_f64(tin.scale) * _f64(op.w_scale) / _f64(tout.scale))))
+                    fixed = None
+                    if self._builtin_conv(op):
+                        mq = quantize_multiplier(_f64(tin.scale) * _f64(op.w_scale) / _f64(tout.scale))
+                        fixed = tuple(torch.from_numpy(v).view(1, -1, 1, 1) for v in mq)
                     self._convs[op.output] = ("int", torch.from_numpy(np.ascontiguousarray(w)),
                                               torch.from_numpy(bq.astype(np.float32)),
                                               torch.from_numpy(mult).view(1, -1, 1, 1), lo, hi, fixed)
@@ -163,7 +166,8 @@ class DeployedModel(torch.nn.Module):
         ts = [self.graph.tensors[t] for t in (*op.inputs, op.output)]
         return not op.is_float and all(t.fixed and not t.is_float for t in ts)
 
-    def _codes(self, t: QTensor, v: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _codes(t: QTensor, v: torch.Tensor) -> torch.Tensor:
         """The int8 codes minus the zero point of ``t``'s real values ``v``, as int64."""
         return torch.round(v / t.scale).long()
 
@@ -212,7 +216,8 @@ class DeployedModel(torch.nn.Module):
             return args[0] + args[1]
         if op.kind == "mul" and op.output in self._builtin:
             a, b = (self._codes(self.graph.tensors[i], v) for i, v in zip(op.inputs, args))
-            return fixed_point(a * b, *(v.to(a.device) for v in self._builtin[op.output]), ties_up=False) * self.graph.tensors[op.output].scale
+            m, sh = (v.to(a.device) for v in self._builtin[op.output])
+            return fixed_point(a * b, m, sh, ties_up=False) * self.graph.tensors[op.output].scale
         if op.kind == "mul":
             return args[0] * args[1]
         if op.kind == "mean":
