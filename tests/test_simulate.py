@@ -175,3 +175,47 @@ def test_training_as_deployed_quantizes_the_tensors_the_file_calibrates(supernet
     assert counted == {"tensor": len(calibrated) - len(gates), "unit": len(gates),
                        "weight": sum(op.fweight is not None for op in g.ops)}, ([t.name for t in calibrated], counted)
     assert torch.isfinite(trained).all()
+
+
+def _one_op_graph(kind: str, c: int, rng: np.random.Generator) -> Graph:
+    """x -> ``kind`` -> y over ``c`` channels with random grids: MEAN (keep dims), MUL of x by
+    a per-channel gate, or a depthwise conv whose requantization multipliers straddle 1."""
+    scale = lambda: float(rng.uniform(0.01, 0.2))  # noqa: E731
+    zp = lambda: int(rng.integers(-100, 100))  # noqa: E731
+    t = {"x": QTensor("x", (1, 6, 6, c), scale(), zp())}
+    if kind == "mean":  # a finer grid, centred where the mean of random codes lands
+        x = t["x"] = QTensor("x", (1, 6, 6, c), scale(), zp() // 2)
+        t["y"] = QTensor("y", (1, 1, 1, c), x.scale / 2, 2 * x.zero_point + int(rng.integers(-3, 4)))
+        return Graph(t, [Op("mean", ["x"], "y")], "x", "y")
+    if kind == "mul":
+        t["g"] = QTensor("g", (1, 1, 1, c), 1 / 255, -128)
+        t["y"] = QTensor("y", (1, 6, 6, c), scale(), zp())
+        ops = [Op("mean", ["x"], "m"), Op("conv", ["m"], "g", weight=rng.integers(-127, 128, (c, 1, 1, c)).astype(np.int8),
+                                             w_scale=rng.uniform(1e-4, 1e-3, c), bias=rng.uniform(-1, 1, c), act="relu_n1_to_1"),
+               Op("mul", ["x", "g"], "y")]
+        t["m"] = QTensor("m", (1, 1, 1, c), scale(), zp())
+        return Graph(t, ops, "x", "y")
+    t["y"] = QTensor("y", (1, 6, 6, c), t["x"].scale / 20, zp())  # multipliers 0.2-3: left shifts too
+    w = rng.choice([-2, -1, 1, 2], (1, 1, 1, c)).astype(np.int8)
+    return Graph(t, [Op("conv", ["x"], "y", weight=w, w_scale=rng.uniform(0.01, 0.15, c), bias=rng.uniform(-1, 1, c),
+                        depthwise=True)], "x", "y")
+
+
+@pytest.mark.parametrize("kind", ["mean", "mul", "conv"])
+def test_the_builtin_kernels_fixed_point_arithmetic_is_simulated_exactly(kind):
+    """One op under the builtin kernels, every integer: MEAN over channel counts below, at and
+    past a multiple of 16 (its vector lanes and its tail round differently), MUL by a gate, a
+    conv whose multipliers reach above 1; random input codes."""
+    rng = np.random.default_rng(1)
+    for c in (8, 16, 24, 40):
+        g = _one_op_graph(kind, c, rng)
+        m = TFLiteModel(to_tflite(g), delegate="builtin")
+        q = rng.integers(-128, 128, (16, 6, 6, c)).astype(np.int8)
+        tin, tout = g.tensors[g.input], g.tensors[g.output]
+        x = torch.from_numpy(tin.dequantize(q).astype(np.float32)).permute(0, 3, 1, 2)
+        trace: dict[str, torch.Tensor] = {}
+        DeployedModel(g, "builtin")(x, trace=trace)
+        sim = np.rint(trace[g.output].permute(0, 2, 3, 1).numpy() / tout.scale) + tout.zero_point
+        got = np.concatenate([m.invoke_q(q[i:i + 1]) for i in range(len(q))]).reshape(sim.shape)
+        assert np.array_equal(sim, got), (kind, c, int((sim != got).sum()))
+        assert ((got > -128) & (got < 127)).mean() > 0.1  # not all saturated
