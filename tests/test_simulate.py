@@ -99,7 +99,13 @@ def test_labels_record_their_scoring_and_a_mix_is_refused(supernet, tmp_path):
     assert scoring_of(rows) == "tflite-int8" and all(0 <= float(r["top1"]) <= 100 for r in rows)
     with pytest.raises(PredictorError, match="scored as tflite-int8, not fake-quant"):
         collect(supernet, data, out, 3, calib_images=64, eval_images=64, scored=FAKE_QUANT)
+    # the builtin kernels compute other integers: their labels say so and are not mixed in
+    with pytest.raises(PredictorError, match="scored as tflite-int8, not tflite-int8@builtin"):
+        collect(supernet, data, out, 3, calib_images=64, eval_images=64, scored="tflite-int8", delegate="builtin")
     assert len(load_rows(out)) == 2  # nothing appended
+    builtin = tmp_path / "builtin.csv"
+    assert collect(supernet, data, builtin, 1, calib_images=64, eval_images=64, scored="tflite-int8", delegate="builtin") == 1
+    assert scoring_of(load_rows(builtin)) == "tflite-int8@builtin"
     # files from before the field were scored on the fake-quant model; a mix is refused
     assert scoring_of([{"top1": "50"}]) == FAKE_QUANT
     with pytest.raises(PredictorError, match="several ways"):

@@ -435,7 +435,7 @@ def cmd_search(args: argparse.Namespace) -> None:
             except (TableError, PredictorError) as e:
                 raise CLIError(str(e), 2) from None
             scored = pred.meta.get("scored")
-            if scored not in (None, table.target_name):
+            if scored is not None and scored.split("@")[0] != table.target_name:
                 print(f"qfa search: warning: the predictor's labels were scored as {scored}, {table_csv.name} deploys "
                       f"{table.target_name}: its top-1 is not what those files compute", file=sys.stderr)
             return pred, table

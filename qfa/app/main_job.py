@@ -151,7 +151,7 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
 def main_job(cfg: JobConfig) -> dict:
     from qfa.nn.data import make_datasets
     from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
-    from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_of
+    from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_name, scoring_of
     from qfa.nas.search import (SearchError, across_deployments, describe_deployments, formats_report,
                                 pareto_base, saved_or_search)
     from qfa.nn.supernet import Supernet
@@ -196,8 +196,9 @@ def main_job(cfg: JobConfig) -> dict:
     labels = run / "predictor_data.csv"
     rows = load_rows(labels)
     have = len(rows)
-    if rows and scoring_of(rows) != table.target.name:
-        raise JobError(f"{labels} holds labels scored as {scoring_of(rows)}, not as deployed for {table.target.name}; "
+    scored = scoring_name(table.target.name, table.runtime["delegate"])
+    if rows and scoring_of(rows) != scored:
+        raise JobError(f"{labels} holds labels scored as {scoring_of(rows)}, not as deployed for {scored}; "
                        f"move it away to label again", 2)
     if have < cfg.n_predictor:
         _say(f"3/6 predictor: labelling {cfg.n_predictor - have} more subnets on the held-out split")

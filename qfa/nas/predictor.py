@@ -35,10 +35,10 @@ import numpy as np
 
 from qfa.core.fileio import append_csv_row, atomic_write
 from qfa.core.space import FP, BlockSpec, QBits, SearchSpace, SubnetSpec
-from export.targets import FAKE_QUANT
+from export.targets import DEFAULT_RUNTIME, FAKE_QUANT
 
 __all__ = ["ENCODING", "ENCODINGS", "RESPONSES", "features", "onehot", "split_onehot", "strata_specs", "collect", "distributed_env",
-           "load_rows", "scoring_of", "label", "Predictor", "models", "default_encodings", "fit",
+           "load_rows", "scoring_of", "scoring_name", "label", "Predictor", "models", "default_encodings", "fit",
            "searched_pairs", "searches_fp", "PredictorError"]
 
 FIELDS = ["hash", "spec", "top1", "images", "calib_images", "stratum", "scored"]
@@ -51,6 +51,13 @@ def scoring_of(rows: Sequence[dict]) -> str:
     if len(kinds) > 1:
         raise PredictorError(f"labels scored in several ways ({', '.join(sorted(kinds))}): use one label file per scoring")
     return kinds.pop() if kinds else FAKE_QUANT
+
+
+def scoring_name(scored: str, delegate: str = DEFAULT_RUNTIME["delegate"]) -> str:
+    """How a label file names its scoring: the target, and the runtime configuration where it is
+    not the default (``tflite-int8@builtin``): the builtin kernels round otherwise than XNNPACK,
+    up to ~1 point apart on one subnet, so their labels are not mixed with XNNPACK's."""
+    return scored if scored == FAKE_QUANT or delegate == DEFAULT_RUNTIME["delegate"] else f"{scored}@{delegate}"
 
 
 class PredictorError(ValueError):
@@ -242,10 +249,11 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
     if other:  # one file, one labelling: a predictor fitted on a mix learns the calibration size
         raise PredictorError(f"{out} holds labels calibrated on {sorted(other)} images, not {calib_images}; "
                              f"pass --calib-images {max(other)} to extend it, or another --data-csv")
-    have = scoring_of(rows) if rows else scored
-    if have != scored:
-        raise PredictorError(f"{out} holds labels scored as {have}, not {scored}; pass --score {have} to extend it, "
-                             f"or another --data-csv")
+    name = scoring_name(scored, delegate)
+    have = scoring_of(rows) if rows else name
+    if have != name:
+        raise PredictorError(f"{out} holds labels scored as {have}, not {name}; score them the same way to extend "
+                             f"it, or use another --data-csv")
     fields = FIELDS if not rows or "scored" in rows[0] else FIELDS[:-1]  # extend a file in its own columns
     done = {r["hash"] for r in rows}
     added = 0
@@ -255,7 +263,7 @@ def collect(net, data: dict, out: Path, n: int, calib_images: int | None = None,
             continue
         top1 = label(net, spec, data, calib_images, scored, delegate, eval_images=eval_images, device=device)
         row = {"hash": spec.hash, "spec": spec.dumps(), "top1": f"{top1:.4f}", "images": n_eval,
-               "calib_images": calib_images, "stratum": kind, "scored": scored}
+               "calib_images": calib_images, "stratum": kind, "scored": name}
         append_csv_row(out, fields, row)
         done.add(spec.hash)
         added += 1
