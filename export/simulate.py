@@ -224,9 +224,6 @@ class DeployedModel(torch.nn.Module):
             tin, tout = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
             if tin.is_float or not (tin.fixed and tout.fixed):
                 return args[0].mean((2, 3), keepdim=True)
-            # as XNNPACK: the sum of the codes times a float32 multiplier plus a float32 offset,
-            # rounded (a float mean of real values lands on the other side of near-ties)
-            n = args[0].shape[2] * args[0].shape[3]
             if op.output in self._builtin:  # the sum of the codes times a fixed-point multiplier, plus a bias
                 m, sh, bias = self._builtin[op.output]
                 raw = (self._codes(tin, args[0]) + tin.zero_point).sum((2, 3), keepdim=True)
@@ -235,6 +232,9 @@ class DeployedModel(torch.nn.Module):
                 m, sh = m.to(raw.device), sh.to(raw.device)
                 v = torch.where(vec, fixed_point(raw, m, sh, True), fixed_point(raw, m, sh, False)) + bias
                 return (v.clamp(-128, 127) - tout.zero_point) * tout.scale
+            # as XNNPACK: the sum of the codes times a float32 multiplier plus a float32 offset,
+            # rounded (a float mean of real values lands on the other side of near-ties)
+            n = args[0].shape[2] * args[0].shape[3]
             codes = torch.round(args[0] / tin.scale).sum((2, 3), keepdim=True) + n * tin.zero_point
             f = np.float32
             v = codes * float(f(tin.scale / (tout.scale * n))) + float(f(tout.zero_point - tin.zero_point * tin.scale / tout.scale))
