@@ -2,16 +2,18 @@
 """Measure a device into a latency table keyed by deployed precision (CSV + JSON metadata).
 
 examples:
-  python hw/profile.py --device host-x86 --space fmnist
-  python hw/profile.py --device host-x86 --delegate xnnpack builtin --threads 1 2   # 4 tables: host-x86-1t, ...
+  python hw/profile.py --device host-x86 --space fmnist     # a table per delegate, 1 thread and all cores:
+                                                            # host-x86-1t, -1t-builtin, -2t, -2t-builtin
+  python hw/profile.py --device host-x86 --delegate xnnpack --threads 1     # one table: host-x86.csv
   python hw/profile.py --device pi4 --target ssh://pi@raspberrypi.local --threads 4
-  python hw/profile.py --device host-x86 --validate 100 --json
+  python hw/profile.py --device host-x86-1t --validate 100 --json  # under the table's own configuration
 
 Rows are appended as they are measured, a row per entry and timing sweep; a rerun skips what
 is measured (Ctrl-C loses nothing).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,13 +30,18 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(_here.parent))
 
 from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS, runtime_tag  # noqa: E402
-from hw.profiling import SWEEPS, ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
-from hw.table import TableError  # noqa: E402
+from hw.profiling import SWEEPS, TIME_PER_MODEL_MS, ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
+from hw.table import LatencyTable, TableError  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
-from qfa.core.space import SpecError  # noqa: E402
+from qfa.core.space import SpecError, resolve_space  # noqa: E402
 
 DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_THREADS = (1, "all")  # one thread and all the device's cores, under each delegate
+
+
+def _threads(text: str):
+    return "all" if text.strip() == "all" else integer(1, 1024)(text)
 
 
 def build_parser(prog: str = "hw/profile.py") -> Parser:
@@ -45,12 +52,11 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--space", default="fmnist", help="search-space preset, or a space .json file a run wrote (RUN/space.json: a preset fitted to "
                    "its data; default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
-    p.add_argument("--threads", type=integer(1, 1024), nargs="+", default=[1], help="interpreter threads (default 1); "
-                   "several: a table per configuration (with --delegate's), named NAME-<threads>t[-builtin]")
-    p.add_argument("--delegate", nargs="+", default=[DEFAULT_RUNTIME["delegate"]], choices=DELEGATES,
+    p.add_argument("--threads", type=_threads, nargs="+", help="interpreter threads: numbers, or 'all' (the device's "
+                   "cores); default 1 and all, a table per configuration (with --delegate's), named NAME-<threads>t[-builtin]")
+    p.add_argument("--delegate", nargs="+", choices=DELEGATES,
                    help="runtime configuration: the interpreter's default XNNPACK delegate, or TFLite's builtin kernels "
-                   "alone (default xnnpack; which is faster depends on the CPU and the model's size: profile both, "
-                   "e.g. --delegate xnnpack builtin --threads 1 2)")
+                   "alone (default both: which is faster depends on the CPU and the model's size)")
     p.add_argument("--deploy", default="tflite-int8", choices=sorted(TARGETS), help="deployment target")
     p.add_argument("--runtime", default="litert", help="litert | tflite-runtime | benchmark_model:PATH (adb)")
     p.add_argument("--taskset", help="CPU mask for the runner (adb/ssh), e.g. f0")
@@ -63,6 +69,9 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--rounds", type=integer(1, 1000), default=8,
                    help="round-robin passes the runs are spread over (default 8; the fastest invoke is the latency)")
     p.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="warm-up invokes per model (default 10)")
+    p.add_argument("--time-per-model-ms", type=integer(0, 1_000_000), default=TIME_PER_MODEL_MS,
+                   help=f"timed invokes of a model stop at about this much time a sweep, but at least two a round "
+                   f"(default {TIME_PER_MODEL_MS}; 0: always --runs): slow models need fewer invokes to show their fastest")
     p.add_argument("--sweeps", type=integer(1, 100), default=SWEEPS,
                    help=f"timing passes over every entry, each in another order (default {SWEEPS}): an entry is its "
                    "fastest, so a host that slows down for a minute does not inflate what it timed then")
@@ -103,19 +112,38 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
             parser.error(f"--out-dir {args.out_dir}: exists and is not a folder")
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
-    configs = [{"delegate": d, "threads": t} for t in dict.fromkeys(args.threads) for d in dict.fromkeys(args.delegate)]
-    jobs = [ProfileJob(device=args.device if len(configs) == 1 or args.device is None else
-                       f"{args.device}-{runtime_tag(c)}", space=args.space,
-                       resolution=tuple(args.resolution) if args.resolution else None, deploy=args.deploy,
-                       threads=c["threads"], delegate=c["delegate"], target=args.target, jobs=args.jobs,
-                       calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate,
-                       estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
+
+    def run_config(delegate: str = DEFAULT_RUNTIME["delegate"], threads: int = 1) -> RunConfig:
+        return RunConfig(threads=threads, delegate=delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
+                         time_per_model_ms=args.time_per_model_ms or None, taskset=args.taskset, runtime=args.runtime,
+                         ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
+
+    def configurations() -> list[dict]:
+        """Each (delegate, threads) asked for; --validate without them: the table's own (None)."""
+        if args.validate is not None and not (args.delegate or args.threads):
+            return [{"delegate": None, "threads": None}]
+        threads = list(args.threads or DEFAULT_THREADS)
+        if "all" in threads:
+            cores = make_transport(args.target, run_config()).cores()
+            if cores is None:
+                raise BadTarget(f"--threads all: {args.target} does not say how many cores it has; give a number")
+            threads = [cores if t == "all" else t for t in threads]
+        return [{"delegate": d, "threads": t} for t in dict.fromkeys(threads)
+                for d in dict.fromkeys(args.delegate or DELEGATES)]
+
+    def jobs_for(configs: list[dict]) -> list[ProfileJob]:
+        return [ProfileJob(device=args.device if len(configs) == 1 or args.device is None else
+                           f"{args.device}-{runtime_tag(c)}", space=args.space,
+                           resolution=tuple(args.resolution) if args.resolution else None, deploy=args.deploy,
+                           threads=c["threads"], delegate=c["delegate"], target=args.target, jobs=args.jobs,
+                           calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate,
+                           estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
 
     def one(job: ProfileJob) -> dict:
-        run = RunConfig(threads=job.threads, delegate=job.delegate, runs=args.runs, rounds=args.rounds,
-                        warmup=args.warmup, taskset=args.taskset, runtime=args.runtime,
-                        ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
-        transport = make_transport(args.target, run)
+        if job.delegate is None:  # validating a table under the configuration it states (validate reports a missing one)
+            table = out_dir / f"{job.device}.csv"
+            job = dataclasses.replace(job, **(LatencyTable.load(table).runtime if table.exists() else DEFAULT_RUNTIME))
+        transport = make_transport(args.target, run_config(job.delegate, job.threads))
         try:
             return (validate(job, transport) if job.validate is not None else
                     estimate(job, transport) if job.estimate is not None else profile(job, transport))
@@ -127,7 +155,8 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
 
     def body() -> int:
         try:
-            results = []
+            resolve_space(args.space)  # a bad space is one line before anything is measured
+            jobs, results = jobs_for(configurations()), []
             for i, job in enumerate(jobs, 1):
                 if len(jobs) > 1 and not args.json:
                     print(f"profile: configuration {i}/{len(jobs)}: {job.delegate}, {job.threads} thread(s)"

@@ -2,11 +2,15 @@
 """Device-side timing runner: needs only python3, numpy and ai-edge-litert (or tflite-runtime).
 
     python3 runner.py JOB.json      # JOB: {"models": [paths], "threads": 1, "delegate": "xnnpack",
-                                    #       "warmup": 10, "runs": 200, "rounds": 8}
+                                    #       "warmup": 10, "runs": 200, "rounds": 8, "time_per_model_ms": 100}
 Prints one JSON object per model on stdout: min/median/p10/p90 of single invokes
 (microseconds), count and coefficient of variation. The models are timed round-robin: ``rounds``
 passes over all of them, ``runs / rounds`` invokes each, so that each model's invokes are
-spread over the whole job. ``min_us``, the fastest invoke, is the device's uncontended speed:
+spread over the whole job. ``time_per_model_ms`` (optional) caps a model's timed invokes at
+about that much time, judged by its fastest warm-up invoke (never fewer than two a pass), and its
+warm-up at a quarter of it (never fewer than two invokes): slow models dominated a table's time,
+and their fastest of fewer invokes is only a few % slower (docs/results.md).
+``min_us``, the fastest invoke, is the device's uncontended speed:
 on a shared 2-core "AMD EPYC" Zen 4 VM (ai-edge-litert 2.1, XNNPACK, 1 thread) whose speed
 drifted up to 1.6x within seconds, it repeated within 1.8% RMSE where a 200-invoke median
 repeated within 24% (docs/results.md, "Timing on a noisy host").
@@ -60,19 +64,34 @@ def round_sizes(runs: int, rounds: int) -> list[int]:
     return [runs // rounds + (r < runs % rounds) for r in range(rounds)]
 
 
+def invokes_within(time_per_model_ms: float | None, warm_us: float, runs: int, rounds: int) -> int:
+    """Timed invokes of a model whose fastest warm-up invoke took ``warm_us``: ``runs``, or as
+    many as fit ``time_per_model_ms``, but at least two a pass (the fastest of few is still spread in time)."""
+    if time_per_model_ms is None:
+        return runs
+    return min(runs, max(2 * rounds, int(time_per_model_ms * 1000 / max(warm_us, 1e-3))))
+
+
 def time_models(paths: list[str], threads: int | None = 1, warmup: int = 10, runs: int = 200, rounds: int = 8,
-                delegate: str = "xnnpack") -> list[dict]:
+                delegate: str = "xnnpack", time_per_model_ms: float | None = None) -> list[dict]:
     """Time each model round-robin (see the module docstring); one interpreter per model."""
-    its = []
+    its, plans = [], []
     for k, path in enumerate(paths):
         it = ready(path, threads, delegate, seed=k)
-        for _ in range(warmup):
+        warm, spent = float("inf"), 0.0
+        for i in range(max(warmup, 1 if time_per_model_ms is not None else 0)):
+            t0 = time.perf_counter_ns()
             it.invoke()
+            us = (time.perf_counter_ns() - t0) / 1000.0
+            warm, spent = min(warm, us), spent + us
+            if time_per_model_ms is not None and i >= 1 and spent > 250 * time_per_model_ms:
+                break  # a slow model is warm after two invokes: the rest of its warm-up would cost more than its timing
         its.append(it)
+        plans.append(round_sizes(invokes_within(time_per_model_ms, warm, runs, rounds), rounds))
     times = [[] for _ in its]
-    for n in round_sizes(runs, rounds):
-        for it, t in zip(its, times):
-            for _ in range(n):
+    for r in range(max(len(p) for p in plans)):
+        for it, t, plan in zip(its, times, plans):
+            for _ in range(plan[r] if r < len(plan) else 0):
                 t0 = time.perf_counter_ns()
                 it.invoke()
                 t.append(time.perf_counter_ns() - t0)
@@ -85,9 +104,9 @@ def time_models(paths: list[str], threads: int | None = 1, warmup: int = 10, run
 
 
 def time_model(path: str, threads: int | None = 1, warmup: int = 10, runs: int = 200, rounds: int = 8,
-               delegate: str = "xnnpack") -> dict:
+               delegate: str = "xnnpack", time_per_model_ms: float | None = None) -> dict:
     """:func:`time_models` of one model."""
-    return time_models([path], threads, warmup, runs, rounds, delegate)[0]
+    return time_models([path], threads, warmup, runs, rounds, delegate, time_per_model_ms)[0]
 
 
 def main(argv: list[str]) -> int:
@@ -97,7 +116,7 @@ def main(argv: list[str]) -> int:
     with open(argv[0]) as f:
         job = json.load(f)
     res = time_models(job["models"], job.get("threads", 1), job.get("warmup", 10), job.get("runs", 200),
-                      job.get("rounds", 8), job.get("delegate", "xnnpack"))
+                      job.get("rounds", 8), job.get("delegate", "xnnpack"), job.get("time_per_model_ms"))
     for path, r in zip(job["models"], res):
         print(json.dumps({"model": path, **r}), flush=True)
     return 0

@@ -79,6 +79,7 @@ class RunConfig:
     runs: int = 200                 # timed invokes per model, spread over ``rounds`` round-robin passes
     warmup: int = 10
     rounds: int = 8
+    time_per_model_ms: float | None = None  # caps a model's timed invokes at about this much time (hw.runner)
     taskset: str | None = None      # CPU mask for the runner (ssh, adb)
     runtime: str = "litert"         # litert | tflite-runtime | benchmark_model:PATH (adb)
     ssh_options: tuple[str, ...] = ()
@@ -123,6 +124,11 @@ class Transport:
         """What is known of the device (CPU, cores, governor) for the table's metadata."""
         return {}
 
+    def cores(self) -> int | None:
+        """The device's core count (``--threads all``); None where it does not say."""
+        c = str(self.facts().get("cores") or "")
+        return int(c) if c.isdigit() and int(c) > 0 else None
+
     def close(self) -> None:
         """Remove what was put on the device."""
 
@@ -160,7 +166,7 @@ class Local(Transport):
         from .runner import time_models
         c = self.cfg
         return "".join(json.dumps(r) + "\n" for r in time_models([str(p) for p in paths], c.threads, c.warmup, c.runs,
-                                                                  c.rounds, c.delegate))
+                                                                  c.rounds, c.delegate, c.time_per_model_ms))
 
     def facts(self) -> dict:
         import os
@@ -229,7 +235,8 @@ class SSH(Transport):
     def push(self, paths: list[Path]) -> None:
         c = self.cfg
         job = {"models": [f"{self.remote_dir}/{p.name}" for p in paths], "threads": c.threads,
-               "delegate": c.delegate, "runs": c.runs, "warmup": c.warmup, "rounds": c.rounds}
+               "delegate": c.delegate, "runs": c.runs, "warmup": c.warmup, "rounds": c.rounds,
+               "time_per_model_ms": c.time_per_model_ms}
         with tempfile.TemporaryDirectory() as tmp:
             jp = Path(tmp) / "job.json"
             jp.write_text(json.dumps(job))
@@ -301,7 +308,9 @@ class ADB(Transport):
                 cmd = (["taskset", c.taskset] if c.taskset else []) + [
                     f"{self.DIR}/benchmark_model", f"--graph={self.DIR}/{p.name}", f"--num_threads={c.threads}",
                     f"--use_xnnpack={'true' if c.delegate == 'xnnpack' else 'false'}",
-                    f"--warmup_runs={c.warmup if r == 0 else 1}", f"--num_runs={n}"]
+                    f"--warmup_runs={c.warmup if r == 0 else 1}", f"--num_runs={n}", "--warmup_min_secs=0",
+                    "--min_secs=0",  # its defaults run each call >= 1.5 s whatever --num_runs says
+                    *([f"--max_secs={c.time_per_model_ms / 1000 / c.rounds:g}"] if c.time_per_model_ms else [])]
                 outs.append(self._shell(*cmd))
         return "\0".join(outs)
 
@@ -319,13 +328,21 @@ class ADB(Transport):
                          "count": n, "cv": max(r["cv"] for r in runs), "stat": "avg"})
         return rows
 
+    def cores(self) -> int | None:
+        c = self._shell("nproc", timeout=30).strip()  # an unreachable phone is an error here, not "unknown"
+        return int(c) if c.isdigit() and int(c) > 0 else None
+
     def facts(self) -> dict:
-        try:
-            props = [self._shell("getprop", k, timeout=30).strip() for k in
-                     ("ro.product.model", "ro.product.cpu.abi", "ro.soc.model", "ro.build.version.release")]
-        except TransportError:  # a device without getprop: the table just says less
-            return {}
-        return {"model": props[0], "abi": props[1], "soc": props[2], "android": props[3]}
+        """What getprop and nproc say (a device without one: the table just says less)."""
+        facts = {}
+        for name, cmd in (("model", ("getprop", "ro.product.model")), ("abi", ("getprop", "ro.product.cpu.abi")),
+                          ("soc", ("getprop", "ro.soc.model")), ("android", ("getprop", "ro.build.version.release")),
+                          ("cores", ("nproc",))):
+            try:
+                facts[name] = self._shell(*cmd, timeout=30).strip()
+            except TransportError:
+                pass
+        return facts
 
 
 def parse_benchmark_model(out: str) -> dict:

@@ -218,7 +218,8 @@ ROWS = 2 * 441  # of profile_cmd's table: 441 entries, 2 sweeps
 def profile_cmd(out_dir, cache) -> tuple[list[str], dict]:
     """The r24 table of the fmnist space (441 entries, 2 sweeps), short timings, no calibration subnets."""
     return ([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "t", "--out-dir", str(out_dir),
-             "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "2", "--json"],
+             "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "2",
+             "--delegate", "xnnpack", "--threads", "1", "--json"],
             {**os.environ, "QFA_CACHE": str(cache)})
 
 

@@ -20,9 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = get_space("fmnist")
 
 
-def _profile(tmp, cache, *extra):
+def _profile(tmp, cache, *extra, one_config=True):
+    """hw/profile.py into ``tmp``; ``one_config``: XNNPACK and 1 thread unless ``extra`` says otherwise
+    (the default is a table per delegate at 1 thread and all cores)."""
+    config = [a for flag, val in (("--delegate", "xnnpack"), ("--threads", "1")) if one_config and flag not in extra
+              for a in (flag, val)]
     return subprocess.run([sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "t", "--out-dir", str(tmp),
-                           "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "3", *extra],
+                           "--resolution", "24", "--runs", "5", "--warmup", "1", "--calib-subnets", "3", *config, *extra],
                           capture_output=True, text=True, timeout=500, env={**os.environ, "QFA_CACHE": str(cache)})
 
 
@@ -152,11 +156,14 @@ def test_profile_over_adb_with_a_stand_in_phone(tmp_path, block_cache):
            "QFA_FAKE_SERIAL": "emulator-5554", "QFA_CACHE": str(block_cache)}
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "phone", "--target", "adb:emulator-5554",
            "--runtime", f"benchmark_model:{standins / 'benchmark_model'}", "--out-dir", str(tmp_path),
-           "--resolution", "24", "--runs", "3", "--rounds", "1", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "1", "--json"]
+           "--resolution", "24", "--runs", "3", "--rounds", "1", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "1",
+           "--delegate", "xnnpack", "--threads", "all", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "phone.csv")
     assert len(df) > 400 and (df["median_us"] > 0).all()
+    meta = json.loads((tmp_path / "phone.json").read_text())  # --threads all: the phone's cores (nproc over adb)
+    assert meta["threads"] == os.cpu_count() and meta["device_facts"]["cores"] == str(os.cpu_count())
     assert (tmp_path / "phone" / "qfa" / "benchmark_model").exists()
     bad = cmd[:4] + ["--target", "adb:other-serial"] + cmd[6:]
     bad[bad.index("--out-dir") + 1] = str(tmp_path / "other")
@@ -188,7 +195,8 @@ def test_qfa_profile_forwards_and_estimates_a_table(table_dir):
     bad = qfa("--device", "x", "--space", "nope")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "qfa profile: error: unknown space 'nope'; available: edge, fmnist, paper, or a space .json file"]
-    r = qfa("--estimate", "1", "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "2", "--json")
+    r = qfa("--estimate", "1", "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "2",
+            "--delegate", "xnnpack", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     est = json.loads(r.stdout)
     assert est["entries"] == pd.read_csv(table_dir / "t.csv")["key"].nunique()  # counted without building the table
@@ -296,6 +304,23 @@ def test_the_runner_times_a_model_under_each_runtime_configuration(table_dir, bl
     assert ("XNNPACK delegate" in r.stderr) == (delegate == "xnnpack"), r.stderr[-500:]
 
 
+def test_the_runners_time_cap_times_slow_models_less_but_never_below_two_invokes_a_round(tmp_path):
+    """A time cap gives a slow model fewer invokes than a fast one, at least two a round, at most
+    --runs; without one every model gets --runs (the hw/profile.py default caps, qfa run's check not)."""
+    from export.targets import TARGETS
+    from hw.blocks import BlockFactory, overhead_model
+    from hw.runner import time_models
+    tgt = TARGETS["tflite-int8"]
+    fast, slow = tmp_path / "fast.tflite", tmp_path / "slow.tflite"
+    fast.write_bytes(overhead_model(tgt))
+    slow.write_bytes(BlockFactory(SPACE).whole(SPACE.max_spec(bits=8), tgt))
+    capped = time_models([str(fast), str(slow)], runs=60, rounds=4, warmup=2, time_per_model_ms=1)
+    assert capped[0]["count"] == 60 and capped[1]["count"] == 8, [r["count"] for r in capped]
+    mid = time_models([str(slow)], runs=60, rounds=4, warmup=2, time_per_model_ms=40 * capped[1]["min_us"] / 1000)
+    assert 8 < mid[0]["count"] < 60 and abs(mid[0]["count"] - 40) <= 20, mid[0]["count"]
+    assert [r["count"] for r in time_models([str(fast), str(slow)], runs=12, rounds=4, warmup=1)] == [12, 12]
+
+
 def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_path, block_cache):
     r = _profile(tmp_path, block_cache, "--delegate", "builtin", "--calib-subnets", "0", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -305,22 +330,25 @@ def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_
     assert mixed.returncode == 2 and "another space/target/runtime configuration" in mixed.stderr
     bad = _profile(tmp_path, block_cache, "--validate", "2")
     assert bad.returncode == 2 and "pass its --delegate" in bad.stderr, bad.stderr[-500:]
+    own = _profile(tmp_path, block_cache, "--validate", "2", "--json", one_config=False)  # under its own configuration
+    assert own.returncode == 0 and json.loads(own.stdout)["n"] == 2, own.stderr[-500:]
 
 
 def test_one_profile_measures_a_table_per_runtime_configuration(tmp_path, block_cache):
-    """--delegate and --threads take several values: a table per configuration, each named for it
-    and stating it; a rerun measures nothing new in any of them."""
-    argv = ("--delegate", "xnnpack", "builtin", "--threads", "1", "2", "--calib-subnets", "0", "--json")
-    r = _profile(tmp_path, block_cache, *argv)
+    """By default a table per delegate at 1 thread and at all cores (--delegate and --threads take
+    several values), each named for its configuration and stating it; a rerun measures nothing new."""
+    argv = ("--calib-subnets", "0", "--json")
+    r = _profile(tmp_path, block_cache, *argv, one_config=False)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)["tables"]
-    want = {"t-1t": ("xnnpack", 1), "t-1t-builtin": ("builtin", 1), "t-2t": ("xnnpack", 2), "t-2t-builtin": ("builtin", 2)}
+    want = {f"t-{n}t{d}": (delegate, n) for n in sorted({1, os.cpu_count()})
+            for d, delegate in (("", "xnnpack"), ("-builtin", "builtin"))}
     assert {Path(x["table"]).stem: (x["delegate"], x["threads"]) for x in res} == want
     for name, (delegate, threads) in want.items():
         table = LatencyTable.load(tmp_path / f"{name}.csv")
         assert table.runtime == {"delegate": delegate, "threads": threads} and len(table.rows) == 441
-    again = _profile(tmp_path, block_cache, *argv)
-    assert again.returncode == 0 and [x["new"] for x in json.loads(again.stdout)["tables"]] == [0] * 4
+    again = _profile(tmp_path, block_cache, *argv, one_config=False)
+    assert again.returncode == 0 and [x["new"] for x in json.loads(again.stdout)["tables"]] == [0] * len(want)
 
 
 def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):

@@ -55,7 +55,7 @@ def test_profile_over_ssh_matches_local_keys(sshd, tmp_path, block_cache):
     url, opts = sshd
     cmd = [sys.executable, str(ROOT / "hw" / "profile.py"), "--device", "pi", "--target", url, "--out-dir", str(tmp_path),
            "--resolution", "24", "--runs", "3", "--warmup", "1", "--calib-subnets", "0", "--sweeps", "1",
-           "--remote-python", sys.executable,
+           "--remote-python", sys.executable, "--delegate", "xnnpack", "--threads", "all",
            "--json"] + [a for o in opts for a in ("--ssh-option", o)]
     env = {**os.environ, "QFA_CACHE": str(block_cache)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
@@ -65,6 +65,7 @@ def test_profile_over_ssh_matches_local_keys(sshd, tmp_path, block_cache):
     assert len(df) > 400 and (df["median_us"] > 0).all() and df["key"].is_unique
     meta = __import__("json").loads((tmp_path / "pi.json").read_text())
     assert meta["transport"] == url and "uname" in meta["device_facts"]
+    assert meta["threads"] == int(meta["device_facts"]["cores"]) == os.cpu_count()  # --threads all: the device's nproc
 
 
 def _transport_case(scheme: str, request, tmp_path, monkeypatch):
