@@ -26,7 +26,7 @@ __all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
 
 STAT = "min_us"      # what a new table records as each entry's latency (hw.table.STATS)
 BATCH_MODELS = 96    # models timed together, round-robin (a crash loses at most one batch)
-TIME_PER_MODEL_MS = 100  # a model's timed invokes a sweep stop at about this much time (hw.runner.invokes_within)
+TIME_PER_MODEL_MS = 50  # a model's timed invokes a sweep stop at about this much time (hw.runner.invokes_within)
 SWEEPS = 2           # passes over every entry, each in another order (hw.table.FIELDS): min over them
 
 

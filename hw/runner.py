@@ -2,14 +2,15 @@
 """Device-side timing runner: needs only python3, numpy and ai-edge-litert (or tflite-runtime).
 
     python3 runner.py JOB.json      # JOB: {"models": [paths], "threads": 1, "delegate": "xnnpack",
-                                    #       "warmup": 10, "runs": 200, "rounds": 8, "time_per_model_ms": 100}
+                                    #       "warmup": 10, "runs": 200, "rounds": 8, "time_per_model_ms": 50}
 Prints one JSON object per model on stdout: min/median/p10/p90 of single invokes
 (microseconds), count and coefficient of variation. The models are timed round-robin: ``rounds``
 passes over all of them, ``runs / rounds`` invokes each, so that each model's invokes are
 spread over the whole job. ``time_per_model_ms`` (optional) caps a model's timed invokes at
 about that much time, judged by its fastest warm-up invoke (never fewer than two a pass), and its
-warm-up at a quarter of it (never fewer than two invokes): slow models dominated a table's time,
-and their fastest of fewer invokes is only a few % slower (docs/results.md).
+warm-up at a quarter of it (never fewer than two invokes): the slowest tenth of a table's models
+took two thirds of its time, and their fastest of fewer invokes adds up as well (docs/results.md,
+"Profiling time").
 ``min_us``, the fastest invoke, is the device's uncontended speed:
 on a shared 2-core "AMD EPYC" Zen 4 VM (ai-edge-litert 2.1, XNNPACK, 1 thread) whose speed
 drifted up to 1.6x within seconds, it repeated within 1.8% RMSE where a 200-invoke median
