@@ -56,8 +56,9 @@ def main() -> None:
     ap.add_argument("--caps", default=str(TIME_PER_MODEL_MS), help="time caps (ms a model, comma-separated) whose "
                     f"kept invokes' fastest is a statistic too (default {TIME_PER_MODEL_MS}, hw/profile.py's)")
     args = ap.parse_args()
-    for ms in map(float, args.caps.split(",")):
-        STATS[f"min, invokes capped at {ms:g} ms a model"] = lambda t, ms=ms: capped(t, ms).min()
+    capped_stats = {f"min, invokes capped at {ms:g} ms a model": lambda t, ms=ms: capped(t, ms).min()
+                    for ms in map(float, args.caps.split(","))}
+    STATS.update(capped_stats)
     f = Local("local", RunConfig()).facts()
     print(f"{f.get('cpu')} ({f.get('cpu_id')}, {f.get('cores')} cores), {f.get('runtime')}, 1 thread, XNNPACK")
     tgt, space = TARGETS[args.target], get_space("fmnist")
@@ -90,7 +91,7 @@ def main() -> None:
     print(f"{'statistic':42s} {'repeat RMSE':>11s} {'sum vs whole RMSE':>17s} {'within 10%':>10s} {'bias':>6s}")
     for name, stat in STATS.items():
         rep, err = [], []
-        whole = (lambda t: t.min()) if "capped" in name else stat  # a profile times whole subnets in full
+        whole = (lambda t: t.min()) if name in capped_stats else stat  # a profile times whole subnets in full
         for i, n in enumerate(pieces):
             a, b = (lambda m, h=h: stat(times[m][h]) for h in halves)
             s = sum(a(f"p{i}_{j}") for j in range(n)) - (n - 1) * a("overhead")

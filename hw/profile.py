@@ -53,7 +53,8 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
                    "its data; default fmnist)")
     p.add_argument("--resolution", type=integer(1, 4096), nargs="+", help="resolutions to measure (default: all of the space)")
     p.add_argument("--threads", type=_threads, nargs="+", help="interpreter threads: numbers, or 'all' (the device's "
-                   "cores); default 1 and all, a table per configuration (with --delegate's), named NAME-<threads>t[-builtin]")
+                   "cores); default 1 and all, a table per configuration (with --delegate's), named "
+                   "NAME-<threads>t[-builtin]")
     p.add_argument("--delegate", nargs="+", choices=DELEGATES,
                    help="runtime configuration: the interpreter's default XNNPACK delegate, or TFLite's builtin kernels "
                    "alone (default both: which is faster depends on the CPU and the model's size)")
@@ -71,7 +72,8 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="warm-up invokes per model (default 10)")
     p.add_argument("--time-per-model-ms", type=integer(0, 1_000_000), default=TIME_PER_MODEL_MS,
                    help=f"timed invokes of a model stop at about this much time a sweep, but at least two a round "
-                   f"(default {TIME_PER_MODEL_MS}; 0: always --runs): slow models need fewer invokes to show their fastest")
+                   f"(default {TIME_PER_MODEL_MS}; 0: always --runs): slow models need fewer invokes to show their "
+                   "fastest")
     p.add_argument("--sweeps", type=integer(1, 100), default=SWEEPS,
                    help=f"timing passes over every entry, each in another order (default {SWEEPS}): an entry is its "
                    "fastest, so a host that slows down for a minute does not inflate what it timed then")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
 
-    def run_config(delegate: str = DEFAULT_RUNTIME["delegate"], threads: int = 1) -> RunConfig:
+    def run_config(delegate: str = DEFAULT_RUNTIME["delegate"], threads: int = DEFAULT_RUNTIME["threads"]) -> RunConfig:
         return RunConfig(threads=threads, delegate=delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
                          time_per_model_ms=args.time_per_model_ms or None, taskset=args.taskset, runtime=args.runtime,
                          ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
                            estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
 
     def one(job: ProfileJob) -> dict:
-        if job.delegate is None:  # validating a table under the configuration it states (validate reports a missing one)
+        if job.delegate is None:  # validated under the configuration it states (validate reports a missing table)
             table = out_dir / f"{job.device}.csv"
             job = dataclasses.replace(job, **(LatencyTable.load(table).runtime if table.exists() else DEFAULT_RUNTIME))
         transport = make_transport(args.target, run_config(job.delegate, job.threads))

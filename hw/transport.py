@@ -126,8 +126,7 @@ class Transport:
 
     def cores(self) -> int | None:
         """The device's core count (``--threads all``); None where it does not say."""
-        c = str(self.facts().get("cores") or "")
-        return int(c) if c.isdigit() and int(c) > 0 else None
+        return _count(self.facts().get("cores"))
 
     def close(self) -> None:
         """Remove what was put on the device."""
@@ -142,6 +141,12 @@ class Transport:
         if bad:  # nothing impossible reaches a table
             raise TransportError(f"runner on {self.target} reported impossible latencies {bad[:3]} us")
         return rows
+
+
+def _count(text) -> int | None:
+    """A positive count as a device printed it (``nproc``), else None."""
+    c = str(text or "").strip()
+    return int(c) if c.isdigit() and int(c) > 0 else None
 
 
 def _run(cmd: list[str], timeout: float, what: str) -> str:
@@ -329,8 +334,7 @@ class ADB(Transport):
         return rows
 
     def cores(self) -> int | None:
-        c = self._shell("nproc", timeout=30).strip()  # an unreachable phone is an error here, not "unknown"
-        return int(c) if c.isdigit() and int(c) > 0 else None
+        return _count(self._shell("nproc", timeout=30))  # an unreachable phone is an error here, not "unknown"
 
     def facts(self) -> dict:
         """What getprop and nproc say (a device without one: the table just says less)."""
