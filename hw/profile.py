@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(_here.parent))
 
 from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS, runtime_tag  # noqa: E402
-from hw.profiling import SWEEPS, TIME_PER_MODEL_MS, ProfileJob, end_progress, estimate, profile, validate  # noqa: E402
+from hw.profiling import (DOMINATED, SPEED_CHECK, SWEEPS, TIME_PER_MODEL_MS, ProfileJob, dominated,  # noqa: E402
+                          end_progress, estimate, probe_configurations, profile, validate)
 from hw.table import LatencyTable, TableError  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
@@ -81,6 +82,9 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
                    help="whole subnets measured to fit the correction (default 40; 0: the plain sum)")
     p.add_argument("--validate", type=integer(1, 100_000), metavar="N",
                    help="measure N random subnets end to end and compare")
+    p.add_argument("--speed-check", type=integer(0, 100_000), default=SPEED_CHECK, metavar="K",
+                   help=f"with --validate: also compare at the device's speed now, the table scaled by K other "
+                   f"subnets timed first, as qfa run scales it (default {SPEED_CHECK}; 0: not)")
     p.add_argument("--estimate", type=integer(1, 100_000), metavar="K", help="measure nothing into a table: time K "
                    "sampled shapes and print the estimated time of the whole table (e.g. --space paper --resolution "
                    "224 --estimate 3)")
@@ -139,7 +143,34 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
                            resolution=tuple(args.resolution) if args.resolution else None, deploy=args.deploy,
                            threads=c["threads"], delegate=c["delegate"], target=args.target, jobs=args.jobs,
                            calib_subnets=args.calib_subnets, sweeps=args.sweeps, validate=args.validate,
+                           speed_check=args.speed_check,
                            estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
+
+    def skip_dominated(configs: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The default configurations less those another beats by DOMINATED x on every extreme
+        subnet, timed briefly under each first (a table nobody would search, e.g. the builtin
+        kernels at 2 threads on a 2-vCPU VM: 8-20 ms whatever the model); and what was skipped."""
+        if args.delegate or args.threads or args.validate is not None or args.estimate is not None or len(configs) < 2:
+            return configs, []
+        key = [(c["delegate"], c["threads"]) for c in configs]
+        transports = {k: make_transport(args.target, dataclasses.replace(run_config(*k), runs=20, rounds=2, warmup=3))
+                      for k in key}
+        try:
+            times = probe_configurations(jobs_for(configs)[0], transports)
+        finally:
+            for t in transports.values():
+                try:
+                    t.close()
+                except TransportError:
+                    pass
+        slow = dominated(times)
+        skipped = [{"delegate": k[0], "threads": k[1], "slower_than": {"delegate": v["by"][0], "threads": v["by"][1]},
+                    "by_at_least": round(v["slower"], 2)} for k, v in slow.items()]
+        for x in skipped:
+            print(f"profile: not measuring {x['delegate']}, {x['threads']} thread(s): {x['slower_than']['delegate']}, "
+                  f"{x['slower_than']['threads']} thread(s) ran every min/max subnet at least {x['by_at_least']:g}x "
+                  f"faster (pass --delegate and --threads to measure it anyway)", file=sys.stderr, flush=True)
+        return [c for c, k in zip(configs, key) if k not in slow], skipped
 
     def one(job: ProfileJob) -> dict:
         if job.delegate is None:  # validated under the configuration it states (validate reports a missing table)
@@ -158,7 +189,9 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     def body() -> int:
         try:
             resolve_space(args.space)  # a bad space is one line before anything is measured
-            jobs, results = jobs_for(configurations()), []
+            configs = configurations()
+            kept, skipped = skip_dominated(configs)
+            jobs, results = [j for j, c in zip(jobs_for(configs), configs) if c in kept], []
             for i, job in enumerate(jobs, 1):
                 if len(jobs) > 1 and not args.json:
                     print(f"profile: configuration {i}/{len(jobs)}: {job.delegate}, {job.threads} thread(s)"
@@ -173,7 +206,8 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
             end_progress()
             print("profile: interrupted; measured rows are kept, rerun to continue", file=sys.stderr)
             return 130
-        res = results[0] if len(results) == 1 else {"tables": results}
+        res = results[0] if len(results) == 1 and not skipped else {"tables": results, **({"skipped": skipped}
+                                                                                          if skipped else {})}
         if args.json:
             print(json.dumps(_finite(res), allow_nan=False))
         else:

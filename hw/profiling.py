@@ -22,12 +22,16 @@ from hw.table import (FIELDS, LatencyTable, TableError, add_sweep_column, append
 from hw.transport import Transport
 from qfa.core.fileio import atomic_write, drop_partial_tail
 
-__all__ = ["ProfileJob", "profile", "estimate", "validate", "end_progress"]
+__all__ = ["ProfileJob", "profile", "estimate", "validate", "speed_check", "probe_configurations", "dominated",
+           "end_progress"]
 
 STAT = "min_us"      # what a new table records as each entry's latency (hw.table.STATS)
 BATCH_MODELS = 96    # models timed together, round-robin (a crash loses at most one batch)
 TIME_PER_MODEL_MS = 50  # a model's timed invokes a sweep stop at about this much time (hw.runner.invokes_within)
 SWEEPS = 2           # passes over every entry, each in another order (hw.table.FIELDS): min over them
+SPEED_CHECK = 6      # whole subnets timed to scale a table to the device's speed now (speed_check)
+SPEED_BAND = 2.0     # a table that misses the device's speed now by more than this factor describes another one
+DOMINATED = 1.5      # a default configuration this much slower than another on every extreme subnet is not profiled
 
 
 SHARED_ENTRIES = ("nominal W2/W3/W4 with activations < 8 bits deploy as int8 values + a MINIMUM clamp ('i8c') and "
@@ -50,6 +54,7 @@ class ProfileJob:
     calib_subnets: int = 40
     sweeps: int = SWEEPS                        # timing passes over every entry (and every whole subnet)
     validate: int | None = None
+    speed_check: int = SPEED_CHECK              # validate: also at the device's speed now (0: not)
     estimate: int | None = None
     out_dir: Path = Path("latency_tables")
     json: bool = False                          # machine-readable output: no progress lines
@@ -205,6 +210,31 @@ def extreme_specs(space, resolutions, float_io: bool) -> list:
     return [f(bits=b).replace(resolution=r) for r in resolutions for f in (space.min_spec, space.max_spec) for b in bits]
 
 
+def probe_configurations(job: ProfileJob, transports: dict) -> dict:
+    """Each runtime configuration's time (us, :data:`STAT`) of the extreme subnets of the job's
+    space, target and resolutions (:func:`extreme_specs`): ``transports`` maps a configuration
+    to a transport running it."""
+    from qfa.core.space import resolve_space
+    from hw.blocks import BlockFactory
+    space, target = resolve_space(job.space), TARGETS[job.deploy]
+    factory = BlockFactory(space)
+    paths = [write_model(factory.whole(s, target)) for s in extreme_specs(space, _resolutions(job, space), target.float_io)]
+    return {c: np.array([r[STAT] for r in tr.measure(paths)]) for c, tr in transports.items()}
+
+
+def dominated(times: dict, ratio: float = DOMINATED) -> dict:
+    """The configurations that another runs at least ``ratio`` times faster on every subnet timed
+    (``times``: configuration -> us of the same subnets): {configuration: {"by": the other,
+    "slower": the smallest of its ratios}}. Nothing dominates the fastest on any one subnet."""
+    out: dict = {}
+    for c, t in times.items():
+        for o, u in times.items():
+            r = float(np.min(np.asarray(t) / np.asarray(u)))
+            if o != c and r >= ratio and r > out.get(c, {}).get("slower", 0):
+                out[c] = {"by": o, "slower": r}
+    return out
+
+
 def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, sweeps: int,
            extremes: bool = False):
     """(features [sum_us, 1, pieces, clamped convs], measured us, how many of them come first as
@@ -228,34 +258,65 @@ def _whole(table: LatencyTable, factory, transport, target, n: int, seed: int, s
     return np.array([table.features(s) for s in specs]), meas, len(ext)
 
 
+def speed_check(table: LatencyTable, transport: Transport, n: int = SPEED_CHECK) -> dict:
+    """How fast the device runs now against the table: ``n`` random subnets timed whole (as the
+    table's calibration subnets were), ``factor`` the geometric mean of measured / predicted.
+    A table is a snapshot: a shared VM's speed moves by ~10% over tens of minutes (docs/results.md,
+    "Profiling time"), uniformly over model sizes, so predictions times ``factor`` are the
+    device's speed now. ``within_band``: False when the factor is beyond :data:`SPEED_BAND` either
+    way (the table describes another device, or this one under other load)."""
+    from hw.blocks import BlockFactory
+    x, meas, _ = _whole(table, BlockFactory(table.space), transport, table.target, n, seed=3,
+                        sweeps=table.meta.get("timing", {}).get("sweeps", SWEEPS))
+    ratio = meas / (x @ table.coef)
+    factor = float(np.exp(np.mean(np.log(ratio))))
+    return {"factor": factor, "subnets": n, "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
+            "within_band": 1 / SPEED_BAND <= factor <= SPEED_BAND}
+
+
+def _errors(pred: np.ndarray, meas: np.ndarray, prefix: str = "") -> dict:
+    err = (pred - meas) / meas
+    return {f"{prefix}rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
+            f"{prefix}within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)),
+            f"{prefix}within_10pct": float(100 * np.mean(np.abs(err) <= 0.10))}
+
+
 def validate(job: ProfileJob, transport: Transport) -> dict:
+    """The table's predictions against ``job.validate`` random subnets timed whole now; with
+    ``job.speed_check``, also scaled to the device's speed now by that many other subnets
+    (:func:`speed_check`, as ``qfa run`` scales them) and compared again (``checked_*``)."""
     from hw.blocks import BlockFactory
     table = LatencyTable.load(Path(job.out_dir) / f"{job.device}.csv")
     want = {"delegate": job.delegate, "threads": job.threads}
     if table.runtime != want:
         raise TableError(f"{job.device} was measured with {table.runtime}, not {want}: pass its --delegate and "
                          "--threads to validate it")
+    check = speed_check(table, transport, job.speed_check) if job.speed_check else None
     x, meas, _ = _whole(table, BlockFactory(table.space), transport, table.target, job.validate, seed=2,
                         sweeps=job.sweeps)
-    pred_raw = x[:, 0]
     pred = x @ table.coef
-    err = (pred - meas) / meas
-    res = {"n": len(meas), "rmse_pct": float(100 * np.sqrt(np.mean(err ** 2))),
-           "within_5pct": float(100 * np.mean(np.abs(err) <= 0.05)), "within_10pct": float(100 * np.mean(np.abs(err) <= 0.10)),
-           "raw_sum_rmse_pct": float(100 * np.sqrt(np.mean(((pred_raw - meas) / meas) ** 2)))}
+    res = {"n": len(meas), **_errors(pred, meas), "raw_sum_rmse_pct": _errors(x[:, 0], meas)["rmse_pct"]}
+    if check:
+        res.update({"speed_check": check, **_errors(pred * check["factor"], meas, "checked_")})
     png = Path(job.out_dir) / f"{job.device}_validation.png"
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.scatter(meas / 1000, pred / 1000, s=12)
-        lim = [0, max(meas.max(), pred.max()) / 1000 * 1.05]
+        ax.scatter(meas / 1000, pred / 1000, s=12, label="the table")
+        if check:
+            ax.scatter(meas / 1000, pred * check["factor"] / 1000, s=8, marker="x",
+                       label=f"x {check['factor']:.3f}: the speed now ({check['subnets']} other subnets)")
+            ax.legend(loc="upper left", fontsize=7)
+        lim = [0, max(meas.max(), pred.max(), pred.max() * (check or {}).get("factor", 1)) / 1000 * 1.05]
         ax.plot(lim, lim, "k--", lw=0.8)
         ax.plot(lim, [v * 1.1 for v in lim], "r:", lw=0.8)
         ax.plot(lim, [v * 0.9 for v in lim], "r:", lw=0.8)
         ax.set_xlabel("measured (ms)"), ax.set_ylabel("predicted (ms)")
-        ax.set_title(f"{job.device}: RMSE {res['rmse_pct']:.1f}%, {res['within_10pct']:.0f}% within 10%")
+        ax.set_title(f"{job.device}: RMSE {res['rmse_pct']:.1f}%, {res['within_10pct']:.0f}% within 10%"
+                     + (f"\nat the speed now: {res['checked_rmse_pct']:.1f}%, {res['checked_within_10pct']:.0f}%"
+                        if check else ""), fontsize=9)
         fig.tight_layout()
         fig.savefig(png, dpi=120)
         res["plot"] = str(png)

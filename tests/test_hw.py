@@ -224,6 +224,31 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
     assert [d.split(":")[0] for d in diff] == ["cpu_id", "cpu_flags"] and "not stated by the table" in diff[0]
 
 
+def test_a_speed_check_scales_a_table_to_the_devices_speed_now(table_dir, block_cache, tmp_path):
+    """Whole subnets timed now against a table's predictions: a table whose every entry is 1.5 times
+    what this host measured gets 1/1.5 of the factor of the same table as measured, and one that
+    promises 10x this host's speed is out of the band (it describes another device)."""
+    from hw.profiling import speed_check
+    from hw.transport import Local, RunConfig
+    df, meta = pd.read_csv(table_dir / "t.csv"), json.loads((table_dir / "t.json").read_text())
+    meta.pop("calibration", None)  # the plain sum: it scales with the entries
+    for name, k in (("as-measured", 1), ("slow", 1.5), ("fast", 0.1)):
+        d = df.copy()
+        d[["min_us", "median_us"]] *= k
+        d.to_csv(tmp_path / f"{name}.csv", index=False)
+        (tmp_path / f"{name}.json").write_text(json.dumps({**meta, "overhead_us": meta["overhead_us"] * k}))
+    transport = Local("local", RunConfig(runs=40, rounds=4, warmup=2))
+    check = {n: speed_check(LatencyTable.load(tmp_path / f"{n}.csv"), transport, 3) for n in ("as-measured", "slow", "fast")}
+    assert check["as-measured"]["within_band"] and check["slow"]["within_band"] and not check["fast"]["within_band"]
+    assert check["fast"]["factor"] > 4 and 1.25 < check["as-measured"]["factor"] / check["slow"]["factor"] < 1.8, check
+    # --validate also compares at the speed now, scaled by other subnets; --speed-check 0: as measured only
+    r = _profile(table_dir, block_cache, "--validate", "3", "--speed-check", "2", "--json")
+    res = json.loads(r.stdout)
+    assert res["speed_check"]["subnets"] == 2 and res["checked_rmse_pct"] >= 0 and res["n"] == 3, r.stderr[-500:]
+    r = _profile(table_dir, block_cache, "--validate", "3", "--speed-check", "0", "--json")
+    assert "speed_check" not in json.loads(r.stdout) and "checked_rmse_pct" not in json.loads(r.stdout)
+
+
 @pytest.mark.parametrize("name", list_spaces())
 @pytest.mark.parametrize("float_io", [False, True])
 def test_the_calibration_extremes_are_subnets_of_every_space(name, float_io):
@@ -335,20 +360,39 @@ def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_
 
 
 def test_one_profile_measures_a_table_per_runtime_configuration(tmp_path, block_cache):
-    """By default a table per delegate at 1 thread and at all cores (--delegate and --threads take
-    several values), each named for its configuration and stating it; a rerun measures nothing new."""
+    """By default a table per delegate at 1 thread and at all cores, each named for its
+    configuration and stating it, except one that another ran at least 1.5x faster on every
+    min/max subnet (said, and in the JSON); --delegate and --threads take several values and
+    measure each; a rerun measures nothing new."""
+    from hw.profiling import DOMINATED
     argv = ("--calib-subnets", "0", "--json")
-    r = _profile(tmp_path, block_cache, *argv, one_config=False)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout)["tables"]
     want = {f"t-{n}t{d}": (delegate, n) for n in sorted({1, os.cpu_count()})
             for d, delegate in (("", "xnnpack"), ("-builtin", "builtin"))}
-    assert {Path(x["table"]).stem: (x["delegate"], x["threads"]) for x in res} == want
+    r = _profile(tmp_path, block_cache, *argv, one_config=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    made = {Path(x["table"]).stem: (x["delegate"], x["threads"]) for x in res["tables"]}
+    skipped = {(x["delegate"], x["threads"]): x for x in res.get("skipped", [])}
+    assert set(made.values()) | set(skipped) == set(want.values()) and not set(made.values()) & set(skipped)
+    assert set(made) <= set(want) and all(want[n] == c for n, c in made.items()) and made
+    assert all(x["by_at_least"] >= DOMINATED and (x["slower_than"]["delegate"], x["slower_than"]["threads"]) in
+               want.values() and f"not measuring {d}, {t} thread(s)" in r.stderr for (d, t), x in skipped.items())
+    everything = ("--delegate", *DELEGATES, "--threads", "1", "all", *argv)  # asked for: all of them, none skipped
+    r = _profile(tmp_path, block_cache, *everything, one_config=False)
+    assert r.returncode == 0 and "skipped" not in json.loads(r.stdout), r.stderr[-2000:]
     for name, (delegate, threads) in want.items():
         table = LatencyTable.load(tmp_path / f"{name}.csv")
         assert table.runtime == {"delegate": delegate, "threads": threads} and len(table.rows) == 441
-    again = _profile(tmp_path, block_cache, *argv, one_config=False)
+    again = _profile(tmp_path, block_cache, *everything, one_config=False)
     assert again.returncode == 0 and [x["new"] for x in json.loads(again.stdout)["tables"]] == [0] * len(want)
+
+
+def test_a_configuration_is_dominated_only_by_one_faster_on_every_subnet():
+    from hw.profiling import dominated
+    times = {"x1": [100, 20_000], "b1": [500, 4_000], "x2": [110, 11_000], "b2": [9_000, 21_000]}
+    assert dominated(times) == {"b2": {"by": "b1", "slower": 5.25}}  # b1: 18x and 5.25x (x2: 1.9x, x1: 1.05x)
+    assert dominated(times, ratio=30) == {} and dominated({"only": [1, 2]}) == {}
+    assert dominated({"a": [100, 100], "b": [150, 149]}) == {}  # 1.5x on one subnet, not on every one
 
 
 def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):

@@ -53,6 +53,14 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert chosen["table"] == s["table"] and chosen["hash"] == s["hash"] and chosen["runtime"] == {
         k: v for k, v in s["runtime"].items() if k != "interpreter"}
     assert chosen["top1"] == max(c["top1"] for c in configs if c["top1"] is not None)
+    # predicted at this host's speed now: the table's prediction times the speed check's factor;
+    # the saved Pareto set keeps the table's own (a rerun does not scale it twice)
+    from hw.table import LatencyTable
+    table = LatencyTable.load(s["table"])
+    table_ms = table.predict(table.space.parse(s["spec"]))
+    assert 0.5 <= s["speed_factor"] <= 2 and s["predicted_latency_ms"] == pytest.approx(table_ms * s["speed_factor"])
+    saved = [json.loads(ln) for ln in Path(s["pareto_csv"]).with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["latency_ms"] for r in saved if r["hash"] == s["hash"]] == [pytest.approx(table_ms)]
     # rerun resumes: no training, no labelling, the saved Pareto set answers
     r2 = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget")
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -106,10 +114,11 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert r3.returncode == 2
     err = [ln for ln in r3.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert len(err) == 1 and "fastest achievable on this table is" in err[0], r3.stderr[-1000:]
-    # a table that promises 10x the speed this host has: the shipped file is measured over the
-    # budget, which is one line and exit status 1 unless --allow-over-budget (made from the table
-    # the job used, which describes this host: shipped for its CPU, or profiled)
-    fast, used = tmp_path / "fast.csv", Path(s["table"])
+    # a table that promises 10x the speed this host has, taken as it is (--speed-check 0; else it
+    # would be out of the speed check's band and this host profiled): the shipped file is measured
+    # over the budget, which is one line and exit status 1 unless --allow-over-budget (made from the
+    # first table the job searched, which describes this host: shipped for its CPU, or profiled)
+    fast, used = tmp_path / "fast.csv", Path(configs[0]["table"])  # the one the labels were scored for
     df = pd.read_csv(used)
     df[["min_us", "median_us"]] /= 10
     df.to_csv(fast, index=False)
@@ -117,10 +126,10 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     meta["overhead_us"] /= 10
     meta.pop("calibration", None)  # the plain sum, a tenth of what this host measured
     fast.with_suffix(".json").write_text(json.dumps(meta))
-    r4 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast))
+    r4 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast), "--speed-check", "0")
     err = [ln for ln in r4.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert r4.returncode == 1 and len(err) == 1 and "over the" in err[0] and "budget" in err[0], r4.stderr[-1000:]
-    r5 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast), "--allow-over-budget", "--json")
+    r5 = _qfa("run", "--tiny", "--run", str(run), "--table", str(fast), "--allow-over-budget", "--json", "--speed-check", "0")
     assert r5.returncode == 0, r5.stderr[-2000:]
     s5 = json.loads(r5.stdout)
     assert not s5["within_budget"] and s5["measured_latency_ms"] > s5["budget_ms"] >= s5["predicted_latency_ms"]

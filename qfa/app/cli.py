@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         cfg = replace(cfg, **TINY)
     cfg.train_overrides = tuple(cfg.train_overrides) + tuple(args.set or ())
     cfg.allow_over_budget = args.allow_over_budget
-    for k in ("n_predictor", "pop", "gens", "test_images", "verify"):
+    for k in ("n_predictor", "pop", "gens", "test_images", "verify", "speed_check"):
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     if args.checkpoint and not Path(args.checkpoint).exists():
@@ -746,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--test-images", type=integer(1), help="verification images (default: all 10,000)")
     rp.add_argument("--allow-over-budget", action="store_true", help="keep the shipped model even when it measures "
                     "over the budget here (by default that is an error, exit status 1)")
+    rp.add_argument("--speed-check", type=integer(0), metavar="K", help="time K subnets whole before the search "
+                    "and scale each table's predictions to this host's speed now (default 6; 0: the tables as "
+                    "measured); a table off by over 2x is replaced by this host profiled")
     rp.add_argument("--verify", type=integer(1), metavar="K", help="label the K best-predicted subnets under the "
                     "budget on the held-out split, as the export calibrates them, and ship the truly best")
     rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")

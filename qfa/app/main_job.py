@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.profiling import SPEED_CHECK
 from latency_tables import SHIPPED, shipped
 from qfa.core.fileio import atomic_write
 
@@ -60,6 +61,7 @@ class JobConfig:
     train_overrides: tuple[str, ...] = ()
     tables: tuple[Path, ...] = (DEFAULT_TABLE,)  # one per runtime configuration searched (see _tables)
     profile: bool = False                # measure this host into new tables first
+    speed_check: int = SPEED_CHECK       # subnets timed to scale each table to this host's speed now (0: not)
     latency_ms: float | None = None      # default: the middle of the front's latency range
     n_predictor: int = 60
     calib_images: int = 500
@@ -80,7 +82,7 @@ class JobConfig:
 TINY = dict(train_overrides=("eval_images=64", "calib_images=64", "ckpt_every=6",
                              "float.epochs=0.01", "stage0.epochs=0.005", "stage1.epochs=0.005"),
             n_predictor=12, calib_images=64, eval_images=128, predictor_epochs=60, pop=40, gens=8,
-            test_images=300, threshold=80.0, export_calib_images=128, export_calib_draws=1,
+            test_images=300, threshold=80.0, speed_check=2, export_calib_images=128, export_calib_draws=1,
             search_bits=(8,))
 
 
@@ -88,15 +90,30 @@ def _say(msg: str) -> None:
     print(f"[qfa run] {msg}", file=sys.stderr, flush=True)
 
 
+def _speed(cfg: JobConfig, table_csv: Path, table) -> dict | None:
+    """This host's speed now against ``table`` (``hw.profiling.speed_check``; None when off)."""
+    if not cfg.speed_check:
+        return None
+    from hw.profiling import speed_check
+    from hw.transport import Local, RunConfig
+    check = speed_check(table, Local("local", RunConfig(**table.runtime)), cfg.speed_check)
+    f = check["factor"]
+    _say(f"2/6 speed check: {table_csv.stem}: {cfg.speed_check} subnets ran at {f:.3f}x its predictions"
+         + ("" if abs(f - 1) < 0.05 else f" (this host runs {abs(f - 1):.0%} {'slower' if f > 1 else 'faster'} now "
+                                           "than when it was measured)")
+         + ("; predictions scaled by it" if check["within_band"] else ""))
+    return check
+
+
 def _tables(cfg: JobConfig, net, run: Path) -> list:
-    """Step 2: the (csv, LatencyTable) of each deployment to search, all of one target. The default
-    stands for every configuration shipped for this CPU; a table measured on another machine, or
-    for another space, is replaced by this host measured for the same deployment (the default:
-    under each delegate, whose speeds differ up to 14x by machine and model size)."""
-    import subprocess
-    from export.targets import DELEGATES, runtime_tag
+    """Step 2: the (csv, LatencyTable, speed check) of each deployment to search, all of one target.
+    The default stands for every configuration shipped for this CPU; a table measured on another
+    machine or for another space, or one that misses this host's speed now by more than
+    ``hw.profiling.SPEED_BAND`` either way, is replaced by this host measured for the same
+    deployment (the default: under each delegate, whose speeds differ up to 14x by machine and
+    model size)."""
+    from hw.profiling import SPEED_BAND
     from hw.table import LatencyTable
-    from hw.transport import Local, RunConfig, device_slug
     named = {csv: LatencyTable.load(csv) for csv in map(Path, cfg.tables)}
     targets = sorted({t.target.name for t in named.values()})
     if len(targets) > 1:
@@ -106,45 +123,61 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
     for table_csv, given in named.items():
         default = table_csv == DEFAULT_TABLE and not cfg.profile and given.space.hash == net.space.hash
         here = shipped_for_this_host(given.meta) if default else []
+        mismatch = [] if cfg.profile or here else given.host_mismatch()
+        other_space = not cfg.profile and given.space.hash != net.space.hash
+        why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
+               if other_space else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so "
+               if mismatch else "")
         if here:
             _say(f"2/6 latency tables: {len(here)} runtime configuration(s) shipped for this CPU, each searched: "
                  + ", ".join(p.name for p in here)
                  + ("" if here[0] == table_csv else f" ({table_csv.name} describes another machine)"))
-            out += [(p, LatencyTable.load(p)) for p in here]
-            continue
-        mismatch = [] if cfg.profile else given.host_mismatch()
-        other_space = not cfg.profile and given.space.hash != net.space.hash
-        if not (cfg.profile or mismatch or other_space):
+        elif not (cfg.profile or why):
             facts = given.meta.get("device_facts", {})
             _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
                  f"{given.runtime['delegate']}, {given.runtime['threads']} thread(s), as this host; --profile "
                  "measures this host anyway)")
-            out.append((table_csv, given))
-            continue
-        why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so "
-               if mismatch else "")
-        # the same deployment as the given table, measured here; for the default, under each delegate
-        rt = given.runtime
-        configs = [rt] + [{**rt, "delegate": d} for d in DELEGATES if d != rt["delegate"] and table_csv == DEFAULT_TABLE]
-        space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
-        atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
-        for i, c in enumerate(configs, 1):
-            name = f"{device_slug(Local('local', RunConfig()).facts())}-{runtime_tag(c)}"  # named for this device
-            profiled = run / "tables" / f"{name}.csv"
-            _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
-                 f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
-            r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
-                                str(profiled.parent), "--space", str(space_arg), "--deploy", given.target.name,
-                                "--delegate", c["delegate"], "--threads", str(c["threads"])],
-                               stdout=subprocess.PIPE, text=True)
-            sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
-            if r.returncode:
-                raise JobError("profiling the host failed (see above)", r.returncode)
-            out.append((profiled, LatencyTable.load(profiled)))
-    out = list({csv: (csv, t) for csv, t in out}.values())
-    for _, t in out:
+        if here or not (cfg.profile or why):
+            checked = [(p, t, _speed(cfg, p, t)) for p, t in ([(p, LatencyTable.load(p)) for p in here] or
+                                                             [(table_csv, given)])]
+            off = [(p, c) for p, _, c in checked if c and not c["within_band"]]
+            if not off:
+                out += checked
+                continue
+            why = (f"{off[0][0].name} misses this host's speed now {off[0][1]['factor']:.2f}x (beyond "
+                   f"{1 / SPEED_BAND:g}-{SPEED_BAND:g}x), so ")
+        out += [(p, t, _speed(cfg, p, t)) for p, t in _profile_here(given, table_csv == DEFAULT_TABLE, why, net, run)]
+    out = list({csv: (csv, t, c) for csv, t, c in out}.values())
+    for _, t, _ in out:
         t.check_space(net.space)
+    return out
+
+
+def _profile_here(given, both_delegates: bool, why: str, net, run: Path) -> list:
+    """The deployment of ``given`` measured on this host into ``RUN/tables`` (``both_delegates``:
+    under each delegate), by ``hw.profile`` in a subprocess; [(csv, LatencyTable)]."""
+    import subprocess
+    from export.targets import DELEGATES, runtime_tag
+    from hw.table import LatencyTable
+    from hw.transport import Local, RunConfig, device_slug
+    rt = given.runtime
+    configs = [rt] + [{**rt, "delegate": d} for d in DELEGATES if d != rt["delegate"] and both_delegates]
+    space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
+    atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
+    out = []
+    for i, c in enumerate(configs, 1):
+        name = f"{device_slug(Local('local', RunConfig()).facts())}-{runtime_tag(c)}"  # named for this device
+        profiled = run / "tables" / f"{name}.csv"
+        _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
+             f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
+        r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
+                            str(profiled.parent), "--space", str(space_arg), "--deploy", given.target.name,
+                            "--delegate", c["delegate"], "--threads", str(c["threads"])],
+                           stdout=subprocess.PIPE, text=True)
+        sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
+        if r.returncode:
+            raise JobError("profiling the host failed (see above)", r.returncode)
+        out.append((profiled, LatencyTable.load(profiled)))
     return out
 
 
@@ -222,10 +255,12 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 4. search: one Pareto set per configuration, the most accurate under the budget over all
     t = time.time()
-    sets = []  # (csv, table, Pareto set, its base)
-    for table_csv, table in tables:
+    sets = []  # (csv, table, Pareto set at this host's speed now, its base)
+    for table_csv, table, check in tables:
         base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
         pset, front = saved_or_search(base, lambda table=table: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
+        if check and check["within_band"]:
+            pset = pset.at_speed(check["factor"])
         _say(f"4/6 search: {table_csv.stem}: " + (f"answering from the saved Pareto set {base.with_suffix('.jsonl')}"
              if front is None else f"NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s"))
         sets.append((table_csv, table, pset, base))
@@ -295,6 +330,7 @@ def main_job(cfg: JobConfig) -> dict:
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
         "within_budget": not over, "table": str(table_csv), "configurations": candidates,
+        "speed_factor": pset.speed,  # predicted = the table's prediction x this (2/6 speed check)
         **({"holdout_top1": best["holdout"]["top1"], "verified": verified} if verified is not None else {}),
         "runtime": {"interpreter": "ai-edge-litert", **runtime},
         **({"formats": formats_report(spec, table, pred)} if table.target.float_io else {}),
@@ -319,7 +355,9 @@ def print_summary(s: dict) -> None:
                                     f"as deployed in PyTorch {s['deployed_top1_test']:.2f}% (agreement {s['deployed_agreement']:.2f}%), "
                                     f"fake-quant {s['pytorch_top1_test']:.2f}% (agreement {s['agreement']:.2f}%)"),
             ("latency predicted / measured", f"{s['predicted_latency_ms']:.3f} ms / {s['measured_latency_ms']:.3f} ms "
-                                             f"(budget {s['budget_ms']:g} ms: "
+                                             + (f"(the table x {s['speed_factor']:.3f}, this host's speed now; "
+                                                if s.get("speed_factor", 1) != 1 else "(")
+                                             + f"budget {s['budget_ms']:g} ms: "
                                              f"{'met' if s['within_budget'] else 'OVER'}; table {s['table']}; "
                                              f"{s['runtime']['interpreter']}, {s['runtime']['delegate']}, "
                                              f"{s['runtime']['threads']} thread(s))"),

@@ -52,8 +52,13 @@ def _label_ok(label) -> bool:
 class ParetoSet:
     """A saved front: ``NAME.jsonl`` (one spec + objectives a line) and ``NAME.csv``."""
 
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
+    def __init__(self, rows: list[dict], speed: float = 1.0) -> None:
+        self.rows, self.speed = rows, speed
+
+    def at_speed(self, factor: float) -> "ParetoSet":
+        """The set with every predicted latency times ``factor`` (the device's speed now against
+        its table, ``hw.profiling.speed_check``); saved, its rows keep the table's latencies."""
+        return ParetoSet([{**r, "latency_ms": r["latency_ms"] * factor} for r in self.rows], self.speed * factor)
 
     @classmethod
     def from_front(cls, space, front: dict, target: str = "tflite-int8", runtime: dict | None = None) -> "ParetoSet":
@@ -80,9 +85,10 @@ class ParetoSet:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "file_bytes", "holdout_top1", "spec"])
+        rows = [{**r, "latency_ms": r["latency_ms"] / self.speed} for r in self.rows] if self.speed != 1 else self.rows
         w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r.get("file_bytes", ""),
-                     f"{r['holdout']['top1']:.4f}" if r.get("holdout") else "", r["spec_str"]] for r in self.rows)
-        atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in self.rows))
+                     f"{r['holdout']['top1']:.4f}" if r.get("holdout") else "", r["spec_str"]] for r in rows)
+        atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         atomic_write(base.with_suffix(".csv"), buf.getvalue())
 
     @classmethod
@@ -194,7 +200,8 @@ class ParetoSet:
                            label=f"chosen, measured {measured_ms:.3f} ms")
         if budget_ms is not None or chosen is not None or others:
             ax.legend(loc="lower right", fontsize=7)
-        ax.set_xlabel("predicted latency (ms, measured table)")
+        ax.set_xlabel("predicted latency (ms, measured table" + (f" x {self.speed:.3f}, the speed now)"
+                                                                  if self.speed != 1 else ")"))
         ax.set_ylabel("predicted top-1 (%, held-out)")
         ax.set_title(f"Pareto set: {len(self.rows)} subnets")
         fig.tight_layout()
