@@ -139,6 +139,9 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     err = [ln for ln in r7.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert r7.returncode == 2 and len(err) == 1 and "different targets" in err[0], r7.stderr[-1000:]
     assert "profiling" not in r7.stderr
+    r8 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--deploy", "tflite-f32-hswish-decomposed")
+    err = [ln for ln in r8.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
+    assert r8.returncode == 2 and len(err) == 1 and "--deploy tflite-f32-hswish-decomposed" in err[0], r8.stderr[-1000:]
     # labels scored another way are refused, not mixed into the predictor: one line, exit 2
     df = pd.read_csv(labels)
     df["scored"] = "fake-quant"
@@ -179,3 +182,30 @@ def test_the_main_job_takes_every_configuration_shipped_for_this_cpu(tmp_path):
     for n in ("b-builtin", "d-here", "e-2t"):
         (tmp_path / f"{n}.json").write_text(json.dumps(other))
     assert shipped_for_this_host(like, tmp_path) == []
+
+
+FLOAT = "tflite-f32-hswish-decomposed"
+
+
+def _float_tables_here():
+    from qfa.app.main_job import DEFAULT_TABLE, shipped_for_this_host
+    return shipped_for_this_host({**json.loads(DEFAULT_TABLE.with_suffix(".json").read_text()), "target": FLOAT})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _float_tables_here(), reason="no float table is shipped for this CPU: the job would profile "
+                    "one under each delegate (~25 min on 2 cores)")
+def test_a_float_target_trains_fp_last_and_searches_every_float_table_of_this_cpu(tmp_path):
+    """qfa run --deploy FLOAT: the short schedule's last stage trains FP too (what the search may
+    deploy is trained last), the labels are scored as the float file computes, and every float
+    table shipped for this CPU is searched; the file ships under the chosen one's configuration."""
+    import pandas as pd
+    from qfa.nn.supernet import Supernet
+    run = tmp_path / "run"
+    r = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget", "--deploy", FLOAT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert "trains FP too" in r.stderr and 32 in Supernet.from_checkpoint(run / "last.pt").final_bits
+    assert set(pd.read_csv(run / "predictor_data.csv")["scored"]) <= {FLOAT, f"{FLOAT}@builtin"}
+    assert [c["table"] for c in s["configurations"]] == [str(p) for p in _float_tables_here()]
+    assert json.loads(Path(s["sidecar"]).read_text())["target"] == FLOAT and "formats" in s

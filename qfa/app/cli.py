@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from qfa.nas.search import SearchError
     from qfa.train.config import ConfigError
     cfg = JobConfig(run=Path(args.run), checkpoint=args.checkpoint, latency_ms=args.latency_ms, profile=args.profile,
-                    data=args.data)
+                    data=args.data, deploy=args.deploy)
     if args.table:
         cfg.tables = tuple(_table_arg(t) for t in args.table)
     if args.tiny:
@@ -738,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. space.resolutions=[24,32] or stage1.epochs=1")
     rp.add_argument("--table", action="append", help="latency table CSV, repeatable: one per runtime configuration "
                     "searched (default: every configuration shipped for this CPU, else this host profiled)")
+    rp.add_argument("--deploy", choices=sorted(TARGETS), help="deployment target (default: the tables', else int8 "
+                    "with hardswish decomposed); with no --table, every table of it shipped for this CPU, else this "
+                    "host profiled; a float target (tflite-f32-*) also trains FP in the last stage and searches FP "
+                    "convs as float ops")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
     rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")
     rp.add_argument("--n-predictor", type=integer(2), help="subnets to label for the predictor (default 60)")
@@ -746,9 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--test-images", type=integer(1), help="verification images (default: all 10,000)")
     rp.add_argument("--allow-over-budget", action="store_true", help="keep the shipped model even when it measures "
                     "over the budget here (by default that is an error, exit status 1)")
+    from hw.profiling import SPEED_BAND, SPEED_CHECK
     rp.add_argument("--speed-check", type=integer(0), metavar="K", help="time K subnets whole before the search "
-                    "and scale each table's predictions to this host's speed now (default 6; 0: the tables as "
-                    "measured); a table off by over 2x is replaced by this host profiled")
+                    f"and scale each table's predictions to this host's speed now (default {SPEED_CHECK}; 0: the "
+                    f"tables as measured); a table off by over {SPEED_BAND:g}x is replaced by this host profiled")
     rp.add_argument("--verify", type=integer(1), metavar="K", help="label the K best-predicted subnets under the "
                     "budget on the held-out split, as the export calibrates them, and ship the truly best")
     rp.add_argument("--tiny", action="store_true", help="a minutes-long configuration for tests")

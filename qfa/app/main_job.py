@@ -60,6 +60,7 @@ class JobConfig:
     config: str = "fmnist_short"         # training preset when training
     train_overrides: tuple[str, ...] = ()
     tables: tuple[Path, ...] = (DEFAULT_TABLE,)  # one per runtime configuration searched (see _tables)
+    deploy: str | None = None            # the deployment target (default: the tables'); a float one trains FP last
     profile: bool = False                # measure this host into new tables first
     speed_check: int = SPEED_CHECK       # subnets timed to scale each table to this host's speed now (0: not)
     latency_ms: float | None = None      # default: the middle of the front's latency range
@@ -99,35 +100,46 @@ def _speed(cfg: JobConfig, table_csv: Path, table) -> dict | None:
     check = speed_check(table, Local("local", RunConfig(**table.runtime)), cfg.speed_check)
     f = check["factor"]
     _say(f"2/6 speed check: {table_csv.stem}: {cfg.speed_check} subnets ran at {f:.3f}x its predictions"
-         + ("" if abs(f - 1) < 0.05 else f" (this host runs {abs(f - 1):.0%} {'slower' if f > 1 else 'faster'} now "
-                                           "than when it was measured)")
-         + ("; predictions scaled by it" if check["within_band"] else ""))
+         + ("" if not check["within_band"] else
+            ("; " if abs(f - 1) < 0.05 else f" (this host runs {abs(f - 1):.0%} {'slower' if f > 1 else 'faster'} "
+                                             "now than when it was measured); ") + "predictions scaled by it"))
     return check
 
 
-def _tables(cfg: JobConfig, net, run: Path) -> list:
+def _target(cfg: JobConfig) -> str:
+    """The one deployment target of the run: ``--deploy``, else the tables'. Tables of several
+    targets, or of another than ``--deploy``, are refused (one line) before anything is trained."""
+    from hw.table import read_meta
+    named = cfg.tables != (DEFAULT_TABLE,)
+    targets = sorted({read_meta(Path(p).with_suffix(".json")).get("target", "tflite-int8") for p in cfg.tables})
+    if len(targets) > 1:
+        raise JobError(f"the tables deploy different targets ({', '.join(targets)}): one target per run, the one "
+                       "its labels score", 2)
+    if cfg.deploy and named and targets != [cfg.deploy]:
+        raise JobError(f"--deploy {cfg.deploy}: the tables given deploy {targets[0]}", 2)
+    return cfg.deploy or targets[0]
+
+
+def _tables(cfg: JobConfig, net, run: Path, target: str) -> list:
     """Step 2: the (csv, LatencyTable, speed check) of each deployment to search, all of one target.
-    The default stands for every configuration shipped for this CPU; a table measured on another
-    machine or for another space, or one that misses this host's speed now by more than
-    ``hw.profiling.SPEED_BAND`` either way, is replaced by this host measured for the same
+    The default stands for every configuration of ``target`` shipped for this CPU; a table measured
+    on another machine or for another space, or one that misses this host's speed now by more
+    than ``hw.profiling.SPEED_BAND`` either way, is replaced by this host measured for the same
     deployment (the default: under each delegate, whose speeds differ up to 14x by machine and
     model size)."""
     from hw.profiling import SPEED_BAND
     from hw.table import LatencyTable
     named = {csv: LatencyTable.load(csv) for csv in map(Path, cfg.tables)}
-    targets = sorted({t.target.name for t in named.values()})
-    if len(targets) > 1:
-        raise JobError(f"the tables deploy different targets ({', '.join(targets)}): one target per run, the one "
-                       "its labels score", 2)
     out: list = []
     for table_csv, given in named.items():
         default = table_csv == DEFAULT_TABLE and not cfg.profile and given.space.hash == net.space.hash
-        here = shipped_for_this_host(given.meta) if default else []
-        mismatch = [] if cfg.profile or here else given.host_mismatch()
+        here = shipped_for_this_host({**given.meta, "target": target}) if default else []
+        other_target = given.target.name != target  # the default table, and --deploy another target
+        mismatch = [] if cfg.profile or here or other_target else given.host_mismatch()
         other_space = not cfg.profile and given.space.hash != net.space.hash
         why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so "
-               if mismatch else "")
+               if other_space else f"no {target} table is shipped for this CPU, so " if other_target and not here
+               else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
         if here:
             _say(f"2/6 latency tables: {len(here)} runtime configuration(s) shipped for this CPU, each searched: "
                  + ", ".join(p.name for p in here)
@@ -146,21 +158,21 @@ def _tables(cfg: JobConfig, net, run: Path) -> list:
                 continue
             why = (f"{off[0][0].name} misses this host's speed now {off[0][1]['factor']:.2f}x (beyond "
                    f"{1 / SPEED_BAND:g}-{SPEED_BAND:g}x), so ")
-        out += [(p, t, _speed(cfg, p, t)) for p, t in _profile_here(given, table_csv == DEFAULT_TABLE, why, net, run)]
+        out += [(p, t, _speed(cfg, p, t))
+                for p, t in _profile_here(target, given.runtime, table_csv == DEFAULT_TABLE, why, net, run)]
     out = list({csv: (csv, t, c) for csv, t, c in out}.values())
     for _, t, _ in out:
         t.check_space(net.space)
     return out
 
 
-def _profile_here(given, both_delegates: bool, why: str, net, run: Path) -> list:
-    """The deployment of ``given`` measured on this host into ``RUN/tables`` (``both_delegates``:
-    under each delegate), by ``hw.profile`` in a subprocess; [(csv, LatencyTable)]."""
+def _profile_here(target: str, rt: dict, both_delegates: bool, why: str, net, run: Path) -> list:
+    """``target`` under the runtime configuration ``rt`` (``both_delegates``: under each delegate)
+    measured on this host into ``RUN/tables`` by ``hw.profile`` in a subprocess; [(csv, LatencyTable)]."""
     import subprocess
     from export.targets import DELEGATES, runtime_tag
     from hw.table import LatencyTable
     from hw.transport import Local, RunConfig, device_slug
-    rt = given.runtime
     configs = [rt] + [{**rt, "delegate": d} for d in DELEGATES if d != rt["delegate"] and both_delegates]
     space_arg = run / "space.json"  # the supernet's own space (a preset, or one fitted to its data)
     atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
@@ -171,7 +183,7 @@ def _profile_here(given, both_delegates: bool, why: str, net, run: Path) -> list
         _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
              f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
         r = subprocess.run([sys.executable, "-m", "hw.profile", "--device", name, "--out-dir",
-                            str(profiled.parent), "--space", str(space_arg), "--deploy", given.target.name,
+                            str(profiled.parent), "--space", str(space_arg), "--deploy", target,
                             "--delegate", c["delegate"], "--threads", str(c["threads"])],
                            stdout=subprocess.PIPE, text=True)
         sys.stderr.write(r.stdout)  # its report is progress here: stdout holds the job's result alone
@@ -188,6 +200,8 @@ def main_job(cfg: JobConfig) -> dict:
     from qfa.nas.search import (SearchError, across_deployments, describe_deployments, formats_report,
                                 pareto_base, saved_or_search)
     from qfa.nn.supernet import Supernet
+    from export.targets import TARGETS
+    from qfa.core.space import FP
     t_start = time.time()
     run = Path(cfg.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -195,6 +209,7 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 1. supernet
     t = time.time()
+    target = _target(cfg)
     if cfg.checkpoint:
         ckpt = Path(cfg.checkpoint)
         ckpt = ckpt / "last.pt" if ckpt.is_dir() else ckpt
@@ -209,6 +224,10 @@ def main_job(cfg: JobConfig) -> dict:
             resume = ckpt.exists()
             _say(f"1/6 supernet: {'resuming' if resume else 'training'} the {cfg.config} schedule in {run}")
             overrides = list(cfg.train_overrides) + ([f"data={json.dumps(str(cfg.data))}"] if cfg.data else [])
+            last = load_config(cfg.config, overrides).stages[-1]
+            if TARGETS[target].float_io and FP not in last.bits:  # what the search may deploy is trained last
+                overrides.append(f"{last.name}.bits={json.dumps(sorted(last.bits) + [FP])}")
+                _say(f"1/6 supernet: {target} deploys FP convs in float: {last.name} trains FP too ({overrides[-1]})")
             result = Trainer(load_config(cfg.config, overrides), run, resume=resume, progress=True).run()
             done.write_text(json.dumps(result, default=str))
     net = Supernet.from_checkpoint(ckpt)
@@ -219,7 +238,10 @@ def main_job(cfg: JobConfig) -> dict:
 
     # 2. latency tables: one per runtime configuration searched
     t = time.time()
-    tables = _tables(cfg, net, run)
+    if TARGETS[target].float_io and FP not in getattr(net, "final_bits", (FP,)):
+        _say(f"2/6 the supernet's last stage did not train FP: {target} is searched without FP convs "
+             "(train with FP in the last stage to search them)")
+    tables = _tables(cfg, net, run, target)
     table = tables[0][1]  # the labels are scored as its target computes
     timings["table_s"] = time.time() - t
 
