@@ -138,12 +138,12 @@ def _tables(cfg: JobConfig, net, run: Path, target: str) -> list:
         mismatch = [] if cfg.profile or here or other_target else given.host_mismatch()
         other_space = not cfg.profile and given.space.hash != net.space.hash
         why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else f"no {target} table is shipped for this CPU, so " if other_target and not here
-               else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
+               if other_space else f"no {target} table is shipped for this CPU, so "
+               if other_target and not (here or cfg.profile) else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
         if here:
             _say(f"2/6 latency tables: {len(here)} runtime configuration(s) shipped for this CPU, each searched: "
                  + ", ".join(p.name for p in here)
-                 + ("" if here[0] == table_csv else f" ({table_csv.name} describes another machine)"))
+                 + ("" if here[0] == table_csv or other_target else f" ({table_csv.name} describes another machine)"))
         elif not (cfg.profile or why):
             facts = given.meta.get("device_facts", {})
             _say(f"2/6 latency table: {table_csv} (measured on {facts.get('cpu', 'an unnamed CPU')}, "
