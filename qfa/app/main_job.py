@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.profiling import SPEED_CHECK
+from hw.profiling import SPEED_BAND, SPEED_CHECK, speed_check
 from latency_tables import SHIPPED, shipped
 from qfa.core.fileio import atomic_write
 
@@ -95,7 +95,6 @@ def _speed(cfg: JobConfig, table_csv: Path, table) -> dict | None:
     """This host's speed now against ``table`` (``hw.profiling.speed_check``; None when off)."""
     if not cfg.speed_check:
         return None
-    from hw.profiling import speed_check
     from hw.transport import Local, RunConfig
     check = speed_check(table, Local("local", RunConfig(**table.runtime)), cfg.speed_check)
     f = check["factor"]
@@ -127,7 +126,6 @@ def _tables(cfg: JobConfig, net, run: Path, target: str) -> list:
     than ``hw.profiling.SPEED_BAND`` either way, is replaced by this host measured for the same
     deployment (the default: under each delegate, whose speeds differ up to 14x by machine and
     model size)."""
-    from hw.profiling import SPEED_BAND
     from hw.table import LatencyTable
     named = {csv: LatencyTable.load(csv) for csv in map(Path, cfg.tables)}
     out: list = []
