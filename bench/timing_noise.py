@@ -53,11 +53,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--runs", type=int, default=40, help="invokes per model and round")
     ap.add_argument("--target", default="tflite-int8-hswish-decomposed")
-    ap.add_argument("--caps", default=str(TIME_PER_MODEL_MS), help="time caps (ms a model, comma-separated) whose "
-                    f"kept invokes' fastest is a statistic too (default {TIME_PER_MODEL_MS}, hw/profile.py's)")
+    ap.add_argument("--caps", help="time caps (ms a model, comma-separated) whose kept invokes' fastest is a "
+                    "statistic too (default: hw/profile.py's for the target)")
     args = ap.parse_args()
+    caps = args.caps or str(TIME_PER_MODEL_MS[TARGETS[args.target].float_io])
     capped_stats = {f"min, invokes capped at {ms:g} ms a model": lambda t, ms=ms: capped(t, ms).min()
-                    for ms in map(float, args.caps.split(","))}
+                    for ms in map(float, caps.split(","))}
     STATS.update(capped_stats)
     f = Local("local", RunConfig()).facts()
     print(f"{f.get('cpu')} ({f.get('cpu_id')}, {f.get('cores')} cores), {f.get('runtime')}, 1 thread, XNNPACK")

@@ -3,7 +3,8 @@
 
 examples:
   python hw/profile.py --device host-x86 --space fmnist     # a table per delegate, 1 thread and all cores:
-                                                            # host-x86-1t, -1t-builtin, -2t, -2t-builtin
+                                                            # host-x86-1t, -1t-builtin, -2t, -2t-builtin, less
+                                                            # those no table could serve (said on stderr)
   python hw/profile.py --device host-x86 --delegate xnnpack --threads 1     # one table: host-x86.csv
   python hw/profile.py --device pi4 --target ssh://pi@raspberrypi.local --threads 4
   python hw/profile.py --device host-x86-1t --validate 100 --json  # under the table's own configuration
@@ -30,8 +31,8 @@ if __package__ in (None, ""):  # run as a script: python hw/profile.py
     sys.path.insert(0, str(_here.parent))
 
 from export.targets import DEFAULT_RUNTIME, DELEGATES, TARGETS, runtime_tag  # noqa: E402
-from hw.profiling import (DOMINATED, SPEED_CHECK, SWEEPS, TIME_PER_MODEL_MS, ProfileJob, dominated,  # noqa: E402
-                          end_progress, estimate, probe_configurations, profile, validate)
+from hw.profiling import (SPEED_CHECK, STAT, SWEEPS, TIME_PER_MODEL_MS, ProfileJob, dominated,  # noqa: E402
+                          end_progress, estimate, probe_configurations, profile, scattered, validate)
 from hw.table import LatencyTable, TableError  # noqa: E402
 from hw.transport import BadTarget, RunConfig, TransportError, make_transport  # noqa: E402
 from qfa.core.conventions import EXIT_STATUS_HELP, Parser, integer, run_guarded  # noqa: E402
@@ -71,10 +72,10 @@ def build_parser(prog: str = "hw/profile.py") -> Parser:
     p.add_argument("--rounds", type=integer(1, 1000), default=8,
                    help="round-robin passes the runs are spread over (default 8; the fastest invoke is the latency)")
     p.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="warm-up invokes per model (default 10)")
-    p.add_argument("--time-per-model-ms", type=integer(0, 1_000_000), default=TIME_PER_MODEL_MS,
+    p.add_argument("--time-per-model-ms", type=integer(0, 1_000_000),
                    help=f"timed invokes of a model stop at about this much time a sweep, but at least two a round "
-                   f"(default {TIME_PER_MODEL_MS}; 0: always --runs): slow models need fewer invokes to show their "
-                   "fastest")
+                   f"(default {TIME_PER_MODEL_MS[False]}, a float target {TIME_PER_MODEL_MS[True]}; 0: always --runs): "
+                   "slow models need fewer invokes to show their fastest")
     p.add_argument("--sweeps", type=integer(1, 100), default=SWEEPS,
                    help=f"timing passes over every entry, each in another order (default {SWEEPS}): an entry is its "
                    "fastest, so a host that slows down for a minute does not inflate what it timed then")
@@ -127,9 +128,11 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
     except (OSError, ValueError) as e:
         parser.error(f"--out-dir {args.out_dir}: {getattr(e, 'strerror', None) or e}")
 
+    cap = TIME_PER_MODEL_MS[TARGETS[args.deploy].float_io] if args.time_per_model_ms is None else args.time_per_model_ms
+
     def run_config(delegate: str = DEFAULT_RUNTIME["delegate"], threads: int = DEFAULT_RUNTIME["threads"]) -> RunConfig:
         return RunConfig(threads=threads, delegate=delegate, runs=args.runs, rounds=args.rounds, warmup=args.warmup,
-                         time_per_model_ms=args.time_per_model_ms or None, taskset=args.taskset, runtime=args.runtime,
+                         time_per_model_ms=cap or None, taskset=args.taskset, runtime=args.runtime,
                          ssh_options=tuple(args.ssh_option or ()), remote_python=args.remote_python)
 
     def configurations() -> list[dict]:
@@ -154,28 +157,36 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
                            speed_check=args.speed_check,
                            estimate=args.estimate, out_dir=out_dir, json=args.json) for c in configs]
 
-    def skip_dominated(configs: list[dict]) -> tuple[list[dict], list[dict]]:
-        """The default configurations less those another beats by DOMINATED x on every extreme
-        subnet, timed briefly under each first (a table nobody would search, e.g. the builtin
-        kernels at 2 threads on our 2-vCPU Intel Xeon f6m167 VM, ai-edge-litert 2.1: 8-20 ms whatever the model); and what was skipped."""
+    def skip_unworthy(configs: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The default configurations less those no table could serve, judged on the extreme
+        subnets timed briefly under each first: one another beats by hw.profiling.DOMINATED x on
+        every one (the search would never pick it), or one whose invokes scatter
+        (hw.profiling.SCATTER: its table would not predict it); e.g. the builtin kernels at 2 threads on our 2-vCPU Intel Xeon f6m167 VM, ai-edge-litert
+        2.1. Returns (kept, what was skipped and why), each said on stderr."""
         if args.delegate or args.threads or args.validate is not None or args.estimate is not None or len(configs) < 2:
             return configs, []
         key = [(c["delegate"], c["threads"]) for c in configs]
-        transports = {k: make_transport(args.target, dataclasses.replace(run_config(*k), runs=20, rounds=2, warmup=3))
-                      for k in key}
+        transports = {k: make_transport(args.target, dataclasses.replace(run_config(*k), runs=20, rounds=2, warmup=3,
+                                                                          time_per_model_ms=None)) for k in key}
         try:
-            times = probe_configurations(jobs_for(configs)[0], transports)
+            probe = probe_configurations(jobs_for(configs)[0], transports)
         finally:
             for t in transports.values():
                 _close(t)
-        slow = dominated(times)
+        slow = dominated({k: v[STAT] for k, v in probe.items()})
         skipped = [{"delegate": k[0], "threads": k[1], "slower_than": {"delegate": v["by"][0], "threads": v["by"][1]},
-                    "by_at_least": round(v["slower"], 2)} for k, v in slow.items()]
+                    "by_at_least": round(v["slower"], 2),
+                    "why": f"{v['by'][0]}, {v['by'][1]} thread(s) ran every min/max subnet at least {v['slower']:.2f}x faster"}
+                   for k, v in slow.items()]
+        skipped += [{"delegate": k[0], "threads": k[1], "median_over_fastest": round(r, 2),
+                     "why": f"its median invoke of the min/max subnets took {r:.1f}x its fastest, so a table of "
+                            "fastest invokes would not predict it"}
+                    for k, r in scattered(probe).items() if k not in slow]
         for x in skipped:
-            print(f"profile: not measuring {x['delegate']}, {x['threads']} thread(s): {x['slower_than']['delegate']}, "
-                  f"{x['slower_than']['threads']} thread(s) ran every min/max subnet at least {x['by_at_least']:g}x "
-                  f"faster (pass --delegate and --threads to measure it anyway)", file=sys.stderr, flush=True)
-        return [c for c, k in zip(configs, key) if k not in slow], skipped
+            print(f"profile: not measuring {x['delegate']}, {x['threads']} thread(s): {x['why']} (pass --delegate and "
+                  "--threads to measure it anyway)", file=sys.stderr, flush=True)
+        gone = {(x["delegate"], x["threads"]) for x in skipped}
+        return [c for c, k in zip(configs, key) if k not in gone], skipped
 
     def one(job: ProfileJob) -> dict:
         if job.delegate is None:  # validated under the configuration it states (validate reports a missing table)
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
         try:
             resolve_space(args.space)  # a bad space is one line before anything is measured
             configs = configurations()
-            kept, skipped = skip_dominated(configs)
+            kept, skipped = skip_unworthy(configs)
             jobs, results = [j for j, c in zip(jobs_for(configs), configs) if c in kept], []
             for i, job in enumerate(jobs, 1):
                 if len(jobs) > 1 and not args.json:

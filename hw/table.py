@@ -23,7 +23,7 @@ import numpy as np
 from export.targets import DELEGATES, TARGETS, Target, runtime_of
 from qfa.core.conventions import one_line
 from qfa.core.fileio import append_csv_row, atomic_write, strict_json
-from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, space_from_json
+from qfa.core.space import SearchSpace, SpecError, SubnetSpec, get_space, mid_channels, space_from_json
 
 from hw.entries import FLOAT_TOKENS, TOKENS, Entry, entries, token
 
@@ -185,6 +185,12 @@ def append_row(path: Path, row: dict) -> None:
     append_csv_row(path, FIELDS, row)
 
 
+def _flip(e: Entry) -> Entry:
+    """``e`` with its input in the other format (a float target's key names it: ``f:`` / ``i:``)."""
+    fin, toks = e.prec.split(":", 1)
+    return e._replace(prec={"f": "i", "i": "f"}[fin] + ":" + toks)
+
+
 class LatencyTable:
     """A measured table for one device, space and target."""
 
@@ -194,6 +200,7 @@ class LatencyTable:
         self.overhead = float(meta.get("overhead_us", 0.0))
         self.coef = np.asarray(meta.get("calibration", {}).get("coef", (1.0, 0.0, 0.0, 0.0)), np.float64)
         self._luts: dict | None = None
+        self._derived: dict[str, float] | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
@@ -257,8 +264,39 @@ class LatencyTable:
             raise TableError(f"table is for space {self.space.name!r} ({self.space.hash}), not "
                              f"{space.name!r} ({space.hash})")
 
+    def _us(self, key: str) -> float | None:
+        """An entry's measured latency, or one derived from measured ones (:meth:`derived`)."""
+        v = self.rows.get(key)
+        return self.derived.get(key) if v is None else v
+
+    @property
+    def derived(self) -> dict[str, float]:
+        """Under a float target, the entries a profile does not time: a block whose input is in
+        the other format than its project conv's output (it starts with a QUANTIZE or DEQUANTIZE
+        of its input, or drops one) costs what its measured twin costs, plus what that change
+        costs the smallest block of the same place (stage, position, resolution, precision), the
+        :meth:`boundary_shape`, timed both ways. The change converts the block's input, so it
+        does not depend on kernel or expand ratio (docs/results.md, "Float tables in less time")."""
+        if self._derived is None:
+            self._derived = {}
+            if self.target.float_io:
+                k0, e0 = self.boundary_shape()
+                for spec in self.probes(self.resolutions, every_input=True):
+                    for e in entries(spec, self.target):
+                        if e.kind != "mb" or e.key in self.rows:
+                            continue
+                        ref = e._replace(kernel=k0, mid=mid_channels(e.c_in, e0))
+                        parts = [self.rows.get(x.key) for x in (_flip(e), ref, _flip(ref))]
+                        if None not in parts:
+                            self._derived[e.key] = parts[0] + parts[1] - parts[2]
+        return self._derived
+
+    def boundary_shape(self) -> tuple[int, int]:
+        """(kernel, expand) of the blocks a float target's profile times with both input formats."""
+        return min(self.space.kernels), min(self.space.expands)
+
     def _entry_us(self, e: Entry) -> float:
-        v = self.rows.get(e.key)
+        v = self._us(e.key)
         if v is None:
             raise TableError(f"no measurement for {e.key} (resolutions measured: {self.meta.get('resolutions')}): "
                              "profile it (hw/profile.py --resolution ...)")
@@ -299,9 +337,10 @@ class LatencyTable:
         nr, nk, ne, nt = len(s.resolutions), len(s.kernels), len(s.expands), len(TOKENS)
         luts = {"mb": np.full((len(s.stages), 2, 2, nr, nk, ne, nt, nt, nt), np.nan),
                 "first": np.full((nr, nt, nt), np.nan), "head": np.full((2, nr, nt, nt), np.nan), "stem": np.full(nr, np.nan)}
-        for spec in self.probes(s.resolutions):
+        for spec in self.probes(s.resolutions, every_input=True):
             for e, name, idx in self._slots(spec):
-                luts[name][idx] = self.rows.get(e.key, np.nan) - self.overhead
+                v = self._us(e.key)
+                luts[name][idx] = np.nan if v is None else v - self.overhead
         # from token tables to pair-index tables
         mb = luts["mb"][..., tok[False][:, None, None], tok[True][None, :, None], tok[False][None, None, :]]
         first = luts["first"][:, tok[True][:, None], tok[False][None, :]]
@@ -341,12 +380,15 @@ class LatencyTable:
                  "pos0": [a] + [b] * (depth - 1)}[flip]
         return SubnetSpec(s, r, (qd0, qx), tuple(tuple(stage) for _ in s.stages), (qe, qp))
 
-    def probes(self, resolutions: Sequence[int]) -> list[SubnetSpec]:
-        """Specs that together touch every table key at ``resolutions`` (what profiling measures)."""
+    def probes(self, resolutions: Sequence[int], every_input: bool = False) -> list[SubnetSpec]:
+        """Specs that together touch every table key at ``resolutions`` that profiling measures;
+        under a float target a block with the input format other than its output's only at the
+        :meth:`boundary_shape` (the rest is :meth:`derived`), unless ``every_input``."""
         s, n = self.space, len(TOKENS)
         flips = (None, "pos1", "pos0") if self.target.float_io else (None,)
+        ref = self.boundary_shape()
         out = (self.probe(r, k, e, t, f) for r in resolutions for k in s.kernels for e in s.expands
-               for t in np.ndindex(n, n, n) for f in flips)
+               for t in np.ndindex(n, n, n) for f in flips if f is None or every_input or (k, e) == ref)
         return [p for p in out if p is not None]
 
     def predict_many(self, genomes: np.ndarray) -> np.ndarray:

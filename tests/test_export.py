@@ -157,6 +157,34 @@ def test_float_targets_deploy_full_precision_convs_as_float_ops(supernet, fmnist
         assert not load_failures(blob)
 
 
+def test_an_all_fp_subnet_of_a_space_without_fixed_8bit_convs_is_a_plain_float32_model(fmnist_train):
+    """Where the space fixes no conv at 8 bits (here fmnist with FP SE and classifier convs), an
+    all-FP subnet deploys under tflite-f32 as a plain float32 model (every value float32, no
+    QUANTIZE or DEQUANTIZE) that computes its PyTorch model's logits to float32 rounding: the
+    largest error <= 1e-4 of the largest |logit| on every image, the same top-1 on all."""
+    import dataclasses
+    from qfa.core.space import FP, QBits
+    space = dataclasses.replace(SPACE, name="fmnist-fp", se_bits=QBits(FP, FP), classifier_bits=QBits(FP, FP))
+    torch.manual_seed(0)
+    net = Supernet(space)
+    perturb(net, seed=3)
+    spec = space.max_spec(bits=FP).replace(resolution=24)
+    g, x = _graph(net, spec, fmnist_train[:512], "tflite-f32-hswish-decomposed")
+    blob = to_tflite(g, "tflite-f32-hswish-decomposed")
+    sg = fb.ModelT.InitFromPackedBuf(blob, 0).subgraphs[0]
+    params = (".paddings", ".axes", ".shape")  # PAD, MEAN and RESHAPE take int32 parameters
+    assert all(t.type == (fb.TensorType.INT32 if t.name.decode().endswith(params) else fb.TensorType.FLOAT32)
+               for t in sg.tensors)
+    assert not {"requant", "dequant"} & {op.kind for op in g.ops}
+    n = 64
+    with torch.no_grad():
+        want = extract(net, spec)(x[:n]).numpy()
+    got = TFLiteModel(blob).logits(np.ascontiguousarray(x[:n].permute(0, 2, 3, 1).numpy()))
+    rel = np.abs(got - want).max(1) / np.abs(want).max(1)
+    assert rel.max() <= 1e-4 and (got.argmax(1) == want.argmax(1)).all(), rel.max()
+    assert not load_failures(blob)
+
+
 @pytest.mark.parametrize("refine", [True, False])
 def test_fold_computes_each_trained_grid_like_pytorch(supernet, fmnist_train, refine):
     """Layer by layer, teacher-forced: each tensor on a trained activation grid, computed by the

@@ -92,19 +92,28 @@ def test_predict_many_matches_predict_and_missing_keys_fail(table_dir):
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_the_probes_touch_every_key_and_the_lookup_tables_add_them_up(target):
-    """For every target, without measuring: the specs profiling measures (LatencyTable.probes)
-    touch every key of random specs, and the vectorised prediction sums the same entries as
-    the per-spec one. Under a float target a key names its input's format, the last piece's."""
+    """For every target, without measuring: every key of random specs is touched by the specs
+    profiling measures (LatencyTable.probes) or, under a float target, derived from them: a key
+    names its input's format (the last piece's), and the variant whose input differs from its
+    own output's format is timed only at the table's boundary shape. On entries made of a block
+    part plus a part that depends on the place and the input format only (what derivation
+    assumes), the derived entries are exact. The vectorised prediction sums the same entries as
+    the per-spec one."""
     rng = np.random.default_rng(0)
     probe_table = LatencyTable({}, {"target": target, "resolutions": [24]}, SPACE)
+    every = {e.key: e for p in probe_table.probes([24], every_input=True) for e in entries(p, probe_table.target)}
     keys = {e.key for p in probe_table.probes([24]) for e in entries(p, probe_table.target)}
-    assert all(KEY.fullmatch(k) for k in keys)
-    t = LatencyTable({k: float(v) for k, v in zip(sorted(keys), rng.uniform(5, 50, len(keys)))},
-                     {"target": target, "resolutions": [24], "overhead_us": 1.0}, SPACE)
+    assert all(KEY.fullmatch(k) for k in every) and keys <= every.keys()
+    assert (len(keys) < 0.6 * len(every)) if probe_table.target.float_io else keys == every.keys()
+    part: dict = {}
+    truth = {k: part.setdefault(k.replace("|f:", "|").replace("|i:", "|"), rng.uniform(5, 50))
+             + part.setdefault((e.kind, e.stage, e.pos, e.prec), rng.uniform(0, 3)) for k, e in every.items()}
+    t = LatencyTable({k: truth[k] for k in keys}, {"target": target, "resolutions": [24], "overhead_us": 1.0}, SPACE)
+    np.testing.assert_allclose([t._us(k) for k in every], list(truth.values()), rtol=1e-12)
     specs = [s for s in (SPACE.sample(rng) for _ in range(600)) if s.resolution == 24][:120]
     for s in specs:
         ents = entries(s, t.target)
-        assert all(e.key in keys for e in ents), [e.key for e in ents if e.key not in keys][:3]
+        assert all(e.key in every for e in ents), [e.key for e in ents if e.key not in every][:3]
         if t.target.float_io:  # each piece's input is the previous piece's last conv's format
             fins = [e.prec[0] for e in ents]
             lasts = ["f" if e.prec.split("/")[-1].startswith("f") else "i" for e in ents]
@@ -362,9 +371,9 @@ def test_a_builtin_kernels_table_records_its_configuration_and_is_not_mixed(tmp_
 def test_one_profile_measures_a_table_per_runtime_configuration(tmp_path, block_cache):
     """By default a table per delegate at 1 thread and at all cores, each named for its
     configuration and stating it, except one that another ran at least 1.5x faster on every
-    min/max subnet (said, and in the JSON); --delegate and --threads take several values and
-    measure each; a rerun measures nothing new."""
-    from hw.profiling import DOMINATED
+    min/max subnet or whose invokes of them scatter 2x (said, and in the JSON); --delegate and
+    --threads take several values and measure each; a rerun measures nothing new."""
+    from hw.profiling import DOMINATED, SCATTER
     argv = ("--calib-subnets", "0", "--json")
     want = {f"t-{n}t{d}": (delegate, n) for n in sorted({1, os.cpu_count()})
             for d, delegate in (("", "xnnpack"), ("-builtin", "builtin"))}
@@ -375,8 +384,9 @@ def test_one_profile_measures_a_table_per_runtime_configuration(tmp_path, block_
     skipped = {(x["delegate"], x["threads"]): x for x in res.get("skipped", [])}
     assert set(made.values()) | set(skipped) == set(want.values()) and not set(made.values()) & set(skipped)
     assert set(made) <= set(want) and all(want[n] == c for n, c in made.items()) and made
-    assert all(x["by_at_least"] >= DOMINATED and (x["slower_than"]["delegate"], x["slower_than"]["threads"]) in
-               want.values() and f"not measuring {d}, {t} thread(s)" in r.stderr for (d, t), x in skipped.items())
+    assert all((x["by_at_least"] >= DOMINATED and (x["slower_than"]["delegate"], x["slower_than"]["threads"]) in
+                want.values() if "by_at_least" in x else x["median_over_fastest"] >= SCATTER)
+               and f"not measuring {d}, {t} thread(s)" in r.stderr for (d, t), x in skipped.items())
     everything = ("--delegate", *DELEGATES, "--threads", "1", "all", *argv)  # asked for: all of them, none skipped
     r = _profile(tmp_path, block_cache, *everything, one_config=False)
     assert r.returncode == 0 and "skipped" not in json.loads(r.stdout), r.stderr[-2000:]
@@ -393,6 +403,17 @@ def test_a_configuration_is_dominated_only_by_one_faster_on_every_subnet():
     assert dominated(times) == {"b2": {"by": "b1", "slower": 5.25}}  # b1: 18x and 5.25x (x2: 1.9x, x1: 1.05x)
     assert dominated(times, ratio=30) == {} and dominated({"only": [1, 2]}) == {}
     assert dominated({"a": [100, 100], "b": [150, 149]}) == {}  # 1.5x on one subnet, not on every one
+
+
+def test_a_configuration_is_scattered_when_its_median_invokes_are_far_from_its_fastest():
+    from hw.profiling import scattered
+
+    def probe(fastest, median):
+        return {"min_us": np.array(fastest, float), "median_us": np.array(median, float)}
+    p = {"x1": probe([100, 2000, 900], [104, 2100, 950]), "b2": probe([300, 4000, 900], [1500, 5000, 2700]),
+         "x2": probe([80, 1200, 500], [240, 1300, 520])}  # b2: 5, 1.25, 3 (3.08x); x2: 3, 1.08, 1.04 (1.71x)
+    assert scattered(p) == {"b2": pytest.approx(37 / 12)} and scattered(p, ratio=3.1) == {}
+    assert scattered({"b2": p["b2"]}) == {} and scattered({"b2": p["b2"], "b1": p["b2"]}).keys() == {"b1"}  # one stays
 
 
 def test_the_sidecar_says_how_to_build_the_interpreter(tmp_path):
