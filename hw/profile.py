@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
         """The default configurations less those no table could serve, judged on the extreme
         subnets timed briefly under each first: one another beats by hw.profiling.DOMINATED x on
         every one (the search would never pick it), or one whose invokes scatter
-        (hw.profiling.SCATTER: its table would not predict it); e.g. the builtin kernels at 2 threads on our 2-vCPU Intel Xeon f6m167 VM, ai-edge-litert
-        2.1. Returns (kept, what was skipped and why), each said on stderr."""
+        (hw.profiling.SCATTER: its table would not predict it); e.g. the builtin kernels at 2
+        threads on our 2-vCPU Intel Xeon f6m167 VM, ai-edge-litert 2.1. Returns (kept, what was
+        skipped and why), each said on stderr."""
         if args.delegate or args.threads or args.validate is not None or args.estimate is not None or len(configs) < 2:
             return configs, []
         key = [(c["delegate"], c["threads"]) for c in configs]
@@ -176,11 +177,12 @@ def main(argv: list[str] | None = None, prog: str = "hw/profile.py") -> int:
         slow = dominated({k: v[STAT] for k, v in probe.items()})
         skipped = [{"delegate": k[0], "threads": k[1], "slower_than": {"delegate": v["by"][0], "threads": v["by"][1]},
                     "by_at_least": round(v["slower"], 2),
-                    "why": f"{v['by'][0]}, {v['by'][1]} thread(s) ran every min/max subnet at least {v['slower']:.2f}x faster"}
+                    "why": f"{v['by'][0]}, {v['by'][1]} thread(s) ran every min/max subnet at least "
+                           f"{v['slower']:.2f}x faster"}
                    for k, v in slow.items()]
         skipped += [{"delegate": k[0], "threads": k[1], "median_over_fastest": round(r, 2),
-                     "why": f"its median invoke of the min/max subnets took {r:.1f}x its fastest, so a table of "
-                            "fastest invokes would not predict it"}
+                     "why": f"its median invoke of the min/max subnets took on average {r:.1f}x its fastest, so "
+                            "a table of fastest invokes would not predict it"}
                     for k, r in scattered(probe).items() if k not in slow]
         for x in skipped:
             print(f"profile: not measuring {x['delegate']}, {x['threads']} thread(s): {x['why']} (pass --delegate and "
