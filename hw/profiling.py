@@ -248,8 +248,9 @@ def scattered(probe: dict, ratio: float = SCATTER) -> dict:
     ``ratio`` times their fastest (``probe``: :func:`probe_configurations`), but the least
     scattered: {configuration: that average}. A table of fastest invokes predicts neither what an
     app sees of them nor their whole subnets, whose pieces' fastest invokes do not add up (the
-    builtin kernels at 2 threads on our 2-vCPU Intel Xeon VM under the float target: 2.85x on
-    average, where the others ran 1.03-1.12x; their table missed by 15% RMSE, docs/results.md)."""
+    builtin kernels at 2 threads on our 2-vCPU Intel Xeon f6m167 VM, ai-edge-litert 2.1, float
+    target: 2.85x on average, where the others ran 1.03-1.12x; their table missed by 15% RMSE,
+    docs/results.md)."""
     r = {c: float(np.mean(t["median_us"] / t[STAT])) for c, t in probe.items()}
     calm = min(r, key=r.get, default=None)
     return {c: v for c, v in r.items() if v >= ratio and c != calm}

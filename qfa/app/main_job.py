@@ -135,9 +135,14 @@ def _tables(cfg: JobConfig, net, run: Path, target: str) -> list:
         other_target = given.target.name != target  # the default table, and --deploy another target
         mismatch = [] if cfg.profile or here or other_target else given.host_mismatch()
         other_space = not cfg.profile and given.space.hash != net.space.hash
-        why = (f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
-               if other_space else f"no {target} table is shipped for this CPU, so "
-               if other_target and not (here or cfg.profile) else f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so " if mismatch else "")
+        if other_space:
+            why = f"{table_csv.name} is for space {given.space.name!r}, the supernet's is {net.space.name!r}, so "
+        elif other_target and not (here or cfg.profile):
+            why = f"no {target} table is shipped for this CPU, so "
+        elif mismatch:
+            why = f"{table_csv.name} describes another machine ({'; '.join(mismatch)}), so "
+        else:
+            why = ""
         if here:
             _say(f"2/6 latency tables: {len(here)} runtime configuration(s) shipped for this CPU, each searched: "
                  + ", ".join(p.name for p in here)
