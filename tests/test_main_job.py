@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOAT, INT8 = "tflite-f32-hswish-decomposed", "tflite-int8-hswish-decomposed"  # the default target, and int8 alone
 
 
 def _qfa(*args, timeout=540):
@@ -40,6 +41,11 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     assert s["deployed_agreement"] >= 99.0 and s["agreement"] >= 50.0
     labels = run / "predictor_data.csv"
     assert set(pd.read_csv(labels)["scored"]) == {json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())["target"]}
+    # the default target deploys FP convs as float ops: the short schedule's last stage trains FP too
+    # (what the search may deploy is trained last), and the summary says how the subnet deploys
+    from qfa.nn.supernet import Supernet
+    assert "trains FP too" in r.stderr and 32 in Supernet.from_checkpoint(run / "last.pt").final_bits
+    assert json.loads(Path(s["sidecar"]).read_text())["target"] == FLOAT and "formats" in s
     assert s["predicted_latency_ms"] <= s["budget_ms"]
     assert Path(s["pareto_png"]).stat().st_size > 1000 and Path(s["pareto_csv"]).exists()
     assert s["measured_latency_ms"] > 0 and s["within_budget"] == (s["measured_latency_ms"] <= s["budget_ms"])
@@ -134,14 +140,14 @@ def test_main_job_tiny_end_to_end_and_resume(tmp_path):
     s5 = json.loads(r5.stdout)
     assert not s5["within_budget"] and s5["measured_latency_ms"] > s5["budget_ms"] >= s5["predicted_latency_ms"]
     # tables of two targets are refused before anything is profiled: the labels score one
-    f32 = next(SHIPPED.glob("*-1t-f32-hswish-decomposed.csv"))
-    r7 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--table", str(f32))
+    i8 = next(SHIPPED.glob("*-1t-hswish-decomposed.csv"))
+    r7 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--table", str(i8))
     err = [ln for ln in r7.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
     assert r7.returncode == 2 and len(err) == 1 and "different targets" in err[0], r7.stderr[-1000:]
     assert "profiling" not in r7.stderr
-    r8 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--deploy", "tflite-f32-hswish-decomposed")
+    r8 = _qfa("run", "--tiny", "--run", str(run), "--table", s["table"], "--deploy", INT8)
     err = [ln for ln in r8.stderr.splitlines() if not ln.startswith("[qfa run]") and "INFO" not in ln and ln.strip()]
-    assert r8.returncode == 2 and len(err) == 1 and "--deploy tflite-f32-hswish-decomposed" in err[0], r8.stderr[-1000:]
+    assert r8.returncode == 2 and len(err) == 1 and f"--deploy {INT8}" in err[0], r8.stderr[-1000:]
     # labels scored another way are refused, not mixed into the predictor: one line, exit 2
     df = pd.read_csv(labels)
     df["scored"] = "fake-quant"
@@ -184,28 +190,25 @@ def test_the_main_job_takes_every_configuration_shipped_for_this_cpu(tmp_path):
     assert shipped_for_this_host(like, tmp_path) == []
 
 
-FLOAT = "tflite-f32-hswish-decomposed"
-
-
-def _float_tables_here():
+def _int8_tables_here():
     from qfa.app.main_job import DEFAULT_TABLE, shipped_for_this_host
-    return shipped_for_this_host({**json.loads(DEFAULT_TABLE.with_suffix(".json").read_text()), "target": FLOAT})
+    return shipped_for_this_host({**json.loads(DEFAULT_TABLE.with_suffix(".json").read_text()), "target": INT8})
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _float_tables_here(), reason="no float table is shipped for this CPU: the job would profile "
-                    "one under each delegate (~25 min on 2 cores)")
-def test_a_float_target_trains_fp_last_and_searches_every_float_table_of_this_cpu(tmp_path):
-    """qfa run --deploy FLOAT: the short schedule's last stage trains FP too (what the search may
-    deploy is trained last), the labels are scored as the float file computes, and every float
-    table shipped for this CPU is searched; the file ships under the chosen one's configuration."""
+@pytest.mark.skipif(not _int8_tables_here(), reason="no int8 table is shipped for this CPU: the job would profile "
+                    "one under each delegate (~8 min on 2 cores)")
+def test_an_int8_target_trains_no_fp_last_and_searches_every_int8_table_of_this_cpu(tmp_path):
+    """qfa run --deploy INT8: nothing deploys FP convs in float, so the short schedule's last
+    stage trains the low bits alone, the labels are scored as the int8 file computes, and every
+    int8 table shipped for this CPU is searched; the file ships under the chosen one's configuration."""
     import pandas as pd
     from qfa.nn.supernet import Supernet
     run = tmp_path / "run"
-    r = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget", "--deploy", FLOAT)
+    r = _qfa("run", "--tiny", "--run", str(run), "--json", "--allow-over-budget", "--deploy", INT8)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
-    assert "trains FP too" in r.stderr and 32 in Supernet.from_checkpoint(run / "last.pt").final_bits
-    assert set(pd.read_csv(run / "predictor_data.csv")["scored"]) <= {FLOAT, f"{FLOAT}@builtin"}
-    assert [c["table"] for c in s["configurations"]] == [str(p) for p in _float_tables_here()]
-    assert json.loads(Path(s["sidecar"]).read_text())["target"] == FLOAT and "formats" in s
+    assert "trains FP too" not in r.stderr and 32 not in Supernet.from_checkpoint(run / "last.pt").final_bits
+    assert set(pd.read_csv(run / "predictor_data.csv")["scored"]) <= {INT8, f"{INT8}@builtin"}
+    assert [c["table"] for c in s["configurations"]] == [str(p) for p in _int8_tables_here()]
+    assert json.loads(Path(s["sidecar"]).read_text())["target"] == INT8 and "formats" not in s

@@ -728,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  train the fmnist supernet on a short schedule (or reuse --checkpoint), take the\n"
                                    "  shipped host latency table (or --profile this host), label subnets and fit the\n"
                                    "  accuracy predictor, search with NSGA-II under --latency-ms, export the chosen subnet\n"
-                                   "  to int8 .tflite, verify it on the test set and measure its latency here.\n"
+                                   "  to .tflite (int8 convs, float32 where faster), verify it on the test set and measure\n"
+                                   "  its latency here.\n"
                                    "examples:\n  qfa run\n  qfa run --checkpoint runs/fmnist --latency-ms 1.5\n"
                                    "  qfa run --data ~/my_images --run runs/mine")
     rp.add_argument("--run", default="runs/main", help="run folder (default runs/main)")
@@ -738,10 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. space.resolutions=[24,32] or stage1.epochs=1")
     rp.add_argument("--table", action="append", help="latency table CSV, repeatable: one per runtime configuration "
                     "searched (default: every configuration shipped for this CPU, else this host profiled)")
-    rp.add_argument("--deploy", choices=sorted(TARGETS), help="deployment target (default: the tables', else int8 "
-                    "with hardswish decomposed); with no --table, every table of it shipped for this CPU, else this "
-                    "host profiled; a float target (tflite-f32-*) also trains FP in the last stage and searches FP "
-                    "convs as float ops")
+    rp.add_argument("--deploy", choices=sorted(TARGETS), help="deployment target (default: the tables', else "
+                    "tflite-f32-hswish-decomposed: int8 convs and FP convs as float32 ops); with no --table, every "
+                    "table of it shipped for this CPU, else this host profiled; a float target (tflite-f32-*) also "
+                    "trains FP in the last stage and searches FP convs as float ops, an int8 one (e.g. "
+                    "tflite-int8-hswish-decomposed) neither")
     rp.add_argument("--profile", action="store_true", help="measure this host into a new table first")
     rp.add_argument("--latency-ms", type=number(positive=True), help="latency budget (default: middle of the front's range)")
     rp.add_argument("--n-predictor", type=integer(2), help="subnets to label for the predictor (default 60)")

@@ -20,8 +20,10 @@ from qfa.core.fileio import atomic_write
 
 __all__ = ["JobConfig", "JobError", "main_job", "print_summary", "shipped_for_this_host", "TINY"]
 
-# hardswish as ADD + MUL: faster whole subnets than int8 HARD_SWISH on the x86 host it was measured on
-DEFAULT_TABLE = shipped("amd-epyc-zen4-1t-hswish-decomposed")
+# The default deployment: int8 convs, and full-precision convs as float32 ops where the search finds
+# them faster (the last training stage then trains FP); hardswish as ADD + MUL (faster than int8
+# HARD_SWISH on both x86 hosts measured). Its tables are the CPU's own where shipped (docs/decisions.md).
+DEFAULT_TABLE = shipped("amd-epyc-zen4-1t-f32-hswish-decomposed")
 
 
 def shipped_for_this_host(like: dict, where: Path = SHIPPED) -> list[Path]:
