@@ -7,6 +7,15 @@ after 50..1000 generations (population 500) compared by hypervolume, to show how
 generations the front needs. paper: the same search at the paper's scale (500 x 1000) over a
 measured paper-space table; its predictor is fitted on SYNTHETIC labels (there is no trained
 paper supernet here): it times the search, it says nothing about accuracy.
+
+    python bench/search.py --checkpoint RUN --configurations T1.csv T2.csv [T3.csv ...]
+
+configurations: several tables of one target (runtime configurations) searched in one NSGA-II
+run, each subnet in its fastest (``qfa.nas.search.Fastest``, what ``qfa run`` and ``qfa search``
+do), against one search per table and the best answer over them (the toolkit's way before),
+at the main job's and ``qfa search``'s population and generations (the one search also at as
+many generations as the searches per table take in all): search seconds, and the best
+predicted top-1 under 30 budgets spread over the range.
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hw.table import LatencyTable  # noqa: E402
 from qfa.core.cost import CostModel  # noqa: E402
 from qfa.nas.predictor import Predictor, fit, strata_specs  # noqa: E402
-from qfa.nas.search import ParetoSet, search_front  # noqa: E402
+from qfa.nas.search import Fastest, ParetoSet, search_front  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +50,14 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="*", default=None,
                     help="latency budgets (ms) to answer from the front, then export, verify on the test set "
                          "and measure end to end (default: 3 spread over the front)")
+    ap.add_argument("--configurations", nargs="+", metavar="TABLE", help="compare one search over these tables "
+                    "with one search per table (and nothing else)")
     args = ap.parse_args()
     run = Path(args.checkpoint)
     run = run if run.is_dir() else run.parent
     pred = Predictor.load(run / "predictor.safetensors")
+    if args.configurations:
+        return configurations(pred, {Path(t).stem: LatencyTable.load(t) for t in args.configurations})
     table = LatencyTable.load(args.table)
     space = table.space
     fronts = {}
@@ -106,6 +119,33 @@ def main() -> None:
         f = search_front(ps, ppred, ptable, pop=500, gens=1000, seed=0)
         print(f"paper space, 500 x 1000: {f['seconds']:.1f} s (target <= 60 s), {len(f['genomes'])} non-dominated subnets")
 
+
+def configurations(pred: Predictor, tables: dict[str, LatencyTable]) -> None:
+    """One search over every configuration (at the same generations, and at as many in all as
+    the searches per table take) vs one search per table, merged at each budget."""
+    both = Fastest(tables)
+    space, k = both.space, len(tables)
+    for pop, gens in ((200, 100), (500, 200)):
+        apart = {n: search_front(space, pred, t, pop=pop, gens=gens, seed=0) for n, t in tables.items()}
+        joint = {g: search_front(space, pred, both, pop=pop, gens=g, seed=0) for g in (gens, gens * k)}
+        lo = min(f["latency_ms"].min() for f in (*joint.values(), *apart.values()))
+        hi = max(f["latency_ms"].max() for f in (*joint.values(), *apart.values()))
+        budgets = np.geomspace(lo * 1.001, hi, 30)
+
+        def best(fronts, b: float) -> float:
+            return max((float(f["top1"][f["latency_ms"] <= b].max()) for f in fronts if (f["latency_ms"] <= b).any()),
+                       default=np.nan)
+        m = np.array([best(apart.values(), b) for b in budgets])
+        print(f"population {pop}, {k} tables: one search per table, {gens} generations each: "
+              f"{sum(f['seconds'] for f in apart.values()):.1f} s in all ({sum(len(f['genomes']) for f in apart.values())} "
+              f"subnets); best predicted top-1 under {len(budgets)} budgets {lo:.3f}-{hi:.3f} ms against it:")
+        for g, front in joint.items():
+            d = np.array([best([front], b) for b in budgets]) - m
+            used = sorted(set(front["table"]))
+            print(f"  one search, {g} generations: {front['seconds']:.1f} s ({len(front['genomes'])} subnets in "
+                  f"{len(used)} configuration(s)): better at {int((d > 1e-9).sum())}, equal at "
+                  f"{int((np.abs(d) <= 1e-9).sum())}, worse at {int((d < -1e-9).sum())}; mean {np.nanmean(d):+.3f}, "
+                  f"min {np.nanmin(d):+.3f}, max {np.nanmax(d):+.3f} points")
 
 if __name__ == "__main__":
     main()

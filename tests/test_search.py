@@ -10,7 +10,7 @@ from hw.table import LatencyTable
 from qfa.core.cost import CostModel
 from qfa.nn.data import make_datasets
 from qfa.nas.predictor import ENCODING, ENCODINGS, Predictor, collect, fit, load_rows, onehot, split_onehot, strata_specs
-from qfa.nas.search import ParetoSet, SearchError, deployed_bytes, search_front
+from qfa.nas.search import Fastest, ParetoSet, SearchError, deployed_bytes, per_configuration, search_front
 from qfa.core.space import get_space
 from qfa.nn.supernet import Supernet
 from tests.conftest import free_port
@@ -262,10 +262,59 @@ def test_every_encoding_fits_saves_and_predicts_the_same_after_loading(encoding,
                                pred.predict_many(SPACE, g), rtol=1e-6)
 
 
-def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
+def test_one_search_over_runtime_configurations_runs_each_subnet_in_its_fastest(predictor, tmp_path):
+    """The configuration as a gene resolved per genome (``Fastest``): two configurations of one
+    target, neither faster everywhere (a STAND-IN second one: the table's entries at the smallest
+    resolution at half their time, the others at twice, labelled builtin). One NSGA-II run keeps
+    subnets of both; each row runs in its faster configuration and knows its time on the other;
+    the speed now scales a row by its own table's factor; tables of two targets are refused."""
+    import pandas as pd
+    df = pd.read_csv(TABLE)
+    scale = np.where(df["resolution"] == min(SPACE.resolutions), 0.5, 2.0)
+    df[["min_us", "median_us"]] = df[["min_us", "median_us"]].mul(scale, axis=0)
+    other = tmp_path / "other.csv"
+    df.to_csv(other, index=False)
+    other.with_suffix(".json").write_text(json.dumps({**json.loads(TABLE.with_suffix(".json").read_text()),
+                                                      "delegate": "builtin"}))
+    tables = {"a": LatencyTable.load(TABLE), "b": LatencyTable.load(other)}
+    both = Fastest(tables)
+    pset = ParetoSet.from_front(SPACE, search_front(SPACE, predictor, both, pop=60, gens=15, seed=0), both.target_name)
+    specs = [SPACE.parse(json.dumps(r["spec"])) for r in pset.rows]
+    on = {n: np.array([t.predict(sp) for sp in specs]) for n, t in tables.items()}
+    np.testing.assert_allclose([r["latency_ms"] for r in pset.rows], np.minimum(on["a"], on["b"]), rtol=1e-6)
+    assert [r["table"] for r in pset.rows] == ["a" if x <= y else "b" for x, y in zip(on["a"], on["b"])]
+    assert {r["table"] for r in pset.rows} == {"a", "b"}  # the gene is used: each configuration wins somewhere
+    assert all(r["runtime"] == tables[r["table"]].runtime for r in pset.rows)
+    np.testing.assert_allclose([r["latency_by_table"]["b"] for r in pset.rows], on["b"], rtol=1e-6)
+    # what each configuration offers under a budget: the most accurate row on its own table
+    budget = float(np.median(on["a"]))
+    best = pset.answer(budget)
+    cands = per_configuration(pset, budget, 0.0, {n: (Path(f"{n}.csv"), t.runtime) for n, t in tables.items()}, best)
+    for c, n in zip(cands, "ab"):
+        assert c["runtime"] == tables[n].runtime
+        assert c["top1"] == max(r["top1"] for r, ms in zip(pset.rows, on[n]) if ms <= budget)
+        assert c["chosen"] == (n == best["table"])
+    # at this host's speed now (b 3x slower than measured): each row in its fastest configuration
+    # at those speeds; saved, a row keeps its table's own latency
+    slow = pset.at_speed({"b": 3.0}, {n: t.runtime for n, t in tables.items()})
+    want = np.minimum(on["a"], 3 * on["b"])
+    assert [r["latency_ms"] for r in slow.rows] == pytest.approx(want)
+    assert [r["table"] for r in slow.rows] == ["a" if x <= 3 * y else "b" for x, y in zip(on["a"], on["b"])]
+    assert all(r["runtime"] == tables[r["table"]].runtime for r in slow.rows)
+    assert sum(r["table"] == "b" for r in slow.rows) < sum(r["table"] == "b" for r in pset.rows)
+    slow.save_rows(tmp_path / "s")
+    assert [r["latency_ms"] for r in ParetoSet.load(tmp_path / "s").rows] == pytest.approx(
+        [(x if t == "a" else y) for x, y, t in zip(on["a"], on["b"], (r["table"] for r in slow.rows))])
+    f32 = LatencyTable.load(ROOT / "latency_tables" / "amd-epyc-zen4-1t-f32-hswish-decomposed.csv")
+    with pytest.raises(SearchError, match="different targets"):
+        Fastest({"a": tables["a"], "f": f32})
+
+
+def test_search_across_configurations_takes_the_best_answer_over_tables(tmp_path):
     """Two tables of one space: the shipped one, and a STAND-IN for a second runtime
     configuration (the same rows at half the latency, labelled builtin). Under one budget the
-    answer is the most accurate over both, and says which deployment it is for."""
+    answer is the most accurate over both, and says which configuration it is for; tables of two
+    targets are refused in one line."""
     import json as _json
     import pandas as pd
     from tests.hostile import call, check, make_search_world
@@ -293,6 +342,10 @@ def test_search_across_deployments_takes_the_best_answer_over_tables(tmp_path):
     assert _json.loads(tight.out)["table"] == str(fast)
     alone = call(w.argv("--latency-ms", f"{slow_min:.6f}", *more))
     check(alone, {2})
+    f32 = ROOT / "latency_tables" / "amd-epyc-zen4-1t-f32-hswish-decomposed.csv"
+    mixed = call(w.argv("--latency-ms", "0.2", "--table", str(f32), *more))
+    check(mixed, {2})
+    assert "different targets" in mixed.errors[0]
 
 
 def test_verify_answers_with_the_best_label_and_keeps_labels_by_how_they_were_taken(predictor, tmp_path):

@@ -395,84 +395,82 @@ def _warn_other_machine(table_csv: Path) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    """One saved (or new) Pareto set per ``--table``; the answer is the most accurate subnet
-    under the budget over all of them: each table is one deployment (lowering and runtime
-    configuration), so several tables search across configurations."""
+    """One saved (or new) Pareto set over every ``--table``: each table is one runtime
+    configuration of one deployment target, and each subnet is searched in its fastest
+    (``qfa.nas.search.Fastest``); the answer is the most accurate subnet under the budget."""
     import time as _time
     t0 = _time.perf_counter()
     # the saved-set path imports nothing heavy
-    from qfa.nas.search import (SearchError, across_deployments, describe_deployments, describe_formats,
-                                formats_report, pareto_base, saved_or_search)
+    from qfa.nas.search import (Fastest, SearchError, describe_deployments, describe_formats, formats_report,
+                                pareto_base, per_configuration, saved_or_search)
     from export.targets import DEFAULT_RUNTIME
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
     ckpt_file = ckpt / "last.pt" if ckpt.is_dir() else ckpt
     pred_path = Path(args.predictor or _run_dir(args.checkpoint) / "predictor.safetensors")
-    tables = [_table_arg(t) for t in args.table]
+    tables = list(dict.fromkeys(_table_arg(t) for t in args.table))
     for p, what in ((ckpt_file, "checkpoint"), (pred_path, "predictor (run `qfa predictor fit`)"),
                     *((p, w) for t in tables for p, w in ((t, "latency table"),
                                                            (t.with_suffix(".json"), "latency table metadata")))):
         if not p.is_file():
             raise CLIError(f"{what} not found: {p}", 2)
+    if len({t.stem for t in tables}) < len(tables):
+        raise CLIError("two --table files share a name: a Pareto row names its table by it", 2)
 
     def progress(g: int, n: int) -> None:
         if not args.json and (g % 10 == 0 or g == n):
             print(f"\rsearch: generation {g}/{n}", end="", file=sys.stderr, flush=True)
     sizer = _file_sizer(args.checkpoint) if args.max_bytes is not None else None
-    answers, misses = [], []  # answers[i]: table i's (ranked, set, base, cached, csv), None if nothing fits
-    for table_csv in tables:
-        try:
-            base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, table_csv, args.bits)
-        except SearchError as e:
-            raise CLIError(str(e), 2) from None
+    try:
+        base = pareto_base(_run_dir(args.checkpoint), ckpt_file, pred_path, tables, args.bits)
+    except SearchError as e:
+        raise CLIError(str(e), 2) from None
 
-        def load(table_csv=table_csv):
-            from hw.table import LatencyTable, TableError
-            from qfa.nas.predictor import Predictor, PredictorError
-            try:
-                pred, table = Predictor.load(pred_path), LatencyTable.load(table_csv)
-            except (TableError, PredictorError) as e:
-                raise CLIError(str(e), 2) from None
-            scored = pred.meta.get("scored")
-            if scored is not None and scored.split("@")[0] != table.target_name:
-                print(f"qfa search: warning: the predictor's labels were scored as {scored}, {table_csv.name} deploys "
-                      f"{table.target_name}: its top-1 is not what those files compute", file=sys.stderr)
-            return pred, table
-        _warn_other_machine(table_csv)
+    def load():
+        from hw.table import LatencyTable, TableError
+        from qfa.nas.predictor import Predictor, PredictorError
         try:
-            pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
-        except SearchError as e:
+            pred, loaded = Predictor.load(pred_path), {t.stem: LatencyTable.load(t) for t in tables}
+            latency = Fastest(loaded)
+        except (TableError, PredictorError, SearchError) as e:
             raise CLIError(str(e), 2) from None
-        if front is not None:
-            if not args.json:
-                print(f"\rsearch: {table_csv.name}: {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
-                      f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
-            pset.save(base, args.latency_ms)
-        try:
-            ranked = pset.ranked(args.latency_ms, args.max_bytes, args.margin, file_bytes=sizer,
-                                 need=args.verify or 1)
-        except SearchError as e:
-            misses.append(str(e) + (f" ({table_csv.name})" if len(tables) > 1 else ""))
-            answers.append(None)
-            continue
-        finally:
-            if any(isinstance(r.get("file_bytes"), int) for r in pset.rows):
-                pset.save_rows(base)  # keeps the exact sizes computed, for every later query
-        answers.append((ranked, pset, base, front is None, table_csv))
-    if not any(answers):
-        raise CLIError("; ".join(misses), 2)
-    chosen, candidates = across_deployments(tables, [a and a[0] for a in answers])
+        scored = pred.meta.get("scored")
+        if scored is not None and scored.split("@")[0] != latency.target_name:
+            print(f"qfa search: warning: the predictor's labels were scored as {scored}, the tables deploy "
+                  f"{latency.target_name}: its top-1 is not what those files compute", file=sys.stderr)
+        return pred, latency
+    for t in tables:
+        _warn_other_machine(t)
+    try:
+        pset, front = saved_or_search(base, load, args.pop, args.gens, args.seed, args.bits, progress, args.force)
+    except SearchError as e:
+        raise CLIError(str(e), 2) from None
+    cached = front is None
+    if front is not None:
+        if not args.json:
+            print(f"\rsearch: {len(tables)} table(s): {args.gens} generations x {args.pop} in {front['seconds']:.1f}s, "
+                  f"{len(front['genomes'])} non-dominated subnets", file=sys.stderr)
+        pset.save(base, args.latency_ms)
+    try:
+        ranked = pset.ranked(args.latency_ms, args.max_bytes, args.margin, file_bytes=sizer, need=args.verify or 1)
+    except SearchError as e:
+        raise CLIError(str(e), 2) from None
+    finally:
+        if any(isinstance(r.get("file_bytes"), int) for r in pset.rows):
+            pset.save_rows(base)  # keeps the exact sizes computed, for every later query
     verified, verify_s = None, 0.0
     if args.verify:
         t_v = _time.perf_counter()
-        (best, _, base), verified = _verify(args, [(ps, b, rk) for rk, ps, b, _, _ in filter(None, answers)])
+        (best, _, _), verified = _verify(args, [(pset, base, ranked)])
         verify_s = _time.perf_counter() - t_v
-        _, _, _, cached, table_csv = next(a for a in answers if a and a[2] == base)
-        candidates = [{**c, "chosen": c["table"] == str(table_csv)} for c in candidates]
     else:
-        ranked, _, base, cached, table_csv = answers[chosen]
         best = ranked[0]
+    table_csv = next((t for t in tables if t.stem == best.get("table")), tables[0])
+    from export.targets import runtime_of
+    from hw.table import read_meta
+    candidates = per_configuration(pset, args.latency_ms, args.margin,
+                                   {t.stem: (t, runtime_of(read_meta(t.with_suffix(".json")))) for t in tables}, best)
     ms = (_time.perf_counter() - t0) * 1000
     runtime = best.get("runtime") or dict(DEFAULT_RUNTIME)
     res = {"spec": best["spec"], "spec_str": best["spec_str"], "hash": best["hash"], "predicted_top1": best["top1"],

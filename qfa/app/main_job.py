@@ -116,6 +116,8 @@ def _target(cfg: JobConfig) -> str:
     if len(targets) > 1:
         raise JobError(f"the tables deploy different targets ({', '.join(targets)}): one target per run, the one "
                        "its labels score", 2)
+    if len({Path(p).stem for p in cfg.tables}) < len({Path(p).resolve() for p in cfg.tables}):
+        raise JobError("two tables share a file name: a Pareto row names its configuration's table by it", 2)
     if cfg.deploy and named and targets != [cfg.deploy]:
         raise JobError(f"--deploy {cfg.deploy}: the tables given deploy {targets[0]}", 2)
     return cfg.deploy or targets[0]
@@ -202,8 +204,8 @@ def main_job(cfg: JobConfig) -> dict:
     from qfa.nn.data import make_datasets
     from export.deploy import RANGE_IMAGES, ExportError, export_subnet, verify_tflite
     from qfa.nas.predictor import Predictor, PredictorError, collect, fit, load_rows, scoring_name, scoring_of
-    from qfa.nas.search import (SearchError, across_deployments, describe_deployments, formats_report,
-                                pareto_base, saved_or_search)
+    from qfa.nas.search import (Fastest, SearchError, describe_deployments, formats_report, pareto_base,
+                                per_configuration, saved_or_search)
     from qfa.nn.supernet import Supernet
     from export.targets import TARGETS
     from qfa.core.space import FP
@@ -280,49 +282,42 @@ def main_job(cfg: JobConfig) -> dict:
          f"RMSE {metrics.get('rmse', float('nan')):.2f} points")
     timings["predictor_s"] = time.time() - t
 
-    # 4. search: one Pareto set per configuration, the most accurate under the budget over all
+    # 4. search: one NSGA-II over every configuration, each subnet in its fastest (qfa.nas.search.Fastest)
     t = time.time()
-    sets = []  # (csv, table, Pareto set at this host's speed now, its base)
-    for table_csv, table, check in tables:
-        base = pareto_base(run, ckpt, pred_path, table_csv, cfg.search_bits)
-        pset, front = saved_or_search(base, lambda table=table: (pred, table), cfg.pop, cfg.gens, bits=cfg.search_bits)
-        if check and check["within_band"]:
-            pset = pset.at_speed(check["factor"])
-        _say(f"4/6 search: {table_csv.stem}: " + (f"answering from the saved Pareto set {base.with_suffix('.jsonl')}"
-             if front is None else f"NSGA-II, population {cfg.pop}, {cfg.gens} generations in {front['seconds']:.1f}s"))
-        sets.append((table_csv, table, pset, base))
-    lats = np.array([r["latency_ms"] for *_, pset, _ in sets for r in pset.rows])
-    # default: the middle of the fronts, and never below what the margin lets the fastest subnet meet
+    by_name = {csv.stem: (csv, table) for csv, table, _ in tables}
+    base = pareto_base(run, ckpt, pred_path, [csv for csv, *_ in tables], cfg.search_bits)
+    pset, front = saved_or_search(base, lambda: (pred, Fastest({n: tb for n, (_, tb) in by_name.items()})), cfg.pop,
+                                  cfg.gens, bits=cfg.search_bits)
+    pset = pset.at_speed({csv.stem: c["factor"] for csv, _, c in tables if c and c["within_band"]},
+                         {n: tb.runtime for n, (_, tb) in by_name.items()})
+    _say("4/6 search: " + (f"answering from the saved Pareto set {base.with_suffix('.jsonl')}" if front is None else
+                          f"NSGA-II over {len(tables)} configuration(s), population {cfg.pop}, {cfg.gens} generations "
+                          f"in {front['seconds']:.1f}s"))
+    lats = np.array([r["latency_ms"] for r in pset.rows])
+    # default: the middle of the front, and never below what the margin lets the fastest subnet meet
     budget = cfg.latency_ms if cfg.latency_ms is not None else \
         float(np.ceil(max((lats.min() + lats.max()) / 2, lats.min() * (1 + cfg.margin)) * 1000) / 1000)
-    ranked, misses = [], []
-    for table_csv, _, pset, base in sets:
-        pset.save(base, budget)
-        try:
-            ranked.append(pset.ranked(budget, margin=cfg.margin))
-        except SearchError as e:
-            ranked.append(None)
-            misses.append(str(e) + (f" ({table_csv.name})" if len(sets) > 1 else ""))
-    if not any(ranked):
-        raise JobError("; ".join(misses), 2)
-    chosen, candidates = across_deployments([csv for csv, *_ in sets], ranked)
+    pset.save(base, budget)
+    try:
+        ranked = pset.ranked(budget, margin=cfg.margin)
+    except SearchError as e:
+        raise JobError(str(e), 2) from None
     verified = None
     if cfg.verify:  # labelled as the export below calibrates
         from qfa.nas.verify import verify_on_holdout
         _say(f"4/6 search: verifying the {cfg.verify} best-predicted under {budget:g} ms on the held-out split")
-        (best, _, base), verified = verify_on_holdout(
-            lambda: net, [(s[2], s[3], r) for s, r in zip(sets, ranked) if r], cfg.verify, cfg.export_calib_images,
-            cfg.export_calib_draws, data_root,
+        (best, _, _), verified = verify_on_holdout(
+            lambda: net, [(pset, base, ranked)], cfg.verify, cfg.export_calib_images, cfg.export_calib_draws, data_root,
             lambda i, n, rep: print(f"\r  {i}/{n} labelled, last {rep['holdout_top1']:.2f}%", end="" if i < n else "\n",
                                     file=sys.stderr, flush=True))
-        chosen = next(i for i, s in enumerate(sets) if s[3] == base)
-        candidates = [{**c, "chosen": i == chosen} for i, c in enumerate(candidates)]
     else:
-        best = ranked[chosen][0]
-    table_csv, table, pset, base = sets[chosen]
+        best = ranked[0]
+    table_csv, table = by_name[best["table"]]
+    candidates = per_configuration(pset, budget, cfg.margin, {n: (csv, tb.runtime) for n, (csv, tb) in by_name.items()},
+                                   best)
     spec = net.space.parse(json.dumps(best["spec"]))
-    _say(f"4/6 search: {len(pset.rows)} Pareto subnets on {table_csv.stem}; under {budget:g} ms: {spec}")
-    if len(sets) > 1:
+    _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec} on {table_csv.stem}")
+    if len(tables) > 1:
         _say(f"4/6 search: best of each configuration: {describe_deployments(candidates)}")
     timings["search_s"] = time.time() - t
 
@@ -346,8 +341,7 @@ def main_job(cfg: JobConfig) -> dict:
     runtime = table.runtime  # the file is timed as the table was measured, and as the app will run it
     measured_ms = time_model(str(out), threads=runtime["threads"], delegate=runtime["delegate"])[table.stat] / 1000
     over = measured_ms > budget
-    pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms, name=table_csv.stem,
-              others={csv.stem: ps for csv, _, ps, _ in sets if ps is not pset})
+    pset.plot(base.with_suffix(".png"), budget, chosen=best, measured_ms=measured_ms)
     summary = {
         "spec": str(spec), "hash": spec.hash, "budget_ms": budget,
         "predicted_top1_holdout": best["top1"], "pytorch_top1_test": v["pytorch_top1"], "tflite_top1_test": v["tflite_top1"],
@@ -357,7 +351,7 @@ def main_job(cfg: JobConfig) -> dict:
         "pareto_csv": str(base.with_suffix(".csv")), "pareto_png": str(base.with_suffix(".png")),
         "pareto_size": len(pset.rows), "predictor": metrics, "timings": timings, "total_s": time.time() - t_start,
         "within_budget": not over, "table": str(table_csv), "configurations": candidates,
-        "speed_factor": pset.speed,  # predicted = the table's prediction x this (2/6 speed check)
+        "speed_factor": pset.factors.get(table_csv.stem, 1.0),  # predicted = the table's prediction x this (2/6)
         **({"holdout_top1": best["holdout"]["top1"], "verified": verified} if verified is not None else {}),
         "runtime": {"interpreter": "ai-edge-litert", **runtime},
         **({"formats": formats_report(spec, table, pred)} if table.target.float_io else {}),

@@ -19,12 +19,12 @@ class SearchError(ValueError):
     """No spec meets the request (message names the best achievable value)."""
 
 
-def pareto_key(checkpoint: Path, predictor_path: Path, table_csv: Path) -> str:
-    """Identity of a Pareto set: checkpoint file (size, mtime), predictor and table contents."""
-    h = hashlib.sha256()
+def pareto_key(checkpoint: Path, predictor_path: Path, tables: list[Path]) -> str:
+    """Identity of a Pareto set: checkpoint file (size, mtime), predictor and tables' contents."""
+    h = hashlib.sha256(b"fastest-of")  # sets of a table each before: rows without their configuration
     st = checkpoint.stat()
     h.update(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for p in (predictor_path, table_csv, table_csv.with_suffix(".json")):
+    for p in (predictor_path, *(q for t in tables for q in (t, t.with_suffix(".json")))):
         try:
             h.update(p.read_bytes())
         except OSError as e:
@@ -32,16 +32,23 @@ def pareto_key(checkpoint: Path, predictor_path: Path, table_csv: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def pareto_base(run: Path, checkpoint: Path, predictor_path: Path, table_csv: Path, bits=None) -> Path:
-    """Where the Pareto set of this (checkpoint, predictor, table, searched bits) lives, without
-    suffix: ``RUN/pareto/TABLE-KEY[-bBITS]``."""
+def pareto_base(run: Path, checkpoint: Path, predictor_path: Path, tables: list[Path], bits=None) -> Path:
+    """Where the Pareto set of this (checkpoint, predictor, tables, searched bits) lives, without
+    suffix: ``RUN/pareto/TABLE[+N]-KEY[-bBITS]`` (TABLE: the first table's name, N: how many more)."""
     tag = "" if bits is None else "-b" + "".join(map(str, bits))
-    return run / "pareto" / f"{table_csv.stem}-{pareto_key(checkpoint, predictor_path, table_csv)}{tag}"
+    more = f"+{len(tables) - 1}" if len(tables) > 1 else ""
+    return run / "pareto" / f"{tables[0].stem}{more}-{pareto_key(checkpoint, predictor_path, tables)}{tag}"
 
 
 def _runtime_ok(rt) -> bool:
     return (isinstance(rt, dict) and rt.get("delegate") in DELEGATES
             and type(rt.get("threads")) is int and rt["threads"] >= 1)
+
+
+def _configuration_ok(row: dict) -> bool:
+    by = row.get("latency_by_table", {})
+    return (isinstance(row.get("table", ""), str) and isinstance(by, dict)
+            and all(isinstance(k, str) and (v is None or isinstance(v, (int, float)) and v > 0) for k, v in by.items()))
 
 
 def _label_ok(label) -> bool:
@@ -52,25 +59,38 @@ def _label_ok(label) -> bool:
 class ParetoSet:
     """A saved front: ``NAME.jsonl`` (one spec + objectives a line) and ``NAME.csv``."""
 
-    def __init__(self, rows: list[dict], speed: float = 1.0) -> None:
-        self.rows, self.speed = rows, speed
+    def __init__(self, rows: list[dict], factors: dict[str, float] | None = None) -> None:
+        self.rows, self.factors = rows, factors or {}
 
-    def at_speed(self, factor: float) -> "ParetoSet":
-        """The set with every predicted latency times ``factor`` (the device's speed now against
-        its table, ``hw.profiling.speed_check``); saved, its rows keep the table's latencies."""
-        return ParetoSet([{**r, "latency_ms": r["latency_ms"] * factor} for r in self.rows], self.speed * factor)
+    def at_speed(self, factors: dict[str, float], runtimes: dict[str, dict] | None = None) -> "ParetoSet":
+        """The set at the device's speed now against each table (``{table name: factor}``,
+        ``hw.profiling.speed_check``): a row's latency times its table's factor, or, for a row
+        timed on several (``latency_by_table``; ``runtimes``: each table's configuration), its
+        fastest configuration at those speeds. Saved, its rows keep the tables' latencies."""
+        rows = []
+        for r in self.rows:
+            by = {n: v * factors.get(n, 1.0) for n, v in r.get("latency_by_table", {}).items() if v is not None}
+            if runtimes and by.keys() <= runtimes.keys() and by:
+                n = min(by, key=by.get)
+                rows.append({**r, "table": n, "runtime": runtimes[n], "latency_ms": by[n]})
+            else:
+                rows.append({**r, "latency_ms": r["latency_ms"] * factors.get(r.get("table"), 1.0)})
+        return ParetoSet(rows, {**self.factors, **factors})
 
     @classmethod
     def from_front(cls, space, front: dict, target: str = "tflite-int8", runtime: dict | None = None) -> "ParetoSet":
         """``target``: the lowering the latency table was measured for (exports must use it);
-        ``runtime``: the configuration it was measured under (delegate, threads; the app's too)."""
+        ``runtime``: the configuration it was measured under (delegate, threads; the app's too),
+        unless the front names each subnet's own (``qfa.nas.search.Fastest``: ``table``,
+        ``runtime`` and its ms on every table, ``latency_by_table``)."""
         rows = []
         for i, g in enumerate(front["genomes"]):
             spec = space.decode(g)
             rows.append({"index": i, "hash": spec.hash, "top1": float(front["top1"][i]),
                          "latency_ms": float(front["latency_ms"][i]), "bytes": int(front["bytes"][i]),
                          "spec_str": str(spec), "spec": json.loads(spec.dumps()), "target": target,
-                         "runtime": runtime or dict(DEFAULT_RUNTIME)})
+                         "runtime": front["runtime"][i] if "runtime" in front else runtime or dict(DEFAULT_RUNTIME),
+                         **({k: front[k][i] for k in ("table", "latency_by_table")} if "table" in front else {})})
         return cls(rows)
 
     def save(self, base: Path, budget_ms: float | None = None) -> None:
@@ -85,7 +105,7 @@ class ParetoSet:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["index", "hash", "top1", "latency_ms", "bytes", "file_bytes", "holdout_top1", "spec"])
-        rows = [{**r, "latency_ms": r["latency_ms"] / self.speed} for r in self.rows] if self.speed != 1 else self.rows
+        rows = [{**r, "latency_ms": r["latency_ms"] / self.factors.get(r.get("table"), 1.0)} for r in self.rows]
         w.writerows([r["index"], r["hash"], f"{r['top1']:.4f}", f"{r['latency_ms']:.4f}", r["bytes"], r.get("file_bytes", ""),
                      f"{r['holdout']['top1']:.4f}" if r.get("holdout") else "", r["spec_str"]] for r in rows)
         atomic_write(base.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
@@ -99,7 +119,7 @@ class ParetoSet:
             ok = rows and all(isinstance(r, dict) and isinstance(r.get("latency_ms"), (int, float))
                               and isinstance(r.get("top1"), (int, float)) and isinstance(r.get("bytes"), int)
                               and (r.get("file_bytes") is None or type(r["file_bytes"]) is int and r["file_bytes"] > 0)
-                              and _label_ok(r.get("holdout")) for r in rows)
+                              and _label_ok(r.get("holdout")) and _configuration_ok(r) for r in rows)
         except (OSError, ValueError):
             ok = False
         if not ok:
@@ -168,27 +188,25 @@ class ParetoSet:
         return self.ranked(latency_ms, max_bytes, margin)[0]
 
     def plot(self, path: Path, budget_ms: float | None = None, chosen: dict | None = None,
-             measured_ms: float | None = None, others: dict[str, "ParetoSet"] | None = None,
-             name: str | None = None) -> None:
-        """The front (predicted latency vs predicted top-1, coloured by size); ``chosen`` (a row)
-        is marked at its predicted latency and, given ``measured_ms``, at the measured one;
-        ``others``: the fronts of the other configurations searched, by name, as lines (``name``:
-        this one's)."""
+             measured_ms: float | None = None) -> None:
+        """The front (predicted latency vs predicted top-1), coloured by size, or by runtime
+        configuration where its subnets run in several; ``chosen`` (a row) is marked at its
+        predicted latency and, given ``measured_ms``, at the measured one."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         lat = np.array([r["latency_ms"] for r in self.rows])
         acc = np.array([r["top1"] for r in self.rows])
-        size = np.array([r["bytes"] for r in self.rows]) / 1e3
+        configs = sorted({r.get("table") for r in self.rows}, key=str)
         fig, ax = plt.subplots(figsize=(6, 4))
-        sc = ax.scatter(lat, acc, c=size, s=10, cmap="viridis", label=name)
-        fig.colorbar(sc, label="weight bytes as stored (kB)")
-        for label, other in (others or {}).items():
-            rows = sorted(other.rows, key=lambda r: r["latency_ms"])
-            ax.step([r["latency_ms"] for r in rows], np.maximum.accumulate([r["top1"] for r in rows]), where="post",
-                    lw=1, label=label)
-        if others:
+        if len(configs) > 1:
+            for c in configs:
+                on = np.array([r.get("table") == c for r in self.rows])
+                ax.scatter(lat[on], acc[on], s=10, label=c)
             ax.set_xscale("log")
+        else:
+            sc = ax.scatter(lat, acc, c=np.array([r["bytes"] for r in self.rows]) / 1e3, s=10, cmap="viridis")
+            fig.colorbar(sc, label="weight bytes as stored (kB)")
         if budget_ms is not None:
             ax.axvline(budget_ms, color="r", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
         if chosen is not None:
@@ -198,12 +216,11 @@ class ParetoSet:
                 ax.plot([chosen["latency_ms"], measured_ms], [chosen["top1"]] * 2, "k:", lw=1)
                 ax.scatter([measured_ms], [chosen["top1"]], marker="x", s=80, c="m", zorder=3,
                            label=f"chosen, measured {measured_ms:.3f} ms")
-        if budget_ms is not None or chosen is not None or others:
+        if budget_ms is not None or chosen is not None or len(configs) > 1:
             ax.legend(loc="lower right", fontsize=7)
-        ax.set_xlabel("predicted latency (ms, measured table" + (f" x {self.speed:.3f}, the speed now)"
-                                                                  if self.speed != 1 else ")"))
+        ax.set_xlabel("predicted latency (ms, measured table" + (" x the speed now)" if self.factors else ")"))
         ax.set_ylabel("predicted top-1 (%, held-out)")
-        ax.set_title(f"Pareto set: {len(self.rows)} subnets")
+        ax.set_title(f"Pareto set: {len(self.rows)} subnets" + (", each in its fastest configuration" if len(configs) > 1 else ""))
         fig.tight_layout()
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=120)

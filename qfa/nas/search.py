@@ -1,7 +1,8 @@
 """NSGA-II (pymoo) over subnet genomes: predicted accuracy vs measured-table latency vs size.
 
-The whole front is searched once per (checkpoint, predictor, table) and saved; every budget
+The whole front is searched once per (checkpoint, predictor, tables) and saved; every budget
 after that is answered from the saved set (the paper's zero marginal cost per new budget).
+Several runtime configurations of one deployment target are searched in one run (:class:`Fastest`).
 """
 from __future__ import annotations
 
@@ -16,11 +17,58 @@ from qfa.nas.predictor import Predictor, searched_pairs
 from qfa.nas.pareto import ParetoSet, SearchError, pareto_base, pareto_key
 from qfa.core.space import FP, SearchSpace
 
-__all__ = ["make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
-           "pareto_key", "deployed_bytes", "formats_report", "describe_formats", "across_deployments",
+__all__ = ["Fastest", "make_problem", "search_front", "saved_or_search", "ParetoSet", "SearchError", "pareto_base",
+           "pareto_key", "deployed_bytes", "formats_report", "describe_formats", "per_configuration",
            "describe_deployments"]
 
 OBJECTIVES = ("top1", "latency_ms", "bytes")
+
+
+class Fastest:
+    """Several runtime configurations (delegate, threads) of one deployment target as one latency
+    model: a subnet runs in its fastest configuration's time. The configuration is a gene of the
+    search resolved per genome: accuracy and size do not depend on it, so of one architecture
+    NSGA-II would keep only its fastest configuration anyway, and taking the minimum spends no
+    population on the others. ``tables``: {name: latency model}, all of one target and space."""
+
+    def __init__(self, tables: dict[str, LatencyModel]) -> None:
+        if not tables:
+            raise SearchError("no latency table to search")
+        self.names, self.tables = list(tables), list(tables.values())
+        targets = sorted({t.target_name for t in self.tables})
+        if len(targets) > 1:
+            raise SearchError(f"the tables deploy different targets ({', '.join(targets)}): one target per search, "
+                              "the one its labels score")
+        if len({t.space.hash for t in self.tables}) > 1:
+            raise SearchError("the tables are for different search spaces")
+        self.space = self.tables[0].space
+
+    @property
+    def resolutions(self) -> list[int]:
+        return sorted({r for t in self.tables for r in t.resolutions})
+
+    @property
+    def target_name(self) -> str:
+        return self.tables[0].target_name
+
+    @property
+    def runtime(self) -> dict:
+        return self.tables[0].runtime
+
+    def each(self, genomes: np.ndarray) -> np.ndarray:
+        """(configurations, genomes) predicted ms, NaN where a table cannot say."""
+        return np.stack([t.predict_many(genomes) for t in self.tables])
+
+    def predict_many(self, genomes: np.ndarray) -> np.ndarray:
+        ms = self.each(genomes)
+        return np.where(np.isnan(ms).all(0), np.nan, np.where(np.isnan(ms), np.inf, ms).min(0))
+
+    def configurations(self, genomes: np.ndarray) -> dict[str, Any]:
+        """Each genome's fastest configuration (``table`` name and ``runtime``) and its ms on every one."""
+        ms = self.each(genomes)
+        which = np.argmin(np.where(np.isnan(ms), np.inf, ms), 0)
+        return {"table": [self.names[i] for i in which], "runtime": [self.tables[i].runtime for i in which],
+                "latency_by_table": [{n: None if np.isnan(v) else v for n, v in zip(self.names, col)} for col in ms.T.tolist()]}
 
 
 def deployed_bytes(cost: CostModel, genomes: np.ndarray, fp_bytes: int = 1) -> np.ndarray:
@@ -163,17 +211,21 @@ def search_front(space: SearchSpace, predictor: Predictor, table: LatencyModel, 
                           "missing resolutions or precisions (hw/profile.py)")
     g, f = g[priced], f[priced]
     order = np.argsort(f[:, 1])
-    return {"genomes": g[order], "top1": -f[order, 0], "latency_ms": f[order, 1], "bytes": f[order, 2],
-            "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}
+    front = {"genomes": g[order], "top1": -f[order, 0], "latency_ms": f[order, 1], "bytes": f[order, 2],
+             "seconds": time.perf_counter() - t0, "pop": pop, "gens": gens}
+    if isinstance(table, Fastest):
+        front.update(table.configurations(front["genomes"]))
+    return front
 
 
 def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel]], pop: int, gens: int,
                     seed: int = 0, bits: Sequence[int] | None = None, progress=None,
                     force: bool = False) -> tuple[ParetoSet, dict | None]:
     """The Pareto set saved at ``base`` (see :func:`pareto_base`) or, if there is none (or
-    ``force``), a new NSGA-II search over ``load()``'s predictor and latency model. Loading is
-    deferred so that answering from a saved set imports and reads nothing heavy. Returns the set
-    and the search's front (None when it was read from disk); the caller saves it with its budget."""
+    ``force``), a new NSGA-II search over ``load()``'s predictor and latency model (a table, or
+    :class:`Fastest` over several). Loading is deferred so that answering from a saved set imports
+    and reads nothing heavy. Returns the set and the search's front (None when it was read from
+    disk); the caller saves it with its budget."""
     if base.with_suffix(".jsonl").exists() and not force:
         return ParetoSet.load(base), None
     predictor, latency = load()
@@ -184,22 +236,30 @@ def saved_or_search(base: Path, load: Callable[[], tuple[Predictor, LatencyModel
     return ParetoSet.from_front(latency.space, front, latency.target_name, latency.runtime), front
 
 
-def across_deployments(tables: Sequence[Path], ranked: Sequence[list[dict] | None]) -> tuple[int, list[dict]]:
-    """Several deployments (one latency table each: a runtime configuration or a lowering) searched
-    for one budget: ``ranked[i]`` is table i's subnets under it, best first (None: none). Returns
-    the index of the deployment whose best subnet is the most accurate (predicted), the faster
-    among equals, and what each one offered (its best, or nothing under the budget)."""
-    ok = [i for i, r in enumerate(ranked) if r]
-    if not ok:
-        raise SearchError("no deployment has a subnet under the budget")
-    best = max(ok, key=lambda i: (ranked[i][0]["top1"], -ranked[i][0]["latency_ms"]))
-    return best, [{"table": str(t), "chosen": i == best, "runtime": r[0].get("runtime"), "top1": r[0]["top1"],
-                   "latency_ms": r[0]["latency_ms"], "hash": r[0]["hash"]} if r else
-                  {"table": str(t), "chosen": False, "top1": None} for i, (t, r) in enumerate(zip(tables, ranked))]
+def per_configuration(pset: ParetoSet, latency_ms: float, margin: float, tables: dict[str, tuple[Path, dict]],
+                      chosen: dict) -> list[dict]:
+    """What each configuration searched (``{name: (table path, runtime)}``) offers under the
+    budget: the most accurate subnet of the set on that configuration's table (at this host's
+    speed now), or nothing; ``chosen``: the row shipped. Says why the configuration shipped is
+    the one: the most accurate, the faster among equals."""
+    limit = latency_ms / (1.0 + margin)
+    out = []
+    for name, (path, runtime) in tables.items():
+        f = pset.factors.get(name, 1.0)
+        on = [(r, (r["latency_by_table"].get(name) or np.nan) * f if "latency_by_table" in r else
+               r["latency_ms"] if r.get("table", name) == name else np.nan) for r in pset.rows]
+        ok = [(r, ms) for r, ms in on if ms <= limit]
+        if not ok:
+            out.append({"table": str(path), "chosen": False, "runtime": runtime, "top1": None})
+            continue
+        r, ms = min(ok, key=lambda t: (-t[0]["top1"], t[1]))
+        out.append({"table": str(path), "chosen": name == chosen.get("table"), "runtime": runtime, "top1": r["top1"],
+                    "latency_ms": ms, "hash": r["hash"]})
+    return out
 
 
 def describe_deployments(candidates: Sequence[dict]) -> str:
-    """:func:`across_deployments`' candidates in one line: why this configuration."""
+    """:func:`per_configuration`'s candidates in one line: why this configuration."""
     return "; ".join(f"{Path(c['table']).stem} " + (f"{c['top1']:.2f}% at {c['latency_ms']:.3f} ms"
                                                     + (" (chosen)" if c["chosen"] else "")
                                                     if c["top1"] is not None else "nothing under the budget")
