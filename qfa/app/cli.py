@@ -403,7 +403,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     # the saved-set path imports nothing heavy
     from qfa.nas.search import (Fastest, SearchError, describe_deployments, describe_formats, formats_report,
                                 pareto_base, per_configuration, saved_or_search)
-    from export.targets import DEFAULT_RUNTIME
+    from export.targets import DEFAULT_RUNTIME, runtime_of
+    from hw.table import read_meta
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise CLIError(f"checkpoint not found: {args.checkpoint}", 2)
@@ -467,8 +468,6 @@ def cmd_search(args: argparse.Namespace) -> None:
     else:
         best = ranked[0]
     table_csv = next((t for t in tables if t.stem == best.get("table")), tables[0])
-    from export.targets import runtime_of
-    from hw.table import read_meta
     candidates = per_configuration(pset, args.latency_ms, args.margin,
                                    {t.stem: (t, runtime_of(read_meta(t.with_suffix(".json")))) for t in tables}, best)
     ms = (_time.perf_counter() - t0) * 1000
@@ -698,8 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="example:\n  qfa search --checkpoint runs/fmnist --table latency_tables/amd-epyc-zen4-1t.csv --latency-ms 2")
     sp2.add_argument("--checkpoint", required=True)
     sp2.add_argument("--table", required=True, action="append", help="latency table CSV (with its JSON beside "
-                     "it); repeat it to search across deployments (e.g. an XNNPACK and a builtin-kernels table): "
-                     "the most accurate subnet under the budget over all of them")
+                     "it); repeat it to search across runtime configurations of one target (e.g. an XNNPACK and a "
+                     "builtin-kernels table) in one search, each subnet in its fastest")
     sp2.add_argument("--latency-ms", type=number(positive=True), required=True, help="latency budget (ms, as the table measures)")
     sp2.add_argument("--max-bytes", type=number(positive=True), help="size budget: the exact bytes of the .tflite that "
                      "qfa export writes (computed per candidate, ~0.2 s each the first time, then kept in the Pareto set)")
