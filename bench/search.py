@@ -147,5 +147,6 @@ def configurations(pred: Predictor, tables: dict[str, LatencyTable]) -> None:
                   f"{int((np.abs(d) <= 1e-9).sum())}, worse at {int((d < -1e-9).sum())}; mean {np.nanmean(d):+.3f}, "
                   f"min {np.nanmin(d):+.3f}, max {np.nanmax(d):+.3f} points")
 
+
 if __name__ == "__main__":
     main()

@@ -288,8 +288,8 @@ def main_job(cfg: JobConfig) -> dict:
     base = pareto_base(run, ckpt, pred_path, [csv for csv, *_ in tables], cfg.search_bits)
     pset, front = saved_or_search(base, lambda: (pred, Fastest({n: tb for n, (_, tb) in by_name.items()})), cfg.pop,
                                   cfg.gens, bits=cfg.search_bits)
-    pset = pset.at_speed({csv.stem: c["factor"] for csv, _, c in tables if c and c["within_band"]},
-                         {n: tb.runtime for n, (_, tb) in by_name.items()})
+    runtimes = {n: tb.runtime for n, (_, tb) in by_name.items()}
+    pset = pset.at_speed({csv.stem: c["factor"] for csv, _, c in tables if c and c["within_band"]}, runtimes)
     _say("4/6 search: " + (f"answering from the saved Pareto set {base.with_suffix('.jsonl')}" if front is None else
                           f"NSGA-II over {len(tables)} configuration(s), population {cfg.pop}, {cfg.gens} generations "
                           f"in {front['seconds']:.1f}s"))
@@ -313,7 +313,7 @@ def main_job(cfg: JobConfig) -> dict:
     else:
         best = ranked[0]
     table_csv, table = by_name[best["table"]]
-    candidates = per_configuration(pset, budget, cfg.margin, {n: (csv, tb.runtime) for n, (csv, tb) in by_name.items()},
+    candidates = per_configuration(pset, budget, cfg.margin, {n: (csv, runtimes[n]) for n, (csv, _) in by_name.items()},
                                    best)
     spec = net.space.parse(json.dumps(best["spec"]))
     _say(f"4/6 search: {len(pset.rows)} Pareto subnets; under {budget:g} ms: {spec} on {table_csv.stem}")

@@ -56,19 +56,19 @@ class Fastest:
         return self.tables[0].runtime
 
     def each(self, genomes: np.ndarray) -> np.ndarray:
-        """(configurations, genomes) predicted ms, NaN where a table cannot say."""
-        return np.stack([t.predict_many(genomes) for t in self.tables])
+        """(configurations, genomes) predicted ms, inf where a table cannot say."""
+        return np.nan_to_num(np.stack([t.predict_many(genomes) for t in self.tables]), nan=np.inf)
 
     def predict_many(self, genomes: np.ndarray) -> np.ndarray:
-        ms = self.each(genomes)
-        return np.where(np.isnan(ms).all(0), np.nan, np.where(np.isnan(ms), np.inf, ms).min(0))
+        ms = self.each(genomes).min(0)
+        return np.where(np.isinf(ms), np.nan, ms)
 
     def configurations(self, genomes: np.ndarray) -> dict[str, Any]:
         """Each genome's fastest configuration (``table`` name and ``runtime``) and its ms on every one."""
         ms = self.each(genomes)
-        which = np.argmin(np.where(np.isnan(ms), np.inf, ms), 0)
+        which = ms.argmin(0)
         return {"table": [self.names[i] for i in which], "runtime": [self.tables[i].runtime for i in which],
-                "latency_by_table": [{n: None if np.isnan(v) else v for n, v in zip(self.names, col)} for col in ms.T.tolist()]}
+                "latency_by_table": [{n: None if np.isinf(v) else v for n, v in zip(self.names, col)} for col in ms.T.tolist()]}
 
 
 def deployed_bytes(cost: CostModel, genomes: np.ndarray, fp_bytes: int = 1) -> np.ndarray:
