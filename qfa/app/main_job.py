@@ -185,7 +185,9 @@ def _profile_here(target: str, rt: dict, both_delegates: bool, why: str, net, ru
     atomic_write(space_arg, json.dumps(net.space.to_json(), indent=1).encode())
     out = []
     for i, c in enumerate(configs, 1):
-        name = f"{device_slug(Local('local', RunConfig()).facts())}-{runtime_tag(c)}"  # named for this device
+        # named for this device, configuration and target: a run profiled for another target later
+        # (--deploy) gets its own table instead of a refusal to mix them
+        name = f"{device_slug(Local('local', RunConfig()).facts())}-{runtime_tag(c)}-{target.removeprefix('tflite-')}"
         profiled = run / "tables" / f"{name}.csv"
         _say(f"2/6 latency table: {why if i == 1 else ''}profiling this host ({c['delegate']}, {c['threads']} "
              f"thread(s): configuration {i} of {len(configs)}) into {profiled} (python -m hw.profile)")
