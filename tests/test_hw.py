@@ -312,7 +312,8 @@ def test_every_shipped_table_is_named_for_the_cpu_its_fingerprint_states():
     """Shipped tables state their device (fingerprint) and their name says which CPU it was."""
     from latency_tables import SHIPPED
     names = {"family 25 model 17 stepping 1": "amd-epyc-zen4-",  # the core designs tables were shipped for
-             "family 6 model 167 stepping 1": "intel-xeon-processor-f6m167-"}
+             "family 6 model 167 stepping 1": "intel-xeon-processor-f6m167-",
+             "family 26 model 2 stepping 1": "amd-epyc-f26m2-"}
     for csv in sorted(SHIPPED.glob("*.csv")):
         facts = LatencyTable.load(csv).meta["device_facts"]
         words = re.sub(r"\((r|tm)\)", "", facts["cpu"], flags=re.IGNORECASE).lower().split()
