@@ -234,22 +234,29 @@ def test_a_table_knows_the_machine_it_was_measured_on(table_dir, tmp_path):
 
 
 def test_a_speed_check_scales_a_table_to_the_devices_speed_now(table_dir, block_cache, tmp_path):
-    """Whole subnets timed now against a table's predictions: a table whose every entry is 1.5 times
-    what this host measured gets 1/1.5 of the factor of the same table as measured, and one that
-    promises 10x this host's speed is out of the band (it describes another device)."""
+    """Whole subnets timed now against a table's predictions: a table as measured is within the
+    band; one whose every entry is 1.5 times what this host runs now gets a factor of 1/1.5, and
+    one that promises 10x this host's speed is out of the band (it describes another device).
+    The scaled tables start from the as-measured one times its own factor: the fixture's 5-invoke
+    entries overestimate by up to ~25% on some CPUs (Zen 5), which put a plain 1.5x at the band's edge."""
     from hw.profiling import speed_check
     from hw.transport import Local, RunConfig
     df, meta = pd.read_csv(table_dir / "t.csv"), json.loads((table_dir / "t.json").read_text())
     meta.pop("calibration", None)  # the plain sum: it scales with the entries
-    for name, k in (("as-measured", 1), ("slow", 1.5), ("fast", 0.1)):
+    transport = Local("local", RunConfig(runs=40, rounds=4, warmup=2))
+
+    def check(name: str, k: float) -> dict:
         d = df.copy()
         d[["min_us", "median_us"]] *= k
         d.to_csv(tmp_path / f"{name}.csv", index=False)
         (tmp_path / f"{name}.json").write_text(json.dumps({**meta, "overhead_us": meta["overhead_us"] * k}))
-    transport = Local("local", RunConfig(runs=40, rounds=4, warmup=2))
-    check = {n: speed_check(LatencyTable.load(tmp_path / f"{n}.csv"), transport, 3) for n in ("as-measured", "slow", "fast")}
-    assert check["as-measured"]["within_band"] and check["slow"]["within_band"] and not check["fast"]["within_band"]
-    assert check["fast"]["factor"] > 4 and 1.25 < check["as-measured"]["factor"] / check["slow"]["factor"] < 1.8, check
+        return speed_check(LatencyTable.load(tmp_path / f"{name}.csv"), transport, 3)
+
+    measured = check("as-measured", 1)
+    now = measured["factor"]  # this host's speed now against the table as measured
+    slow, fast = check("slow", 1.5 * now), check("fast", 0.1 * now)
+    assert measured["within_band"] and slow["within_band"] and not fast["within_band"], (measured, slow, fast)
+    assert fast["factor"] > 4 and 1.25 < 1 / slow["factor"] < 1.8, (measured, slow, fast)
     # --validate also compares at the speed now, scaled by other subnets; --speed-check 0: as measured only
     r = _profile(table_dir, block_cache, "--validate", "3", "--speed-check", "2", "--json")
     res = json.loads(r.stdout)

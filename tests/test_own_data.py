@@ -127,9 +127,10 @@ def test_qfa_run_on_your_own_rgb_images(rgb_root, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert "is for space 'fmnist', the supernet's is 'fmnist-c3-k4-r24', so profiling this host" in r.stderr
-    from hw.transport import Local, RunConfig, device_slug  # the new tables are named for this CPU, one per delegate
+    # the new tables are named for this CPU, one per delegate, and for the target (the default's)
+    from hw.transport import Local, RunConfig, device_slug
     slug = device_slug(Local('local', RunConfig()).facts())
-    tables = [str(run / "tables" / f"{slug}-{tag}.csv") for tag in ("1t", "1t-builtin")]
+    tables = [str(run / "tables" / f"{slug}-{tag}-f32-hswish-decomposed.csv") for tag in ("1t", "1t-builtin")]
     assert [c["table"] for c in summary["configurations"]] == tables and summary["table"] in tables
     side = json.loads((run / "model.json").read_text())
     assert side["labels"] == [f"class_{c}" for c in range(4)] and side["input"]["shape_nhwc"] == [1, 24, 24, 3]
