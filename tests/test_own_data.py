@@ -129,8 +129,10 @@ def test_qfa_run_on_your_own_rgb_images(rgb_root, tmp_path):
     assert "is for space 'fmnist', the supernet's is 'fmnist-c3-k4-r24', so profiling this host" in r.stderr
     # the new tables are named for this CPU, one per delegate, and for the target (the default's)
     from hw.transport import Local, RunConfig, device_slug
+    from qfa.app.main_job import DEFAULT_TABLE
+    target = json.loads(DEFAULT_TABLE.with_suffix(".json").read_text())["target"]
     slug = device_slug(Local('local', RunConfig()).facts())
-    tables = [str(run / "tables" / f"{slug}-{tag}-f32-hswish-decomposed.csv") for tag in ("1t", "1t-builtin")]
+    tables = [str(run / "tables" / f"{slug}-{tag}-{target.removeprefix('tflite-')}.csv") for tag in ("1t", "1t-builtin")]
     assert [c["table"] for c in summary["configurations"]] == tables and summary["table"] in tables
     side = json.loads((run / "model.json").read_text())
     assert side["labels"] == [f"class_{c}" for c in range(4)] and side["input"]["shape_nhwc"] == [1, 24, 24, 3]
