@@ -9,7 +9,7 @@ import numpy as np
 from export.ir import Graph
 from export.targets import DELEGATES
 
-__all__ = ["TFLiteModel", "load_failures", "op_diffs", "op_errors", "op_summary"]
+__all__ = ["TFLiteModel", "load_failures", "op_diffs", "op_errors", "op_summary", "tensor_diffs"]
 
 
 class TFLiteModel:
@@ -80,11 +80,15 @@ def op_diffs(graph: Graph, model: TFLiteModel, x: np.ndarray):
 
     This isolates each op from the propagation of earlier rounding differences (which
     sub-8-bit grids amplify): what is left is the runtime's kernels against the simulation."""
+    model.invoke_q(model.quantize_input(x[:1], graph.tensors[graph.input].shift))
+    yield from tensor_diffs(graph, model.delegate, model.tensors())
+
+
+def tensor_diffs(graph: Graph, delegate: str, vals: dict[str, np.ndarray]):
+    """:func:`op_diffs` from every tensor of one invoke (by name), wherever the file ran."""
     import torch
     from export.simulate import DeployedModel
-    sim = DeployedModel(graph, model.delegate)
-    model.invoke_q(model.quantize_input(x[:1], graph.tensors[graph.input].shift))
-    vals = model.tensors()
+    sim = DeployedModel(graph, delegate)
     nchw = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))  # noqa: E731
     for op in graph.ops:
         args = [nchw(graph.tensors[i].dequantize(vals[i]).astype(np.float32)) for i in op.inputs]

@@ -16,6 +16,13 @@ on a shared 2-core "AMD EPYC" Zen 4 VM (ai-edge-litert 2.1, XNNPACK, 1 thread) w
 drifted up to 1.6x within seconds, it repeated within 1.8% RMSE where a 200-invoke median
 repeated within 24% (docs/results.md, "Timing on a noisy host").
 Copied to the device by hw/profile.py.
+
+    python3 runner.py JOB.json      # JOB: {"models": [paths], "inputs": [.npy paths], "out_dir": dir,
+                                    #       "threads": 1, "delegate": "builtin", "keep_tensors": 2}
+computes instead: each model's outputs on its inputs (one invoke per row of the .npy, already in
+the model's input dtype) into ``out_dir/I.npy``, and every tensor of the first ``keep_tensors``
+rows into ``out_dir/I_tensors.npz`` (keys ``ROW|NAME``), for comparing a device's integers with
+the simulation op by op (bench/export_fidelity.py --python).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import numpy as np
 DELEGATES = ("xnnpack", "builtin")
 
 
-def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack"):
+def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack", preserve: bool = False):
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # a Raspberry Pi with tflite-runtime only
@@ -41,6 +48,8 @@ def _interpreter(path: str, threads: int | None, delegate: str = "xnnpack"):
                                            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     if threads is not None:  # None: the interpreter's own default
         kw["num_threads"] = threads
+    if preserve:
+        kw["experimental_preserve_all_tensors"] = True
     it = Interpreter(model_path=path, **kw)
     it.allocate_tensors()
     return it
@@ -110,12 +119,38 @@ def time_model(path: str, threads: int | None = 1, warmup: int = 10, runs: int =
     return time_models([path], threads, warmup, runs, rounds, delegate, time_per_model_ms)[0]
 
 
+def compute_outputs(paths: list[str], inputs: list[str], out_dir: str, threads: int | None = 1,
+                    delegate: str = "xnnpack", keep_tensors: int = 0) -> None:
+    """Write each model's outputs on its inputs (and, for the first ``keep_tensors`` inputs,
+    every tensor) under ``out_dir`` (see the module docstring)."""
+    import os
+    for k, (path, inp) in enumerate(zip(paths, inputs)):
+        x = np.load(inp, allow_pickle=False)
+        it = _interpreter(path, threads, delegate, preserve=keep_tensors > 0)
+        i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        outs, kept = [], {}
+        for row in range(len(x)):
+            it.set_tensor(i, x[row:row + 1])
+            it.invoke()
+            outs.append(it.get_tensor(o).copy())
+            if row < keep_tensors:
+                kept.update({f"{row}|{d['name']}": it.get_tensor(d["index"]).copy()
+                             for d in it.get_tensor_details() if d["name"]})
+        np.save(os.path.join(out_dir, f"{k}.npy"), np.concatenate(outs))
+        if kept:
+            np.savez(os.path.join(out_dir, f"{k}_tensors.npz"), **kept)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     with open(argv[0]) as f:
         job = json.load(f)
+    if "inputs" in job:
+        compute_outputs(job["models"], job["inputs"], job["out_dir"], job.get("threads", 1),
+                        job.get("delegate", "xnnpack"), job.get("keep_tensors", 0))
+        return 0
     res = time_models(job["models"], job.get("threads", 1), job.get("warmup", 10), job.get("runs", 200),
                       job.get("rounds", 8), job.get("delegate", "xnnpack"), job.get("time_per_model_ms"))
     for path, r in zip(job["models"], res):

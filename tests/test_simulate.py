@@ -76,6 +76,42 @@ def test_the_simulation_gives_the_files_integers(supernet, fmnist_train, target,
         assert (sim.argmax(1) == tfl.argmax(1)).mean() >= 0.95, name
 
 
+@pytest.mark.parametrize("delegate", DELEGATES)
+def test_the_device_side_runner_gives_the_files_integers_and_tensors(supernet, fmnist_train, tmp_path, delegate):
+    """hw/runner.py's outputs mode (what bench/runtime_fidelity.py runs in another CPU's Python,
+    here in this one) returns the interpreter's outputs and every tensor of the first inputs, which
+    compare op by op with the simulation as the interpreter's own do."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from export.verify import tensor_diffs
+    spec = SPECS["w2a2-min"]
+    x = resize(fmnist_train[:520], spec.resolution)
+    calibrate(supernet, spec, x[:512].split(256), 512)
+    g = TARGETS["tflite-int8"].lower(fold(extract(supernet, spec), x[:256]))
+    (tmp_path / "m.tflite").write_bytes(to_tflite(g, "tflite-int8"))
+    here = TFLiteModel(tmp_path / "m.tflite", delegate=delegate)
+    q = here.quantize_input(np.ascontiguousarray(x[512:].permute(0, 2, 3, 1).numpy()), g.tensors[g.input].shift)
+    np.save(tmp_path / "in.npy", q)
+    (tmp_path / "job.json").write_text(json.dumps({
+        "models": [str(tmp_path / "m.tflite")], "inputs": [str(tmp_path / "in.npy")], "out_dir": str(tmp_path),
+        "delegate": delegate, "keep_tensors": 2}))
+    runner = Path(__file__).resolve().parents[1] / "hw" / "runner.py"
+    r = subprocess.run([sys.executable, str(runner), str(tmp_path / "job.json")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-1000:]
+    out = np.load(tmp_path / "0.npy")
+    assert out.shape == (8, 10) and np.array_equal(out, np.concatenate([here.invoke_q(q[i:i + 1]) for i in range(8)]))
+    with np.load(tmp_path / "0_tensors.npz") as z:
+        rows = sorted({int(k.split("|")[0]) for k in z.files})
+        first = {k.split("|", 1)[1]: z[k] for k in z.files if k.startswith("0|")}
+    assert rows == [0, 1] and g.output in first
+    diffs = list(tensor_diffs(g, delegate, first))
+    assert len(diffs) == len(g.ops)
+    assert all(np.abs(d).max() <= 1 and (d != 0).mean() <= _share_limit(delegate) for _, d in diffs)
+
+
 def test_deployed_model_scores_what_the_export_writes(supernet, tmp_path):
     """deployed_model (what labels and `qfa eval` score) is the graph export_subnet writes:
     the same numbers, image for image; the fake-quant model is another function."""

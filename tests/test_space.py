@@ -160,6 +160,13 @@ def test_min_max_and_sandwich():
         assert {b for q in spec.all_bits() for b in q} <= {2, 3, 4}
     with pytest.raises(SpecError, match="not in the space's bits"):
         s.sample(rng, bits=(2, 8))
+    # min_lowest: the min subnet at the stage's lowest bits every step, every other draw unchanged
+    for seed in range(6):
+        plain = fm.sandwich(np.random.default_rng(seed), 4, bits=(2, 3, 4, 8, 32))
+        lowest = fm.sandwich(np.random.default_rng(seed), 4, bits=(2, 3, 4, 8, 32), min_lowest=True)
+        assert set(lowest[1].all_bits()) == {QBits(2, 2)}
+        assert [b.kernel for b in lowest[1].blocks] == [b.kernel for b in plain[1].blocks]
+        assert lowest[0] == plain[0] and lowest[2:] == plain[2:]
 
 
 def test_sampling_is_seeded_and_covers_choices():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qfa.nn.checkpoint import CheckpointError, load_checkpoint
-from qfa.core.space import FP, get_space
+from qfa.core.space import FP, QBits, get_space
 from qfa.nn.supernet import Supernet
 from qfa.train.config import ConfigError, load_config
 from qfa.train.step import SandwichStep, param_groups
@@ -52,6 +52,7 @@ def test_config_presets_and_overrides(tmp_path):
     assert [s.n_random for s in cfg.stages] == [2, None, None]  # float stage: BigNAS's 2 random subnets
     assert load_config("fmnist", ["stage1.n_random=1"]).stages[2].n_random == 1
     assert load_config("fmnist", ["stage1.deploy_quant=true"]).stages[2].deploy_quant
+    assert load_config("fmnist", ["stage1.min_lowest_bits=true"]).stages[2].min_lowest_bits
     paper = load_config("paper")
     assert paper.space_bits == [2, 3, 4, 32] and paper.n_random == 4 and paper.grad_clip == 500
     toml = tmp_path / "c.toml"
@@ -105,6 +106,22 @@ def test_checkpoints_come_at_least_every_ckpt_every_s(tmp_path, monkeypatch, eve
     monkeypatch.setattr(trainer, "save", lambda: saved.append(trainer.step))
     trainer.run()
     assert [s for s in saved if s < 3] == saved_before_end and saved[-1] == 3
+
+
+def test_a_stage_with_min_lowest_bits_trains_the_min_subnet_at_its_lowest_bits(tmp_path, monkeypatch):
+    """The stage option reaches the sandwich: stage 1's min subnet is W2A2 at every step, stage
+    0's (the option off) at random bits."""
+    from qfa.train import loop
+    seen = []
+    monkeypatch.setattr(loop.SandwichStep, "__call__",
+                        lambda self, x, y, specs: seen.append(specs) or torch.zeros(()))
+    cfg = load_config("fmnist", TINY + ["threads=1", "stage0.epochs=0.003", "stage1.min_lowest_bits=true"])
+    trainer = loop.Trainer(cfg, tmp_path, progress=False)
+    trainer.run()
+    stage = [trainer.stage_of(i) for i in range(len(seen))]
+    min_bits = [set(specs[1].all_bits()) for specs in seen]
+    assert stage.count(2) >= 4 and all(b == {QBits(2, 2)} for b, i in zip(min_bits, stage) if i == 2)
+    assert len({frozenset(b) for b, i in zip(min_bits, stage) if i == 1}) > 1
 
 
 @pytest.mark.slow

@@ -600,15 +600,18 @@ class SearchSpace:
         return specs
 
     def sandwich(self, rng: np.random.Generator, n_random: int = 4,
-                 bits: Sequence[int] | None = None) -> list[SubnetSpec]:
+                 bits: Sequence[int] | None = None, min_lowest: bool = False) -> list[SubnetSpec]:
         """The paper's sandwich: max and min subnet, each with one random kernel and one random
-        uniform bitwidth for the whole net, then ``n_random`` independently sampled subnets."""
+        uniform bitwidth for the whole net, then ``n_random`` independently sampled subnets.
+
+        ``min_lowest`` puts the min subnet at the lowest bitwidth every step (the smallest
+        subnet in every dimension, as BigNAS's sandwich); the draws are the same either way."""
         allowed = sorted({q.w for q in self._bits_subset(bits)})
         out = []
-        for make in (self.max_spec, self.min_spec):
+        for make, lowest in ((self.max_spec, False), (self.min_spec, min_lowest)):
             k = int(self.kernels[rng.integers(len(self.kernels))])
             b = int(allowed[rng.integers(len(allowed))])
-            out.append(make(bits=b, kernel=k))
+            out.append(make(bits=allowed[0] if lowest else b, kernel=k))
         out += [self.sample(rng, bits) for _ in range(n_random)]
         return out
 

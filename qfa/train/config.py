@@ -35,6 +35,8 @@ class StageCfg:
     n_random: int | None = None             # random subnets a step here; None: the config's n_random
     deploy_quant: bool = False              # also quantize the int8 file's other 8-bit tensors (input,
                                             # hard-swish pre-activations, residual and SE tensors, logits)
+    min_lowest_bits: bool = False           # the sandwich's min subnet at the stage's lowest bits every
+                                            # step (the paper draws its bitwidth at random)
 
 
 @dataclass

@@ -342,7 +342,8 @@ class Trainer:
                 for x, y in self._loader(epoch, pos):
                     torch.manual_seed(_step_seed(self.cfg.seed, self.step))
                     rng = np.random.default_rng([self.cfg.seed, self.step])
-                    specs = self.space.sandwich(rng, n_random, bits=self._stage_bits(idx))
+                    specs = self.space.sandwich(rng, n_random, bits=self._stage_bits(idx),
+                                                min_lowest=self.cfg.stages[idx].min_lowest_bits)
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss = step_fn(x, y, specs)
