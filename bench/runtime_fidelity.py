@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from export.deploy import export_subnet  # noqa: E402
-from export.simulate import DeployedModel  # noqa: E402
+from export.simulate import ARCHS, DeployedModel  # noqa: E402
 from export.targets import DELEGATES  # noqa: E402
 from export.verify import TFLiteModel, tensor_diffs  # noqa: E402
 from qfa.nn.data import make_datasets, resize  # noqa: E402
@@ -67,11 +67,16 @@ def main() -> None:
     ap.add_argument("--target", default="tflite-int8")
     ap.add_argument("--delegate", choices=DELEGATES, action="append", help="default: every one")
     ap.add_argument("--op-images", type=int, default=2, help="images compared op by op (default 2)")
+    ap.add_argument("--arch", default="auto", help="kernels the simulation computes (default: the other Python's "
+                    "machine; x86_64 shows what a file there computes beside the x86 simulation)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     python = args.python.split()
     there = subprocess.run([*python, "-c", "import platform; print(platform.machine())"],
                            capture_output=True, text=True).stdout.strip()
+    arch = there if args.arch == "auto" else args.arch
+    if arch not in ARCHS:
+        sys.exit(f"runtime_fidelity: no simulation of {arch!r} kernels ({', '.join(ARCHS)}); pass --arch")
     net = Supernet.from_checkpoint(args.checkpoint)
     space = net.space
     rng = np.random.default_rng(0)
@@ -104,15 +109,15 @@ def main() -> None:
                 here = TFLiteModel(res["bytes"], delegate=delegate)
                 ints_here = np.concatenate([here.invoke_q(q[i:i + 1]) for i in range(len(q))])
                 out_t = g.tensors[g.output]
-                sim = out_t.quantize(DeployedModel(g, delegate)(x).numpy()).reshape(ints.shape)
+                sim = out_t.quantize(DeployedModel(g, delegate, arch)(x).numpy()).reshape(ints.shape)
                 d_sim = np.abs(ints.astype(np.int32) - sim.astype(np.int32))
                 d_here = np.abs(ints.astype(np.int32) - ints_here.astype(np.int32))
                 ops_off: dict[str, list] = {}
                 for row in sorted(kept):
-                    for op, d in tensor_diffs(g, delegate, kept[row]):
+                    for op, d in tensor_diffs(g, delegate, kept[row], arch):
                         a = ops_off.setdefault(op.kind + ("" if op.act == "none" else f"/{op.act}"), [0, 0, 0])
                         a[0], a[1], a[2] = a[0] + int((d != 0).sum()), a[1] + d.size, max(a[2], float(np.abs(d).max()))
-                r = {"spec": str(spec), "delegate": delegate, "there": there, "images": len(y),
+                r = {"spec": str(spec), "delegate": delegate, "there": there, "arch": arch, "images": len(y),
                      "top1_there": 100.0 * float((ints.argmax(1) == y).mean()),
                      "top1_here": 100.0 * float((ints_here.argmax(1) == y).mean()),
                      "top1_deployed": 100.0 * float((sim.argmax(1) == y).mean()),

@@ -25,7 +25,11 @@ from export.lower import requant_scale
 from export.reference import fix_ranges, quantized_const
 from export.targets import TARGETS
 
-__all__ = ["DeployedModel", "calibrate_ranges"]
+__all__ = ["ARCHS", "DeployedModel", "calibrate_ranges"]
+
+# CPU architectures whose kernels the simulation computes (platform.machine() names); they differ
+# in the builtin kernels' CONV_2D rounding only (XNNPACK's integers measured the same on both)
+ARCHS = ("x86_64", "aarch64")
 
 SAMPLE_VALUES = 64  # values per tensor and image kept to choose its 8-bit range
 RANGE_BATCH = 64  # images per range-pass batch (256: 3x slower rounding, memory traffic; Zen 4, 2 cores)
@@ -45,21 +49,33 @@ def quantize_multiplier(m) -> tuple[np.ndarray, np.ndarray]:
     return np.where(over, q // 2, q), shift.astype(np.int64) + over
 
 
-def fixed_point(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, ties_up: bool) -> torch.Tensor:
+def fixed_point(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, ties_up: bool,
+                left_first: bool = True) -> torch.Tensor:
     """int64 ``acc`` times ``mult * 2^(shift - 31)`` as TFLite's builtin kernels round it: in two
     steps, the product's top bits, then a rounding right shift. ``ties_up``: both steps round
     half upward (ruy: CONV_2D, DEPTHWISE_CONV_2D, MEAN's 16-channel vector lanes); otherwise
     gemmlowp's SaturatingRoundingDoublingHighMul and RoundingDivideByPOT, the second rounding
     half away from zero (MUL, MEAN's channels past the last multiple of 16). Measured exact on
-    every value of these ops in ai-edge-litert 2.1 on x86 (docs/results.md, "Export fidelity")."""
+    every value of these ops in ai-edge-litert 2.1 on x86 (docs/results.md, "Export fidelity").
+    A multiplier above 1 shifts ``acc`` left first, or (``left_first=False``, arm64's depthwise
+    and GEMV kernels) the rounded product."""
     one = torch.ones_like(shift)
-    right = (-shift).clamp(min=0)
-    p = acc * (one << shift.clamp(min=0)) * mult
+    right, left = (-shift).clamp(min=0), one << shift.clamp(min=0)
+    p = acc * left * mult if left_first else acc * mult
     if ties_up:
-        return (((p + 2 ** 30) >> 31) + ((one << right) >> 1)) >> right
+        top = (p + 2 ** 30) >> 31
+        return ((top if left_first else top * left) + ((one << right) >> 1)) >> right
     y = torch.div(p + torch.where(p >= 0, 2 ** 30, 1 - 2 ** 30), 2 ** 31, rounding_mode="trunc")
     mask = (one << right) - 1
     return (y >> right) + ((y & mask) > (mask >> 1) + (y < 0)).long()
+
+
+def single_rounding(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """int64 ``acc`` times ``mult * 2^(shift - 31)`` rounded once, half upward: ruy's arm64 int8
+    GEMM kernels (the builtin kernels' CONV_2D with more than one output pixel on ARM; measured
+    exact under qemu-user, docs/results.md "On ARM")."""
+    total = 31 - shift
+    return (acc * mult + (torch.ones_like(shift) << (total - 1))) >> total
 
 
 def _quantize(y: torch.Tensor, t: QTensor) -> torch.Tensor:
@@ -94,7 +110,8 @@ def runtime_table(t_in: QTensor, t_out: QTensor, kind: str, delegate: str) -> to
 
 class DeployedModel(torch.nn.Module):
     """``graph`` (folded and lowered for one target) as a module: NCHW real-valued images in,
-    the dequantized int8 logits out, as the .tflite gives them under ``delegate``. Inference only.
+    the dequantized int8 logits out, as the .tflite gives them under ``delegate`` on a CPU of
+    ``arch`` (:data:`ARCHS`). Inference only.
 
     Convolutions between fixed tensors are computed as the runtime computes them: the int32
     accumulator of integer inputs (minus their zero point) and integer weights, exact in
@@ -103,9 +120,11 @@ class DeployedModel(torch.nn.Module):
     HARD_SWISH and int8 QUANTIZE are the runtime's own tables (:func:`runtime_table`). The
     other ops work on dequantized values, each rounded onto its output grid."""
 
-    def __init__(self, graph: Graph, delegate: str = "xnnpack") -> None:
+    def __init__(self, graph: Graph, delegate: str = "xnnpack", arch: str = "x86_64") -> None:
         super().__init__()
-        self.graph = graph
+        if arch not in ARCHS:
+            raise ValueError(f"unknown CPU architecture {arch!r}; expected one of {ARCHS}")
+        self.graph, self.arch = graph, arch
         self._convs: dict[str, tuple] = {}
         self._consts: dict[str, torch.Tensor] = {}
         self._tables: dict[str, torch.Tensor] = {}
@@ -195,8 +214,11 @@ class DeployedModel(torch.nn.Module):
         acc = F.conv2d(q, w, b, op.stride, op.pad, 1, groups)  # integers: exact in float32 below 2^24
         if fixed is None:  # XNNPACK: the float32 scale, rounded half away from zero
             out = (_round(acc * mult) + tout.zero_point).clamp(lo, hi)
-        else:  # the builtin kernels (ruy): a fixed-point multiplier
-            out = (fixed_point(acc.long(), *fixed, ties_up=True) + tout.zero_point).clamp(lo, hi).float()
+        elif self.arch == "aarch64" and not op.depthwise and acc.shape[2] * acc.shape[3] > 1:  # ruy's arm64 GEMM
+            out = (single_rounding(acc.long(), *fixed) + tout.zero_point).clamp(lo, hi).float()
+        else:  # the builtin kernels (ruy on x86; depthwise and one-pixel GEMV on arm64): fixed point
+            out = fixed_point(acc.long(), *fixed, ties_up=True, left_first=self.arch != "aarch64")
+            out = (out + tout.zero_point).clamp(lo, hi).float()
         return ((out - tout.zero_point) * tout.scale).float()
 
     def op_output(self, op, args: list[torch.Tensor]) -> torch.Tensor:

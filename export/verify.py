@@ -84,11 +84,12 @@ def op_diffs(graph: Graph, model: TFLiteModel, x: np.ndarray):
     yield from tensor_diffs(graph, model.delegate, model.tensors())
 
 
-def tensor_diffs(graph: Graph, delegate: str, vals: dict[str, np.ndarray]):
-    """:func:`op_diffs` from every tensor of one invoke (by name), wherever the file ran."""
+def tensor_diffs(graph: Graph, delegate: str, vals: dict[str, np.ndarray], arch: str = "x86_64"):
+    """:func:`op_diffs` from every tensor of one invoke (by name), wherever the file ran (a CPU
+    of ``arch``)."""
     import torch
     from export.simulate import DeployedModel
-    sim = DeployedModel(graph, delegate)
+    sim = DeployedModel(graph, delegate, arch)
     nchw = lambda v: torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2)))  # noqa: E731
     for op in graph.ops:
         args = [nchw(graph.tensors[i].dequantize(vals[i]).astype(np.float32)) for i in op.inputs]
