@@ -1,7 +1,8 @@
 """The .tflite under another Python's LiteRT (another CPU architecture: an arm64 Python under
 qemu-user, or a device's) against the subnet as deployed (export.simulate), per subnet and op by op.
 
-    python bench/runtime_fidelity.py --checkpoint RUN --python /opt/arm64/python [--n 6] [--test-images 500]
+    bash bench/arm64_python.sh DIR      # an arm64 Python under qemu-user (Debian 12)
+    python bench/runtime_fidelity.py --checkpoint RUN --python DIR/python [--n 6] [--test-images 500]
 
 The simulation reproduces the integers of the runtime's kernels as measured on x86 (XNNPACK's
 float32 requantization, the builtin kernels' fixed-point formulas); those kernels have other
@@ -10,8 +11,7 @@ device-side runner (hw/runner.py, outputs mode) and here, under each runtime con
 printed per subnet: top-1 of the file there, of the file here and of the simulation, agreement
 of the file there with each, the largest logit difference and the share of logits that differ
 (in output LSB), and which ops compute other integers there than the simulated op on the same
-inputs (the first ``--op-images`` images). One qemu-user arm64 tree that works for this:
-docs/results.md, "On ARM".
+inputs (the first ``--op-images`` images). Measured: docs/results.md, "On ARM".
 """
 from __future__ import annotations
 

@@ -22,11 +22,12 @@ Copied to the device by hw/profile.py.
 computes instead: each model's outputs on its inputs (one invoke per row of the .npy, already in
 the model's input dtype) into ``out_dir/I.npy``, and every tensor of the first ``keep_tensors``
 rows into ``out_dir/I_tensors.npz`` (keys ``ROW|NAME``), for comparing a device's integers with
-the simulation op by op (bench/export_fidelity.py --python).
+the simulation op by op (bench/runtime_fidelity.py).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -123,7 +124,6 @@ def compute_outputs(paths: list[str], inputs: list[str], out_dir: str, threads: 
                     delegate: str = "xnnpack", keep_tensors: int = 0) -> None:
     """Write each model's outputs on its inputs (and, for the first ``keep_tensors`` inputs,
     every tensor) under ``out_dir`` (see the module docstring)."""
-    import os
     for k, (path, inp) in enumerate(zip(paths, inputs)):
         x = np.load(inp, allow_pickle=False)
         it = _interpreter(path, threads, delegate, preserve=keep_tensors > 0)
