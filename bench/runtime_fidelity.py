@@ -32,30 +32,10 @@ from export.deploy import export_subnet  # noqa: E402
 from export.simulate import ARCHS, DeployedModel  # noqa: E402
 from export.targets import DELEGATES  # noqa: E402
 from export.verify import TFLiteModel, tensor_diffs  # noqa: E402
+from hw.runner import outputs_in  # noqa: E402
 from qfa.nn.data import make_datasets, resize  # noqa: E402
 from qfa.nn.evaluate import calibrate_best  # noqa: E402
 from qfa.nn.supernet import Supernet  # noqa: E402
-
-
-def run_there(python: list[str], models: list[str], inputs: list[str], out_dir: Path, delegate: str,
-              keep: int) -> list[tuple[np.ndarray, dict]]:
-    """Outputs (and the first ``keep`` images' tensors) of each model in ``python``."""
-    job = out_dir / "job.json"
-    job.write_text(json.dumps({"models": models, "inputs": inputs, "out_dir": str(out_dir), "threads": 1,
-                               "delegate": delegate, "keep_tensors": keep}))
-    r = subprocess.run([*python, str(ROOT / "hw" / "runner.py"), str(job)], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"runtime_fidelity: {' '.join(python)} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-    out = []
-    for k in range(len(models)):
-        kept: dict[int, dict] = {}
-        if keep:
-            with np.load(out_dir / f"{k}_tensors.npz", allow_pickle=False) as z:
-                for key in z.files:
-                    row, name = key.split("|", 1)
-                    kept.setdefault(int(row), {})[name] = z[key]
-        out.append((np.load(out_dir / f"{k}.npy", allow_pickle=False), kept))
-    return out
 
 
 def main() -> None:
@@ -101,8 +81,12 @@ def main() -> None:
             exported.append((spec, res, x, y, q))
         for delegate in args.delegate or DELEGATES:
             t = time.perf_counter()
-            outs = run_there(python, [str(tmp / f"{k}.tflite") for k in range(len(specs))],
-                             [str(tmp / f"{k}_in.npy") for k in range(len(specs))], tmp, delegate, args.op_images)
+            try:
+                outs = outputs_in(python, [str(tmp / f"{k}.tflite") for k in range(len(specs))],
+                                  [str(tmp / f"{k}_in.npy") for k in range(len(specs))], str(tmp), delegate,
+                                  args.op_images)
+            except RuntimeError as e:
+                sys.exit(f"runtime_fidelity: {e}")
             t_there = time.perf_counter() - t
             for (spec, res, x, y, q), (ints, kept) in zip(exported, outs):
                 g = res["graph"]

@@ -141,6 +141,32 @@ def compute_outputs(paths: list[str], inputs: list[str], out_dir: str, threads: 
             np.savez(os.path.join(out_dir, f"{k}_tensors.npz"), **kept)
 
 
+def outputs_in(python: list[str], paths: list[str], inputs: list[str], out_dir: str, delegate: str = "xnnpack",
+               keep_tensors: int = 0, timeout: float | None = None) -> list[tuple[np.ndarray, dict[int, dict]]]:
+    """Host side of :func:`compute_outputs`: run this file in another Python (``python``, a
+    command: an arm64 one under qemu-user, say) and read back, per model, its outputs and
+    {row: {tensor name: value}} of the first ``keep_tensors`` rows. Raises RuntimeError with
+    that Python's last error line."""
+    import subprocess
+    job = os.path.join(out_dir, "job.json")
+    with open(job, "w") as f:
+        json.dump({"models": paths, "inputs": inputs, "out_dir": out_dir, "threads": 1, "delegate": delegate,
+                   "keep_tensors": keep_tensors}, f)
+    r = subprocess.run([*python, os.path.abspath(__file__), job], capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(python)}: {(r.stderr.strip().splitlines() or ['failed'])[-1]}")
+    out = []
+    for k in range(len(paths)):
+        kept: dict[int, dict] = {}
+        if keep_tensors:
+            with np.load(os.path.join(out_dir, f"{k}_tensors.npz"), allow_pickle=False) as z:
+                for key in z.files:
+                    row, name = key.split("|", 1)
+                    kept.setdefault(int(row), {})[name] = z[key]
+        out.append((np.load(os.path.join(out_dir, f"{k}.npy"), allow_pickle=False), kept))
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)

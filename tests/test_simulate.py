@@ -1,11 +1,8 @@
 """The subnet as deployed (export.simulate): the lowered graph run in PyTorch gives the .tflite's
 own integers, for every target and runtime configuration (real ai-edge-litert runs), and
 labels record how they were scored."""
-import json
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +25,6 @@ from qfa.nn.data import make_datasets, resize
 from qfa.nn.supernet import Supernet, extract
 
 SPACE = get_space("fmnist")
-RUNNER = Path(__file__).resolve().parents[1] / "hw" / "runner.py"  # the device-side runner
 
 
 @pytest.fixture(scope="module")
@@ -83,32 +79,36 @@ def test_the_simulation_gives_the_files_integers(supernet, fmnist_train, target,
         assert (sim.argmax(1) == tfl.argmax(1)).mean() >= 0.95, name
 
 
+def _run_in(python: list[str], net, specs: list, fmnist_train, tmp_path, delegate: str, keep: int):
+    """Each spec of ``net`` lowered for tflite-int8 and run on 3 training images
+    in ``python`` by the device-side runner: [(graph, here's model, its inputs, outputs, tensors)]."""
+    from hw.runner import outputs_in
+    made = []
+    for k, spec in enumerate(specs):
+        x = resize(fmnist_train[:515], spec.resolution)
+        calibrate(net, spec, x[:512].split(256), 512)
+        g = TARGETS["tflite-int8"].lower(fold(extract(net, spec), x[:256]))
+        (tmp_path / f"{k}.tflite").write_bytes(to_tflite(g, "tflite-int8"))
+        here = TFLiteModel(tmp_path / f"{k}.tflite", delegate=delegate)
+        q = here.quantize_input(np.ascontiguousarray(x[512:].permute(0, 2, 3, 1).numpy()), g.tensors[g.input].shift)
+        np.save(tmp_path / f"{k}_in.npy", q)
+        made.append((g, here, q))
+    outs = outputs_in(python, [str(tmp_path / f"{k}.tflite") for k in range(len(specs))],
+                      [str(tmp_path / f"{k}_in.npy") for k in range(len(specs))], str(tmp_path), delegate, keep,
+                      timeout=600)
+    return [(*m, out, kept) for m, (out, kept) in zip(made, outs)]
+
+
 @pytest.mark.parametrize("delegate", DELEGATES)
 def test_the_device_side_runner_gives_the_files_integers_and_tensors(supernet, fmnist_train, tmp_path, delegate):
     """hw/runner.py's outputs mode (what bench/runtime_fidelity.py runs in another CPU's Python,
     here in this one) returns the interpreter's outputs and every tensor of the first inputs, which
     compare op by op with the simulation as the interpreter's own do."""
-    spec = SPECS["w2a2-min"]
-    x = resize(fmnist_train[:520], spec.resolution)
-    calibrate(supernet, spec, x[:512].split(256), 512)
-    g = TARGETS["tflite-int8"].lower(fold(extract(supernet, spec), x[:256]))
-    (tmp_path / "m.tflite").write_bytes(to_tflite(g, "tflite-int8"))
-    here = TFLiteModel(tmp_path / "m.tflite", delegate=delegate)
-    q = here.quantize_input(np.ascontiguousarray(x[512:].permute(0, 2, 3, 1).numpy()), g.tensors[g.input].shift)
-    np.save(tmp_path / "in.npy", q)
-    (tmp_path / "job.json").write_text(json.dumps({
-        "models": [str(tmp_path / "m.tflite")], "inputs": [str(tmp_path / "in.npy")], "out_dir": str(tmp_path),
-        "delegate": delegate, "keep_tensors": 2}))
-    r = subprocess.run([sys.executable, str(RUNNER), str(tmp_path / "job.json")], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr[-1000:]
-    out = np.load(tmp_path / "0.npy")
-    assert out.shape == (8, 10) and np.array_equal(out, np.concatenate([here.invoke_q(q[i:i + 1]) for i in range(8)]))
-    with np.load(tmp_path / "0_tensors.npz") as z:
-        rows = sorted({int(k.split("|")[0]) for k in z.files})
-        first = {k.split("|", 1)[1]: z[k] for k in z.files if k.startswith("0|")}
-    assert rows == [0, 1] and g.output in first
-    diffs = list(tensor_diffs(g, delegate, first))
+    [(g, here, q, out, kept)] = _run_in([sys.executable], supernet, [SPECS["w2a2-min"]], fmnist_train, tmp_path,
+                                        delegate, 2)
+    assert out.shape == (3, 10) and np.array_equal(out, np.concatenate([here.invoke_q(q[i:i + 1]) for i in range(3)]))
+    assert sorted(kept) == [0, 1] and g.output in kept[0]
+    diffs = list(tensor_diffs(g, delegate, kept[0]))
     assert len(diffs) == len(g.ops)
     assert all(np.abs(d).max() <= 1 and (d != 0).mean() <= _share_limit(delegate) for _, d in diffs)
 
@@ -298,26 +298,10 @@ def test_on_arm64_the_files_integers_are_the_arm64_simulations(supernet, fmnist_
     """Real arm64 kernels (ai-edge-litert's aarch64 build, emulated by qemu-user): every op of
     each subnet's file computes the aarch64 simulation's integers (multipliers above 1 included),
     and under the builtin kernels some differ from the x86 simulation's."""
-    graphs, jobs = [], {"models": [], "inputs": [], "out_dir": str(tmp_path), "delegate": delegate, "keep_tensors": 3}
-    for k, spec in enumerate(SPECS.values()):
-        x = resize(fmnist_train[:515], spec.resolution)
-        calibrate(supernet, spec, x[:512].split(256), 512)
-        g = TARGETS["tflite-int8"].lower(fold(extract(supernet, spec), x[:256]))
-        (tmp_path / f"{k}.tflite").write_bytes(to_tflite(g, "tflite-int8"))
-        np.save(tmp_path / f"{k}.npy", TFLiteModel(tmp_path / f"{k}.tflite").quantize_input(
-            np.ascontiguousarray(x[512:].permute(0, 2, 3, 1).numpy()), g.tensors[g.input].shift))
-        graphs.append(g)
-        jobs["models"].append(str(tmp_path / f"{k}.tflite"))
-        jobs["inputs"].append(str(tmp_path / f"{k}.npy"))
-    (tmp_path / "job.json").write_text(json.dumps(jobs))
-    r = subprocess.run([*ARM64_PYTHON.split(), str(RUNNER), str(tmp_path / "job.json")], capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-1000:]
+    runs = _run_in(ARM64_PYTHON.split(), supernet, list(SPECS.values()), fmnist_train, tmp_path, delegate, 3)
     x86_off = 0  # values the two simulations compute differently
-    for k, g in enumerate(graphs):
-        with np.load(tmp_path / f"{k}_tensors.npz") as z:
-            rows = [{n.split("|", 1)[1]: z[n] for n in z.files if n.startswith(f"{i}|")} for i in range(3)]
-        for vals in rows:
+    for k, (g, _, _, _, kept) in enumerate(runs):
+        for vals in kept.values():
             arm = list(tensor_diffs(g, delegate, vals, "aarch64"))
             off = [op.output for op, d in arm if np.abs(d).max() > 1 or (d != 0).mean() > _arm64_share_limit(op, delegate)]
             assert not off, (list(SPECS)[k], off)
